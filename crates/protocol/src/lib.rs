@@ -1,0 +1,6 @@
+//! Types that cross a process boundary, and nothing else: no I/O, no business logic.
+//!
+//! [`envd`] is the wire protocol between the control plane and the in-sandbox daemon.
+//! Every other crate that speaks to envd uses these types through `hangar-envd-client`.
+
+pub mod envd;
