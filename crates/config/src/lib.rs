@@ -1,0 +1,327 @@
+//! Hangar's configuration: one typed struct with defaults, read from one TOML file, then
+//! overridden by environment variables. Nothing else in Hangar reads the environment for
+//! settings; it receives a [`Config`].
+//!
+//! Where the file is: `$HANGAR_CONFIG` if set, else `<data dir>/hangar.toml` if it exists.
+//! Environment overrides: `HANGAR_DATA_DIR`, `HANGAR_LISTEN`.
+//!
+//! ```toml
+//! data_dir = "/var/lib/hangar"     # state, layers, sandboxes (put it on a fast filesystem)
+//! listen = "127.0.0.1:7070"
+//!
+//! [sandbox]
+//! uid_base = 1000000000            # sandbox uid 0 is this host uid; never host root
+//! uid_count = 65536
+//! memory = "2GiB"                  # default limits for a sandbox
+//! pids = 1024
+//! cpus = 2.0
+//! hidden_host_paths = ["/root", "/home"]   # hidden when the host root is the rootfs
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything configurable, with defaults.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where Hangar keeps its state: databases, layers, sandboxes.
+    pub data_dir: PathBuf,
+    /// Address the server listens on.
+    pub listen: String,
+    /// Sandbox defaults.
+    pub sandbox: SandboxConfig,
+}
+
+/// Sandbox runtime settings.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// First host uid (and gid) of the range sandboxes map their uids 0.. onto.
+    pub uid_base: u32,
+    /// Size of that range.
+    pub uid_count: u32,
+    /// Default memory limit, e.g. "2GiB".
+    pub memory: String,
+    /// Default limit on processes and threads.
+    pub pids: u64,
+    /// Default CPU quota in CPUs (0.5 = half of one CPU).
+    pub cpus: f64,
+    /// Host paths hidden (covered by an empty read-only tmpfs) when a sandbox uses the
+    /// host's root as its rootfs. The data directory is always hidden too, and `/tmp`,
+    /// `/var/tmp` and `/run` are always fresh, empty tmpfs.
+    pub hidden_host_paths: Vec<PathBuf>,
+    /// Directory holding the `envd` and `hangar-jail` binaries; by default the directory
+    /// of the running executable.
+    pub tools_dir: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("/var/lib/hangar"),
+            listen: "127.0.0.1:7070".into(),
+            sandbox: SandboxConfig::default(),
+        }
+    }
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            uid_base: 1_000_000_000,
+            uid_count: 65536,
+            memory: "2GiB".into(),
+            pids: 1024,
+            cpus: 2.0,
+            hidden_host_paths: [
+                "/root",
+                "/home",
+                "/etc/ssh",
+                "/var/lib/hangar",
+                "/srv",
+                "/mnt",
+                "/media",
+            ]
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
+            tools_dir: None,
+        }
+    }
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`].
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {key}: {message}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The environment variables Hangar reads, gathered in one place.
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    /// `HANGAR_CONFIG`.
+    pub config: Option<PathBuf>,
+    /// `HANGAR_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `HANGAR_LISTEN`.
+    pub listen: Option<String>,
+}
+
+impl Env {
+    /// Reads the process environment.
+    pub fn from_process() -> Self {
+        let var = |k| std::env::var_os(k).filter(|v| !v.is_empty());
+        Env {
+            config: var("HANGAR_CONFIG").map(PathBuf::from),
+            data_dir: var("HANGAR_DATA_DIR").map(PathBuf::from),
+            listen: var("HANGAR_LISTEN").and_then(|v| v.into_string().ok()),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: the file (if any), then environment overrides, then
+    /// `data_dir_flag` (a command-line `--data-dir`), which wins over everything.
+    pub fn load(env: &Env, data_dir_flag: Option<&Path>) -> Result<Config, ConfigError> {
+        let data_dir_hint = data_dir_flag
+            .map(Path::to_path_buf)
+            .or_else(|| env.data_dir.clone())
+            .unwrap_or_else(|| Config::default().data_dir);
+        let (path, required) = match &env.config {
+            Some(p) => (p.clone(), true),
+            None => (data_dir_hint.join("hangar.toml"), false),
+        };
+        let mut config = match std::fs::read_to_string(&path) {
+            Ok(text) => Config::parse(&text, &path)?,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Config::default(),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        if let Some(d) = &env.data_dir {
+            config.data_dir = d.clone();
+        }
+        if let Some(l) = &env.listen {
+            config.listen = l.clone();
+        }
+        if let Some(d) = data_dir_flag {
+            config.data_dir = d.to_path_buf();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim().replace('\n', " "),
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.sandbox;
+        if s.uid_base == 0 {
+            return Err(ConfigError::Invalid {
+                key: "sandbox.uid_base",
+                message: "must not be 0: sandbox root must never be host root".into(),
+            });
+        }
+        if s.uid_count == 0 || s.uid_base.checked_add(s.uid_count).is_none() {
+            return Err(ConfigError::Invalid {
+                key: "sandbox.uid_count",
+                message: "must be positive and keep the range below 2^32".into(),
+            });
+        }
+        parse_size(&s.memory).map_err(|message| ConfigError::Invalid {
+            key: "sandbox.memory",
+            message,
+        })?;
+        if !(s.cpus > 0.0 && s.cpus.is_finite()) {
+            return Err(ConfigError::Invalid {
+                key: "sandbox.cpus",
+                message: "must be a positive number".into(),
+            });
+        }
+        if !self.data_dir.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "data_dir",
+                message: format!("must be an absolute path, got {}", self.data_dir.display()),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Parses a size such as `512MiB`, `2G`, `1048576` into bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size like 512MiB or 2G"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' in '{text}' (use K, M, G or T)"
+            ));
+        }
+    };
+    let bytes = n * mult as f64;
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("'{text}' is not a positive size"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env {
+            data_dir: Some(dir.path().into()),
+            ..Env::default()
+        };
+        let c = Config::load(&env, None).unwrap();
+        assert_eq!(c.data_dir, dir.path());
+        assert_eq!(c.sandbox.pids, 1024);
+    }
+
+    #[test]
+    fn file_then_env_then_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:1\"\ndata_dir = \"/a\"\n[sandbox]\npids = 7\n",
+        )
+        .unwrap();
+        let env = Env {
+            config: Some(file),
+            data_dir: Some("/b".into()),
+            listen: None,
+        };
+        let c = Config::load(&env, None).unwrap();
+        assert_eq!(
+            (c.listen.as_str(), c.data_dir.as_path(), c.sandbox.pids),
+            ("0.0.0.0:1", Path::new("/b"), 7)
+        );
+        let c = Config::load(&env, Some(Path::new("/c"))).unwrap();
+        assert_eq!(c.data_dir, Path::new("/c"));
+    }
+
+    #[test]
+    fn bad_files_give_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        for (text, needle) in [
+            ("listen = 3", "invalid config file"),
+            ("nonsense = 1", "unknown field"),
+            ("[sandbox]\nuid_base = 0", "sandbox.uid_base"),
+            ("[sandbox]\nmemory = \"lots\"", "sandbox.memory"),
+            ("data_dir = \"relative\"", "absolute"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let env = Env {
+                config: Some(file.clone()),
+                ..Env::default()
+            };
+            let err = Config::load(&env, None).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?} gave {err:?}");
+        }
+        let env = Env {
+            config: Some(dir.path().join("missing.toml")),
+            ..Env::default()
+        };
+        assert!(
+            Config::load(&env, None)
+                .unwrap_err()
+                .to_string()
+                .contains("cannot read")
+        );
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5k"), Ok(1536));
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("3 parsecs").is_err());
+        assert!(parse_size("").is_err());
+    }
+}

@@ -1,0 +1,403 @@
+//! cgroup limits, accounting and OOM detection, on v2 where the host enabled a controller
+//! there and on v1 otherwise. Hybrid hosts (controllers on v1, an empty v2 tree) are
+//! common, so each controller is placed independently, from `/proc/self/mountinfo`.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::Limits;
+
+/// Where each controller Hangar uses lives on this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hierarchies {
+    /// The v2 mount point, when its root has at least one controller Hangar uses.
+    pub v2: Option<PathBuf>,
+    /// Controllers available on v2 (from its root's `cgroup.controllers`).
+    pub v2_controllers: Vec<String>,
+    /// v1 mount points of `memory`, `pids`, `cpu`, `cpuacct`, when mounted on v1.
+    pub v1_memory: Option<PathBuf>,
+    /// v1 `pids`.
+    pub v1_pids: Option<PathBuf>,
+    /// v1 `cpu`.
+    pub v1_cpu: Option<PathBuf>,
+    /// v1 `cpuacct`.
+    pub v1_cpuacct: Option<PathBuf>,
+}
+
+/// Which hierarchy serves one controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Place {
+    V2(PathBuf),
+    V1(PathBuf),
+}
+
+impl Hierarchies {
+    /// Reads this host's cgroup mounts.
+    pub fn detect() -> io::Result<Hierarchies> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+        let mut h = Hierarchies::parse_mountinfo(&mountinfo);
+        if let Some(v2) = &h.v2 {
+            h.v2_controllers = fs::read_to_string(v2.join("cgroup.controllers"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+        }
+        Ok(h)
+    }
+
+    /// Parses mountinfo text; the v2 controller list is left empty.
+    pub fn parse_mountinfo(text: &str) -> Hierarchies {
+        let mut h = Hierarchies {
+            v2: None,
+            v2_controllers: Vec::new(),
+            v1_memory: None,
+            v1_pids: None,
+            v1_cpu: None,
+            v1_cpuacct: None,
+        };
+        for line in text.lines() {
+            // mountinfo: id parent maj:min root mountpoint opts [optional...] - fstype source superopts
+            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let fields: Vec<&str> = left.split(' ').collect();
+            let rfields: Vec<&str> = right.split(' ').collect();
+            let (Some(mount_point), Some(fstype)) = (fields.get(4), rfields.first()) else {
+                continue;
+            };
+            let mount_point = PathBuf::from(unescape_octal(mount_point));
+            match *fstype {
+                "cgroup2" if h.v2.is_none() => h.v2 = Some(mount_point),
+                "cgroup" => {
+                    let opts = rfields.get(2).copied().unwrap_or("");
+                    for opt in opts.split(',') {
+                        let slot = match opt {
+                            "memory" => &mut h.v1_memory,
+                            "pids" => &mut h.v1_pids,
+                            "cpu" => &mut h.v1_cpu,
+                            "cpuacct" => &mut h.v1_cpuacct,
+                            _ => continue,
+                        };
+                        if slot.is_none() {
+                            *slot = Some(mount_point.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        h
+    }
+
+    fn place(&self, controller: &str) -> Option<Place> {
+        if let Some(v2) = &self.v2 {
+            let name = if controller == "cpuacct" { "cpu" } else { controller };
+            if self.v2_controllers.iter().any(|c| c == name) {
+                return Some(Place::V2(v2.clone()));
+            }
+        }
+        let v1 = match controller {
+            "memory" => &self.v1_memory,
+            "pids" => &self.v1_pids,
+            "cpu" => &self.v1_cpu,
+            "cpuacct" => &self.v1_cpuacct,
+            _ => &None,
+        };
+        v1.clone().map(Place::V1)
+    }
+
+    /// A short description for logs and `hangar sandbox` diagnostics.
+    pub fn describe(&self) -> String {
+        ["memory", "pids", "cpu"]
+            .iter()
+            .map(|c| match self.place(c) {
+                Some(Place::V2(_)) => format!("{c}=v2"),
+                Some(Place::V1(_)) => format!("{c}=v1"),
+                None => format!("{c}=missing"),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn unescape_octal(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() + 0 && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Usage counters of one sandbox's cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    /// Memory in use, bytes.
+    pub memory_bytes: u64,
+    /// Processes and threads.
+    pub pids: u64,
+    /// CPU time used, microseconds.
+    pub cpu_usec: u64,
+    /// Times the kernel's OOM killer killed a process of this sandbox.
+    pub oom_kills: u64,
+}
+
+/// The cgroups of one sandbox: one directory per hierarchy that serves a controller.
+#[derive(Clone, Debug)]
+pub struct SandboxCgroup {
+    memory: Option<Place>,
+    pids: Option<Place>,
+    cpu: Option<Place>,
+    cpuacct: Option<Place>,
+}
+
+/// The group directory under a hierarchy root for sandbox `name`.
+fn dir_of(place: &Place, name: &str) -> PathBuf {
+    let (Place::V1(root) | Place::V2(root)) = place;
+    root.join("hangar").join(name)
+}
+
+impl SandboxCgroup {
+    /// The cgroups of sandbox `name` (nothing is created yet).
+    pub fn new(h: &Hierarchies, name: &str) -> SandboxCgroup {
+        let at = |c: &str| h.place(c).map(|p| (p.clone(), dir_of(&p, name)));
+        let wrap = |x: Option<(Place, PathBuf)>| {
+            x.map(|(p, d)| match p {
+                Place::V1(_) => Place::V1(d),
+                Place::V2(_) => Place::V2(d),
+            })
+        };
+        SandboxCgroup {
+            memory: wrap(at("memory")),
+            pids: wrap(at("pids")),
+            cpu: wrap(at("cpu")),
+            cpuacct: wrap(at("cpuacct")),
+        }
+    }
+
+    /// Every distinct directory, v2 first.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::new();
+        for p in [&self.memory, &self.pids, &self.cpu, &self.cpuacct].into_iter().flatten() {
+            let (Place::V1(d) | Place::V2(d)) = p;
+            if !out.contains(d) {
+                out.push(d.clone());
+            }
+        }
+        out
+    }
+
+    /// Creates the groups and sets the limits. Fails when a limit is asked for but its
+    /// controller is missing: a sandbox never runs with fewer limits than it was given.
+    pub fn create(&self, limits: &Limits) -> io::Result<()> {
+        for (what, p) in [("memory", &self.memory), ("pids", &self.pids), ("cpu", &self.cpu)] {
+            if p.is_none() {
+                return Err(io::Error::other(format!(
+                    "the {what} cgroup controller is not available on this host (neither v1 nor v2)"
+                )));
+            }
+        }
+        for p in [&self.memory, &self.pids, &self.cpu, &self.cpuacct].into_iter().flatten() {
+            if let Place::V2(dir) = p {
+                enable_v2_controllers(dir)?;
+            }
+        }
+        for d in self.dirs() {
+            if let Some(parent) = d.parent() {
+                fs::create_dir_all(parent).map_err(|e| with_path(e, parent))?;
+            }
+            match fs::create_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(with_path(e, &d)),
+            }
+        }
+        match &self.memory {
+            Some(Place::V1(d)) => {
+                write(d, "memory.limit_in_bytes", &limits.memory_bytes.to_string())?;
+                // Swap would let a memory bomb outlive its limit; best effort, as swap
+                // accounting may be off.
+                let _ = write(d, "memory.memsw.limit_in_bytes", &limits.memory_bytes.to_string());
+            }
+            Some(Place::V2(d)) => {
+                write(d, "memory.max", &limits.memory_bytes.to_string())?;
+                let _ = write(d, "memory.swap.max", "0");
+            }
+            None => {}
+        }
+        match &self.pids {
+            Some(Place::V1(d) | Place::V2(d)) => write(d, "pids.max", &limits.pids.to_string())?,
+            None => {}
+        }
+        let period: u64 = 100_000;
+        let quota = ((limits.cpus * period as f64) as u64).max(1000);
+        match &self.cpu {
+            Some(Place::V1(d)) => {
+                write(d, "cpu.cfs_period_us", &period.to_string())?;
+                write(d, "cpu.cfs_quota_us", &quota.to_string())?;
+            }
+            Some(Place::V2(d)) => write(d, "cpu.max", &format!("{quota} {period}"))?,
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` into every group.
+    pub fn attach(&self, pid: u32) -> io::Result<()> {
+        for d in self.dirs() {
+            write(&d, "cgroup.procs", &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Reads the usage counters; a counter that cannot be read is 0.
+    pub fn usage(&self) -> Usage {
+        let mut u = Usage::default();
+        match &self.memory {
+            Some(Place::V1(d)) => {
+                u.memory_bytes = read_u64(d, "memory.usage_in_bytes");
+                u.oom_kills = read_key(d, "memory.oom_control", "oom_kill");
+            }
+            Some(Place::V2(d)) => {
+                u.memory_bytes = read_u64(d, "memory.current");
+                u.oom_kills = read_key(d, "memory.events", "oom_kill");
+            }
+            None => {}
+        }
+        if let Some(Place::V1(d) | Place::V2(d)) = &self.pids {
+            u.pids = read_u64(d, "pids.current");
+        }
+        match &self.cpuacct {
+            Some(Place::V1(d)) => u.cpu_usec = read_u64(d, "cpuacct.usage") / 1000,
+            Some(Place::V2(d)) => u.cpu_usec = read_key(d, "cpu.stat", "usage_usec"),
+            None => {}
+        }
+        u
+    }
+
+    /// Host pids in the sandbox's groups (from the pids controller's group).
+    pub fn pids(&self) -> Vec<u32> {
+        let Some(Place::V1(d) | Place::V2(d)) = &self.pids else { return Vec::new() };
+        fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Removes the groups. They must be empty; a group that does not exist is fine.
+    pub fn remove(&self) -> io::Result<()> {
+        for d in self.dirs() {
+            match fs::remove_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(with_path(e, &d)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// On v2 a controller works in a group only when every ancestor delegates it.
+fn enable_v2_controllers(group: &Path) -> io::Result<()> {
+    let Some(parent) = group.parent() else { return Ok(()) };
+    let Some(root) = parent.parent() else { return Ok(()) };
+    if !parent.exists() {
+        fs::create_dir(parent).or_else(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(with_path(e, parent)) }
+        })?;
+    }
+    for d in [root, parent] {
+        let have = fs::read_to_string(d.join("cgroup.subtree_control")).unwrap_or_default();
+        for c in ["memory", "pids", "cpu"] {
+            if !have.split_whitespace().any(|x| x == c) {
+                // Absent controllers are reported later by `create`; ignore here.
+                let _ = write(d, "cgroup.subtree_control", &format!("+{c}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
+    let path = dir.join(file);
+    fs::write(&path, value).map_err(|e| with_path(e, &path))
+}
+
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+fn read_u64(dir: &Path, file: &str) -> u64 {
+    fs::read_to_string(dir.join(file)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+fn read_key(dir: &Path, file: &str, key: &str) -> u64 {
+    fs::read_to_string(dir.join(file))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+35 24 0:30 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755
+36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate
+39 35 0:34 / /sys/fs/cgroup/memory rw,nosuid shared:14 - cgroup cgroup rw,memory
+40 35 0:35 / /sys/fs/cgroup/pids rw,nosuid shared:15 - cgroup cgroup rw,pids
+41 35 0:36 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:16 - cgroup cgroup rw,cpu,cpuacct
+";
+
+    #[test]
+    fn hybrid_host_places_controllers_on_v1() {
+        let h = Hierarchies::parse_mountinfo(HYBRID);
+        assert_eq!(h.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
+        assert_eq!(h.describe(), "memory=v1 pids=v1 cpu=v1");
+        let cg = SandboxCgroup::new(&h, "sb1");
+        assert_eq!(
+            cg.dirs(),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/memory/hangar/sb1"),
+                PathBuf::from("/sys/fs/cgroup/pids/hangar/sb1"),
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/hangar/sb1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn v2_with_controllers_wins() {
+        let mut h = Hierarchies::parse_mountinfo(
+            "30 1 0:26 / /sys/fs/cgroup rw shared:4 - cgroup2 cgroup2 rw\n",
+        );
+        h.v2_controllers = vec!["cpu".into(), "memory".into(), "pids".into()];
+        assert_eq!(h.describe(), "memory=v2 pids=v2 cpu=v2");
+        assert_eq!(SandboxCgroup::new(&h, "x").dirs(), vec![PathBuf::from("/sys/fs/cgroup/hangar/x")]);
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_octal(r"/a\040b"), "/a b");
+        assert_eq!(unescape_octal(r"/a\04"), r"/a\04");
+    }
+
+    #[test]
+    fn keyed_files_are_read() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n").unwrap();
+        assert_eq!(read_key(d.path(), "memory.events", "oom_kill"), 2);
+        assert_eq!(read_key(d.path(), "memory.events", "oom"), 1);
+        assert_eq!(read_key(d.path(), "missing", "oom"), 0);
+    }
+}

@@ -1,0 +1,531 @@
+//! The privileged entry point (`hangar-jail`): it reads a [`JailConfig`], builds the
+//! sandbox and becomes its monitor. Nothing else in Hangar makes namespace, mount or
+//! seccomp calls.
+//!
+//! ```text
+//! hangar-jail (host root)         joins the cgroups, new private mount namespace,
+//!   │                             id-mapped binds of the layers, overlayfs, then enters the
+//!   │                             sandbox's user namespace and unshares the others
+//!   ├─ fork ─ init (pid 1)        proc, dev, sys, masks, pivot_root, drops capabilities,
+//!   │                             no_new_privs, seccomp, exec envd
+//!   └─ waits for init, writes its exit status to the sandbox's `exit.json`, exits
+//! ```
+//!
+//! The mounts live only in the sandbox's own mount namespaces, so they vanish with its
+//! last process: nothing is mounted on the host, and a crash cannot leak a mount.
+//!
+//! Progress is reported on fd 3 (the report pipe): `P<init host pid>\n` once init exists,
+//! `E<message>\n` on failure, and envd writes one byte once it listens.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Uid, fork, pivot_root, setresgid, setresuid};
+use serde::{Deserialize, Serialize};
+
+use crate::policy;
+
+/// The fd on which the jail reports progress to the runtime.
+pub const REPORT_FD: RawFd = 3;
+
+/// Where envd and its socket directory appear inside the sandbox.
+pub const ENVD_DIR: &str = "/.hangar";
+
+/// Everything the jail needs, serialized by the runtime onto the jail's stdin.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JailConfig {
+    /// Sandbox id; also its hostname.
+    pub id: String,
+    /// Read-only layers, top-most first.
+    pub layers: Vec<LayerMount>,
+    /// Per-sandbox directory holding the mount points and state (see [`crate::local`]).
+    pub dir: PathBuf,
+    /// The envd binary on the host.
+    pub envd: PathBuf,
+    /// cgroup directories to join.
+    pub cgroups: Vec<PathBuf>,
+    /// First host uid/gid of the sandbox's id range.
+    pub uid_base: u32,
+    /// Size of the range.
+    pub uid_count: u32,
+    /// Paths inside the sandbox to cover with an empty read-only tmpfs.
+    pub hide: Vec<PathBuf>,
+    /// Paths inside the sandbox to cover with a fresh writable tmpfs (mode 1777).
+    pub scratch: Vec<PathBuf>,
+}
+
+/// One read-only layer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerMount {
+    /// Host directory.
+    pub path: PathBuf,
+    /// Shift its owners into the sandbox's id range with an id-mapped mount, so files owned
+    /// by host root appear owned by the sandbox's root. Off for the host's own root, whose
+    /// files must stay foreign (and root-only files unreadable) inside.
+    pub idmap: bool,
+}
+
+/// The init process's end, as written to `exit.json` by the jail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitExit {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Signal, if a signal killed it.
+    pub signal: Option<i32>,
+}
+
+type JailResult<T> = Result<T, String>;
+
+fn ctx<E: std::fmt::Display>(what: impl FnOnce() -> String) -> impl FnOnce(E) -> String {
+    move |e| format!("{}: {e}", what())
+}
+
+/// `hangar-jail`'s main: never returns.
+pub fn main() -> ! {
+    // SAFETY: fd 3 is the report pipe handed over by the runtime; nothing else owns it.
+    let mut report = unsafe { File::from_raw_fd(REPORT_FD) };
+    let mut text = String::new();
+    let result = std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|e| format!("reading the jail config: {e}"))
+        .and_then(|_| {
+            serde_json::from_str::<JailConfig>(&text).map_err(|e| format!("bad jail config: {e}"))
+        })
+        .and_then(|cfg| run(&cfg, &mut report));
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(msg) => {
+            let _ = report.write_all(format!("E{}\n", msg.replace('\n', " ")).as_bytes());
+            eprintln!("hangar-jail: {msg}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn run(cfg: &JailConfig, report: &mut File) -> JailResult<i32> {
+    let pid = std::process::id().to_string();
+    for dir in &cfg.cgroups {
+        fs::write(dir.join("cgroup.procs"), &pid)
+            .map_err(ctx(|| format!("joining cgroup {}", dir.display())))?;
+    }
+    // Opened while still host root: the jail loses access to the host when it enters the
+    // sandbox's user namespace.
+    let mut exit_file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(cfg.dir.join("exit.json.tmp"))
+        .map_err(ctx(|| "creating exit.json.tmp".into()))?;
+    let exit_final = cfg.dir.join("exit.json");
+    let exit_tmp = cfg.dir.join("exit.json.tmp");
+    let dir_fd = File::open(&cfg.dir).map_err(ctx(|| format!("opening {}", cfg.dir.display())))?;
+
+    unshare(CloneFlags::CLONE_NEWNS).map_err(ctx(|| "new mount namespace".into()))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(ctx(|| "making / private".into()))?;
+
+    let userns = new_user_namespace(cfg.uid_base, cfg.uid_count)?;
+    let rootfs = cfg.dir.join("rootfs");
+    mount_layers(cfg, &userns, &rootfs)?;
+
+    setns(userns.as_fd(), CloneFlags::CLONE_NEWUSER)
+        .map_err(ctx(|| "entering the sandbox user namespace".into()))?;
+    drop(userns);
+    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .map_err(ctx(|| "setresgid(0)".into()))?;
+    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .map_err(ctx(|| "setresuid(0)".into()))?;
+    nix::unistd::setgroups(&[]).map_err(ctx(|| "setgroups".into()))?;
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .map_err(ctx(|| "new namespaces".into()))?;
+
+    // SAFETY: the jail is single-threaded, so the child may run arbitrary code after fork.
+    match unsafe { fork() }.map_err(ctx(|| "fork".into()))? {
+        ForkResult::Child => {
+            let err = init(cfg, &rootfs).unwrap_err();
+            let _ = report.write_all(format!("E{}\n", err.replace('\n', " ")).as_bytes());
+            // SAFETY: _exit skips atexit handlers and buffers the parent owns.
+            unsafe { libc::_exit(1) }
+        }
+        ForkResult::Parent { child } => {
+            report
+                .write_all(format!("P{child}\n").as_bytes())
+                .map_err(ctx(|| "reporting the init pid".into()))?;
+            drop(std::mem::replace(report, dev_null()?));
+            let status = loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => break InitExit { code: Some(code), signal: None },
+                    Ok(WaitStatus::Signaled(_, sig, _)) => {
+                        break InitExit { code: None, signal: Some(sig as i32) };
+                    }
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(format!("waiting for init: {e}")),
+                }
+            };
+            let json = serde_json::to_string(&status).map_err(|e| e.to_string())?;
+            exit_file.write_all(json.as_bytes()).map_err(|e| e.to_string())?;
+            drop(exit_file);
+            // Rename through the directory fd opened as host root.
+            let (from, to) = (c_name(&exit_tmp)?, c_name(&exit_final)?);
+            // SAFETY: both names are NUL-terminated and the fd is open.
+            unsafe { libc::renameat(dir_fd.as_raw_fd(), from.as_ptr(), dir_fd.as_raw_fd(), to.as_ptr()) };
+            Ok(0)
+        }
+    }
+}
+
+fn dev_null() -> JailResult<File> {
+    File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))
+}
+
+fn c_name(p: &Path) -> JailResult<CString> {
+    let name = p.file_name().ok_or_else(|| format!("{} has no file name", p.display()))?;
+    CString::new(name.as_bytes()).map_err(|e| e.to_string())
+}
+
+fn c_path(p: &Path) -> JailResult<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Creates a user namespace mapping 0..count to base..base+count and returns its fd.
+/// A short-lived child creates it, because a process cannot write its own id maps with
+/// a range wider than one id.
+fn new_user_namespace(base: u32, count: u32) -> JailResult<OwnedFd> {
+    let (ready_r, ready_w) = nix::unistd::pipe().map_err(ctx(|| "pipe".into()))?;
+    let (hold_r, hold_w) = nix::unistd::pipe().map_err(ctx(|| "pipe".into()))?;
+    // SAFETY: single-threaded; the child only makes async-signal-safe calls.
+    match unsafe { fork() }.map_err(ctx(|| "fork".into()))? {
+        ForkResult::Child => {
+            drop(ready_r);
+            drop(hold_w);
+            let ok = unshare(CloneFlags::CLONE_NEWUSER).is_ok();
+            let _ = nix::unistd::write(&ready_w, if ok { b"1" } else { b"0" });
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(&hold_r, &mut b);
+            // SAFETY: see above.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(ready_w);
+            drop(hold_r);
+            let result = (|| {
+                let mut b = [0u8; 1];
+                let n = nix::unistd::read(&ready_r, &mut b).map_err(|e| e.to_string())?;
+                if n != 1 || b[0] != b'1' {
+                    return Err("user namespaces are not available (unshare(CLONE_NEWUSER) failed)".to_string());
+                }
+                let proc = PathBuf::from(format!("/proc/{child}"));
+                let map = format!("0 {base} {count}\n");
+                fs::write(proc.join("uid_map"), &map).map_err(ctx(|| "writing uid_map".into()))?;
+                fs::write(proc.join("gid_map"), &map).map_err(ctx(|| "writing gid_map".into()))?;
+                let f = File::open(proc.join("ns/user")).map_err(ctx(|| "opening ns/user".into()))?;
+                Ok(OwnedFd::from(f))
+            })();
+            drop(hold_w);
+            let _ = waitpid(child, None);
+            result
+        }
+    }
+}
+
+/// Mounts each layer (id-mapped where asked) under `dir/lower/N` and the overlay at `rootfs`.
+fn mount_layers(cfg: &JailConfig, userns: &OwnedFd, rootfs: &Path) -> JailResult<()> {
+    let mut lowers = Vec::new();
+    for (i, layer) in cfg.layers.iter().enumerate() {
+        let target = cfg.dir.join("lower").join(i.to_string());
+        mkdir_p(&target)?;
+        bind_layer(&layer.path, &target, layer.idmap.then_some(userns))?;
+        lowers.push(target.display().to_string());
+    }
+    if lowers.is_empty() {
+        return Err("a sandbox needs at least one layer".into());
+    }
+    let upper = cfg.dir.join("upper");
+    let work = cfg.dir.join("work");
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        upper.display(),
+        work.display()
+    );
+    mount(Some("overlay"), rootfs, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
+        .map_err(ctx(|| format!("mounting overlayfs ({data})")))
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+
+/// Binds `src` (that filesystem only, not its submounts) read-only at `target`, id-mapped
+/// through `userns` when given.
+fn bind_layer(src: &Path, target: &Path, userns: Option<&OwnedFd>) -> JailResult<()> {
+    let src_c = c_path(src)?;
+    let target_c = c_path(target)?;
+    // SAFETY: valid NUL-terminated path; the returned fd is checked and owned below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src_c.as_ptr(),
+            (OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint) as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(format!("open_tree({}): {}", src.display(), std::io::Error::last_os_error()));
+    }
+    // SAFETY: open_tree returned a new fd that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | if userns.is_some() { MOUNT_ATTR_IDMAP } else { 0 },
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.map(|u| u.as_raw_fd() as u64).unwrap_or(0),
+    };
+    let empty = c"";
+    // SAFETY: `attr` is a valid mount_attr of the size passed; the fd is open.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(format!(
+            "mount_setattr({}, idmap={}): {}",
+            src.display(),
+            userns.is_some(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: valid fd and NUL-terminated strings.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target_c.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(format!("move_mount({}): {}", target.display(), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn mkdir_p(p: &Path) -> JailResult<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(p)
+        .map_err(ctx(|| format!("mkdir {}", p.display())))
+}
+
+fn mnt(src: Option<&str>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> JailResult<()> {
+    mount(src, target, fstype, flags, data)
+        .map_err(ctx(|| format!("mount {} on {}", fstype.or(src).unwrap_or("?"), target.display())))
+}
+
+/// Runs as the sandbox's pid 1 until it execs envd; returns only on failure.
+fn init(cfg: &JailConfig, rootfs: &Path) -> JailResult<std::convert::Infallible> {
+    nix::unistd::sethostname(&cfg.id).map_err(ctx(|| "sethostname".into()))?;
+    loopback_up()?;
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+
+    // Mounts inherited from the jail's namespace are locked, and pivot_root refuses a
+    // locked new root, so the root is bound onto itself first.
+    mnt(Some(&rootfs.display().to_string()), rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    let at = |p: &str| rootfs.join(p.trim_start_matches('/'));
+
+    mkdir_p(&at("/proc"))?;
+    mnt(Some("proc"), &at("/proc"), Some("proc"), nosuid, None)?;
+
+    mkdir_p(&at("/dev"))?;
+    mnt(Some("tmpfs"), &at("/dev"), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
+    for dev in policy::DEVICES {
+        let target = at("/dev").join(dev);
+        File::create(&target).map_err(ctx(|| format!("creating {}", target.display())))?;
+        mnt(Some(&format!("/dev/{dev}")), &target, None, MsFlags::MS_BIND, None)?;
+    }
+    mkdir_p(&at("/dev/pts"))?;
+    mnt(Some("devpts"), &at("/dev/pts"), Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))?;
+    mkdir_p(&at("/dev/shm"))?;
+    mnt(Some("shm"), &at("/dev/shm"), Some("tmpfs"), nosuid, Some("mode=1777,size=65536k"))?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, at("/dev").join(link)).map_err(ctx(|| format!("symlink /dev/{link}")))?;
+    }
+
+    mkdir_p(&at("/sys"))?;
+    if mount(Some("sysfs"), &at("/sys"), Some("sysfs"), nosuid | MsFlags::MS_RDONLY, None::<&str>).is_err() {
+        // sysfs needs a network namespace of our own and no overmounted host sysfs; an
+        // empty /sys is the safe fallback.
+        mnt(Some("tmpfs"), &at("/sys"), Some("tmpfs"), nosuid | MsFlags::MS_RDONLY, Some("size=0"))?;
+    }
+
+    for p in policy::MASKED_PATHS {
+        mask(&at(p), &at("/dev/null"))?;
+    }
+    for p in policy::READONLY_PATHS {
+        let target = at(p);
+        if target.exists() {
+            mnt(Some(&target.display().to_string()), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+            mnt(None, &target, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid, None)?;
+        }
+    }
+    for p in &cfg.hide {
+        let target = rootfs.join(p.strip_prefix("/").unwrap_or(p));
+        if target.is_dir() {
+            mnt(Some("tmpfs"), &target, Some("tmpfs"), nosuid | MsFlags::MS_RDONLY, Some("size=0,mode=755"))?;
+        } else if target.exists() {
+            mask(&target, &at("/dev/null"))?;
+        }
+    }
+    for p in &cfg.scratch {
+        let target = rootfs.join(p.strip_prefix("/").unwrap_or(p));
+        if target.is_dir() {
+            mnt(Some("tmpfs"), &target, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+        }
+    }
+
+    // envd and its socket directory, behind a read-only tmpfs.
+    let hangar = at(ENVD_DIR);
+    mkdir_p(&hangar)?;
+    mnt(Some("tmpfs"), &hangar, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=755,size=16k"))?;
+    let envd = hangar.join("envd");
+    File::create(&envd).map_err(ctx(|| "creating the envd mount point".into()))?;
+    mnt(Some(&cfg.envd.display().to_string()), &envd, None, MsFlags::MS_BIND, None)?;
+    mnt(None, &envd, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None)?;
+    mkdir_p(&hangar.join("run"))?;
+    mnt(Some(&cfg.dir.join("run").display().to_string()), &hangar.join("run"), None, MsFlags::MS_BIND, None)?;
+    mnt(None, &hangar, None, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=755,size=16k"))?;
+
+    std::env::set_current_dir(rootfs).map_err(ctx(|| "chdir to rootfs".into()))?;
+    pivot_root(".", ".").map_err(ctx(|| "pivot_root".into()))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(ctx(|| "detaching the old root".into()))?;
+    std::env::set_current_dir("/").map_err(ctx(|| "chdir /".into()))?;
+
+    drop_privileges()?;
+    close_fds_except(&[0, 1, 2, REPORT_FD]);
+    let stdin = File::open("/dev/null").map_err(ctx(|| "/dev/null".into()))?;
+    nix::unistd::dup2_stdin(stdin.as_fd()).map_err(ctx(|| "dup2".into()))?;
+
+    let prog = c_path(&envd_in_sandbox())?;
+    let args = [
+        CString::from(c"envd"),
+        CString::from(c"--socket"),
+        c_path(&Path::new(ENVD_DIR).join("run/envd.sock"))?,
+        CString::from(c"--ready-fd"),
+        CString::new(REPORT_FD.to_string()).map_err(|e| e.to_string())?,
+    ];
+    let env = [CString::from(c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), CString::from(c"HOME=/root")];
+    let seccomp = policy::seccomp_filters().map_err(|e| e.to_string())?;
+    for f in &seccomp {
+        seccompiler::apply_filter(f).map_err(ctx(|| "applying the seccomp filter".into()))?;
+    }
+    let err = nix::unistd::execve(&prog, &args, &env).unwrap_err();
+    Err(format!("exec envd: {err}"))
+}
+
+/// envd's path inside the sandbox.
+pub fn envd_in_sandbox() -> PathBuf {
+    Path::new(ENVD_DIR).join("envd")
+}
+
+fn mask(target: &Path, dev_null: &Path) -> JailResult<()> {
+    match fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() => mnt(Some("tmpfs"), target, Some("tmpfs"), MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("size=0")),
+        Ok(_) => mnt(Some(&dev_null.display().to_string()), target, None, MsFlags::MS_BIND, None),
+        Err(_) => Ok(()),
+    }
+}
+
+fn drop_privileges() -> JailResult<()> {
+    use caps::{CapSet, CapsHashSet};
+    let keep: CapsHashSet = policy::KEPT_CAPABILITIES.iter().copied().collect();
+    for cap in caps::all() {
+        if !keep.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(ctx(|| format!("dropping {cap} from the bounding set")))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(ctx(|| "clearing ambient capabilities".into()))?;
+    caps::set(None, CapSet::Inheritable, &CapsHashSet::new()).map_err(ctx(|| "clearing inheritable capabilities".into()))?;
+    caps::set(None, CapSet::Effective, &keep).map_err(ctx(|| "setting effective capabilities".into()))?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(ctx(|| "setting permitted capabilities".into()))?;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn close_fds_except(keep: &[RawFd]) {
+    let fds: Vec<RawFd> = fs::read_dir("/proc/self/fd")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    for fd in fds {
+        if !keep.contains(&fd) {
+            // SAFETY: closing an fd this process no longer needs; nothing else uses it.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Brings the loopback interface of the new network namespace up.
+fn loopback_up() -> JailResult<()> {
+    // SAFETY: plain socket/ioctl calls on a zeroed ifreq whose name is NUL-terminated.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let sock = OwnedFd::from_raw_fd(sock);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(format!("SIOCGIFFLAGS lo: {}", std::io::Error::last_os_error()));
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(format!("SIOCSIFFLAGS lo: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}

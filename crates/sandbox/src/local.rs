@@ -1,0 +1,740 @@
+//! The local backend: sandboxes on this machine, one directory each under
+//! `<data dir>/sandboxes/<id>/`:
+//!
+//! ```text
+//! sandbox.json   what was asked for and the pids (the record)
+//! upper/ work/   overlayfs upper and work directories (the sandbox's writes)
+//! lower/N/       mount points of the read-only layers (mounted only inside the sandbox)
+//! rootfs/        mount point of the overlay (likewise)
+//! run/           envd's socket directory, bind-mounted at /.hangar/run
+//! exit.json      how init ended, written by the jail
+//! jail.log       the jail's and envd's stderr
+//! ```
+//!
+//! The record on disk is the truth: a sandbox outlives the process that created it (the
+//! CLI, or a server that crashed), and [`LocalRuntime::recover`] re-adopts live ones and
+//! reaps the rest.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hangar_config::{Config, SandboxConfig, parse_size};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use crate::cgroup::{Hierarchies, SandboxCgroup, Usage};
+use crate::jail::{InitExit, JailConfig, LayerMount, REPORT_FD};
+use crate::{EnvdClient, Limits, Rootfs, Runtime, Sandbox, SandboxError, SandboxSpec, Status};
+
+/// How long a sandbox may take to start before it is given up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `stop` waits after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+/// Paths that are always a fresh tmpfs when the host root is the rootfs.
+const HOST_SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/run"];
+
+/// The embedded Linux backend.
+#[derive(Clone, Debug)]
+pub struct LocalRuntime {
+    dir: PathBuf,
+    data_dir: PathBuf,
+    jail: PathBuf,
+    envd: PathBuf,
+    hierarchies: Hierarchies,
+    config: SandboxConfig,
+}
+
+/// What [`LocalRuntime::recover`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Recovery {
+    /// Running sandboxes taken over as they are.
+    pub adopted: Vec<String>,
+    /// Half-created sandboxes removed.
+    pub reaped: Vec<String>,
+    /// Sandboxes whose init had died, now marked dead with the reason.
+    pub dead: Vec<String>,
+}
+
+/// The on-disk record of one sandbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Record {
+    id: String,
+    spec: SandboxSpec,
+    created_at_ms: u64,
+    state: RecordState,
+    init: Option<ProcessId>,
+    jail: Option<ProcessId>,
+    #[serde(default)]
+    dead: Option<(String, bool)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RecordState {
+    Creating,
+    Running,
+    Stopped,
+    Dead,
+}
+
+/// A pid plus its start time, so a recycled pid is never mistaken for the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ProcessId {
+    pid: u32,
+    start_time: u64,
+}
+
+impl ProcessId {
+    fn of(pid: u32) -> Option<ProcessId> {
+        start_time(pid).map(|start_time| ProcessId { pid, start_time })
+    }
+
+    fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time)
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if self.alive() {
+            // SAFETY: kill has no memory effects; the pid was just checked to be ours.
+            unsafe { libc::kill(self.pid as libc::pid_t, sig) };
+        }
+    }
+}
+
+/// Field 22 of /proc/PID/stat: start time in clock ticks since boot.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let state = rest.split(' ').next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl LocalRuntime {
+    /// A runtime keeping its sandboxes under `config.data_dir`/sandboxes. Checks that this
+    /// host can run sandboxes at all (root, cgroup controllers, helper binaries).
+    pub fn open(config: &Config) -> Result<LocalRuntime, SandboxError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(SandboxError::Unsupported(
+                "the local sandbox runtime needs root (it creates namespaces, mounts and cgroups); run as root".into(),
+            ));
+        }
+        let tools = match &config.sandbox.tools_dir {
+            Some(d) => d.clone(),
+            None => tools_dir()?,
+        };
+        let find = |name: &str| {
+            let p = tools.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(SandboxError::Unsupported(format!(
+                    "{} not found; build it with `cargo build --release` (it ships next to `hangar`)",
+                    p.display()
+                )))
+            }
+        };
+        let dir = config.data_dir.join("sandboxes");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&dir)
+            .map_err(SandboxError::io(format!("creating {}", dir.display())))?;
+        let hierarchies =
+            Hierarchies::detect().map_err(SandboxError::io("reading /proc/self/mountinfo"))?;
+        Ok(LocalRuntime {
+            dir,
+            data_dir: config.data_dir.clone(),
+            jail: find("hangar-jail")?,
+            envd: find("envd")?,
+            hierarchies,
+            config: config.sandbox.clone(),
+        })
+    }
+
+    /// The default limits of this deployment.
+    pub fn default_limits(&self) -> Limits {
+        Limits {
+            memory_bytes: parse_size(&self.config.memory).unwrap_or(2 << 30),
+            pids: self.config.pids,
+            cpus: self.config.cpus,
+        }
+    }
+
+    /// Turns a `--rootfs` argument into a [`Rootfs`]: `host` is the host's root, a directory
+    /// is used as it is, and a tarball (plain, gzip, xz or zstd) is unpacked once into
+    /// `<data dir>/rootfs/` and reused while the file is unchanged.
+    pub fn prepare_rootfs(&self, arg: &str) -> Result<Rootfs, SandboxError> {
+        if arg == "host" {
+            return Ok(Rootfs::HostRoot);
+        }
+        let path = fs::canonicalize(arg).map_err(|e| {
+            SandboxError::InvalidSpec(format!("rootfs {arg}: {e}"))
+        })?;
+        let meta = fs::metadata(&path).map_err(SandboxError::io(format!("stat {}", path.display())))?;
+        if meta.is_dir() {
+            return Ok(Rootfs::Layers { layers: vec![path] });
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (path.as_os_str(), meta.len(), meta.modified().ok()).hash(&mut h);
+        let cache = self.data_dir.join("rootfs").join(format!("{:016x}", h.finish()));
+        if !cache.is_dir() {
+            let tmp = cache.with_extension("partial");
+            let _ = fs::remove_dir_all(&tmp);
+            fs::create_dir_all(&tmp).map_err(SandboxError::io(format!("creating {}", tmp.display())))?;
+            let out = std::process::Command::new("tar")
+                .arg("-xpf")
+                .arg(&path)
+                .args(["--numeric-owner", "--xattrs", "-C"])
+                .arg(&tmp)
+                .output()
+                .map_err(SandboxError::io("running tar"))?;
+            if !out.status.success() {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(SandboxError::InvalidSpec(format!(
+                    "rootfs {} is neither a directory nor a readable tarball: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            fs::rename(&tmp, &cache).map_err(SandboxError::io(format!("renaming {}", tmp.display())))?;
+        }
+        Ok(Rootfs::Layers { layers: vec![cache] })
+    }
+
+    /// Which cgroup hierarchy serves each controller, e.g. `memory=v1 pids=v1 cpu=v1`.
+    pub fn cgroup_layout(&self) -> String {
+        self.hierarchies.describe()
+    }
+
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    fn cgroup(&self, id: &str) -> SandboxCgroup {
+        SandboxCgroup::new(&self.hierarchies, id)
+    }
+
+    fn read_record(&self, id: &str) -> Result<Record, SandboxError> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(SandboxError::NotFound(id.to_string()));
+        }
+        let path = self.sandbox_dir(id).join("sandbox.json");
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SandboxError::NotFound(id.to_string()));
+            }
+            Err(e) => return Err(SandboxError::io(format!("reading {}", path.display()))(e)),
+        };
+        serde_json::from_str(&text).map_err(|e| SandboxError::Io {
+            context: format!("reading {}", path.display()),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })
+    }
+
+    /// Writes the record atomically (temporary file, then rename).
+    fn write_record(&self, r: &Record) -> Result<(), SandboxError> {
+        let dir = self.sandbox_dir(&r.id);
+        let tmp = dir.join("sandbox.json.tmp");
+        let json = serde_json::to_vec_pretty(r).map_err(|e| SandboxError::Io {
+            context: "encoding the sandbox record".into(),
+            source: std::io::Error::other(e),
+        })?;
+        fs::write(&tmp, json).map_err(SandboxError::io(format!("writing {}", tmp.display())))?;
+        fs::rename(&tmp, dir.join("sandbox.json"))
+            .map_err(SandboxError::io(format!("renaming {}", tmp.display())))
+    }
+
+    /// The record's state, settling a running sandbox whose init died into `Dead`.
+    fn settle(&self, mut r: Record) -> Result<Record, SandboxError> {
+        if r.state == RecordState::Running && !r.init.is_some_and(|p| p.alive()) {
+            let exit = fs::read_to_string(self.sandbox_dir(&r.id).join("exit.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<InitExit>(&t).ok());
+            let cg = self.cgroup(&r.id);
+            let oom = cg.usage().oom_kills > 0;
+            let reason = death_reason(exit, oom);
+            tracing::warn!(sandbox = %r.id, %reason, "sandbox init died");
+            r.state = RecordState::Dead;
+            r.dead = Some((reason, oom));
+            self.write_record(&r)?;
+            self.release(&r);
+        }
+        Ok(r)
+    }
+
+    /// Kills whatever is left and removes the cgroups; files stay.
+    fn release(&self, r: &Record) {
+        let cg = self.cgroup(&r.id);
+        if let Some(init) = r.init {
+            init.signal(libc::SIGKILL);
+        }
+        // Processes left in the groups (a jail whose init was already gone).
+        for pid in cg.pids() {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cg.pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if let Err(e) = cg.remove() {
+            tracing::warn!(sandbox = %r.id, "removing cgroups: {e}");
+        }
+    }
+
+    fn to_sandbox(&self, r: Record) -> Sandbox {
+        let status = match r.state {
+            RecordState::Creating => Status::Creating,
+            RecordState::Running => Status::Running,
+            RecordState::Stopped => Status::Stopped,
+            RecordState::Dead => {
+                let (reason, oom_killed) = r.dead.clone().unwrap_or_default();
+                Status::Dead { reason, oom_killed }
+            }
+        };
+        Sandbox {
+            socket: self.sandbox_dir(&r.id).join("run/envd.sock"),
+            init_pid: (r.state == RecordState::Running).then(|| r.init.map(|p| p.pid)).flatten(),
+            id: r.id,
+            status,
+            spec: r.spec,
+            created_at_ms: r.created_at_ms,
+        }
+    }
+
+    /// Finds sandboxes left by an earlier process: running ones are adopted as they are,
+    /// half-created ones removed, ones whose init died marked dead (cgroups released).
+    pub fn recover(&self) -> Result<Recovery, SandboxError> {
+        let mut out = Recovery::default();
+        for id in self.ids()? {
+            let r = match self.read_record(&id) {
+                Ok(r) => r,
+                Err(SandboxError::NotFound(_)) => {
+                    // A directory without a record: a create that died before writing it.
+                    self.remove_dir(&id);
+                    out.reaped.push(id);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match r.state {
+                RecordState::Creating => {
+                    self.release(&r);
+                    self.remove_dir(&id);
+                    out.reaped.push(id);
+                }
+                RecordState::Running => {
+                    if self.settle(r)?.state == RecordState::Dead {
+                        out.dead.push(id);
+                    } else {
+                        out.adopted.push(id);
+                    }
+                }
+                RecordState::Stopped | RecordState::Dead => {}
+            }
+        }
+        Ok(out)
+    }
+
+    fn ids(&self) -> Result<Vec<String>, SandboxError> {
+        let mut ids = Vec::new();
+        let entries =
+            fs::read_dir(&self.dir).map_err(SandboxError::io(format!("listing {}", self.dir.display())))?;
+        for e in entries.flatten() {
+            if let Some(name) = e.file_name().to_str() {
+                if e.path().is_dir() {
+                    ids.push(name.to_string());
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    fn remove_dir(&self, id: &str) {
+        let dir = self.sandbox_dir(id);
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(sandbox = %id, "removing {}: {e}", dir.display());
+            }
+        }
+    }
+
+    fn jail_config(&self, id: &str, spec: &SandboxSpec, cg: &SandboxCgroup) -> JailConfig {
+        let (layers, hide, scratch) = match &spec.rootfs {
+            Rootfs::HostRoot => {
+                let mut hide = self.config.hidden_host_paths.clone();
+                hide.push(self.data_dir.clone());
+                (
+                    vec![LayerMount { path: "/".into(), idmap: false }],
+                    hide,
+                    HOST_SCRATCH.iter().map(PathBuf::from).collect(),
+                )
+            }
+            Rootfs::Layers { layers } => (
+                layers.iter().map(|p| LayerMount { path: p.clone(), idmap: true }).collect(),
+                Vec::new(),
+                Vec::new(),
+            ),
+        };
+        JailConfig {
+            id: id.to_string(),
+            layers,
+            dir: self.sandbox_dir(id),
+            envd: self.envd.clone(),
+            cgroups: cg.dirs(),
+            uid_base: self.config.uid_base,
+            uid_count: self.config.uid_count,
+            hide,
+            scratch,
+        }
+    }
+
+    fn validate(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
+        if let Rootfs::Layers { layers } = &spec.rootfs {
+            if layers.is_empty() {
+                return Err(SandboxError::InvalidSpec("a rootfs needs at least one layer".into()));
+            }
+            for l in layers {
+                if !l.is_absolute() {
+                    return Err(SandboxError::InvalidSpec(format!(
+                        "rootfs layer {} must be an absolute path",
+                        l.display()
+                    )));
+                }
+                if !l.is_dir() {
+                    return Err(SandboxError::InvalidSpec(format!(
+                        "rootfs {} does not exist or is not a directory",
+                        l.display()
+                    )));
+                }
+            }
+        }
+        let l = &spec.limits;
+        if l.memory_bytes < (8 << 20) {
+            return Err(SandboxError::InvalidSpec("memory limit must be at least 8MiB".into()));
+        }
+        if l.pids < 4 {
+            return Err(SandboxError::InvalidSpec("pids limit must be at least 4".into()));
+        }
+        if !(l.cpus >= 0.01 && l.cpus.is_finite()) {
+            return Err(SandboxError::InvalidSpec("cpus must be at least 0.01".into()));
+        }
+        Ok(())
+    }
+
+    /// Prepares the directory, cgroups and record, then starts the jail.
+    async fn start(&self, id: &str, spec: &SandboxSpec) -> Result<Record, SandboxError> {
+        let dir = self.sandbox_dir(id);
+        let base = self.config.uid_base;
+        for (sub, mode, owned) in [
+            ("", 0o711, false),
+            ("upper", 0o755, true),
+            ("work", 0o700, false),
+            ("lower", 0o700, false),
+            ("rootfs", 0o755, false),
+            ("run", 0o700, true),
+        ] {
+            let p = dir.join(sub);
+            fs::DirBuilder::new()
+                .mode(mode)
+                .create(&p)
+                .map_err(SandboxError::io(format!("creating {}", p.display())))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+                .map_err(SandboxError::io(format!("chmod {}", p.display())))?;
+            if owned {
+                std::os::unix::fs::chown(&p, Some(base), Some(base))
+                    .map_err(SandboxError::io(format!("chown {}", p.display())))?;
+            }
+        }
+        let mut record = Record {
+            id: id.to_string(),
+            spec: spec.clone(),
+            created_at_ms: now_ms(),
+            state: RecordState::Creating,
+            init: None,
+            jail: None,
+            dead: None,
+        };
+        self.write_record(&record)?;
+        let cg = self.cgroup(id);
+        cg.create(&spec.limits).map_err(|e| SandboxError::Unsupported(format!("cgroups: {e}")))?;
+
+        let config = serde_json::to_vec(&self.jail_config(id, spec, &cg)).map_err(|e| SandboxError::Io {
+            context: "encoding the jail config".into(),
+            source: std::io::Error::other(e),
+        })?;
+        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| SandboxError::io("creating the report pipe")(e.into()))?;
+        let log = fs::File::create(dir.join("jail.log"))
+            .map_err(SandboxError::io("creating jail.log"))?;
+        let log2 = log.try_clone().map_err(SandboxError::io("dup jail.log"))?;
+        let mut cmd = tokio::process::Command::new(&self.jail);
+        cmd.stdin(Stdio::piped()).stdout(log).stderr(log2).kill_on_drop(false);
+        let write_fd = report_w.as_raw_fd();
+        // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::setsid();
+                if libc::dup2(write_fd, REPORT_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(SandboxError::io(format!("starting {}", self.jail.display())))?;
+        drop(report_w);
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            stdin.write_all(&config).await.map_err(SandboxError::io("sending the jail config"))?;
+        }
+        record.jail = child.id().and_then(ProcessId::of);
+        // The child is reaped by tokio in the background once it exits; the jail itself
+        // lives as long as the sandbox.
+        drop(child);
+
+        let outcome = tokio::time::timeout(START_TIMEOUT, read_report(report_r)).await;
+        let failure = match outcome {
+            Ok(Ok((pid, None))) => {
+                record.init = ProcessId::of(pid);
+                if record.init.is_some() {
+                    record.state = RecordState::Running;
+                    self.write_record(&record)?;
+                    return Ok(record);
+                }
+                "init exited right after starting".to_string()
+            }
+            Ok(Ok((pid, Some(err)))) => {
+                record.init = ProcessId::of(pid);
+                err
+            }
+            Ok(Err(err)) => err,
+            Err(_) => format!("envd did not become ready within {}s", START_TIMEOUT.as_secs()),
+        };
+        Err(SandboxError::StartFailed { id: id.to_string(), message: with_log_tail(failure, &dir) })
+    }
+}
+
+/// Reads the jail's report pipe: `P<pid>\n`, then either envd's ready byte or `E<msg>\n`.
+async fn read_report(fd: OwnedFd) -> Result<(u32, Option<String>), String> {
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+        .map_err(|e| format!("report pipe: {e}"))?;
+    let mut buf = Vec::with_capacity(64);
+    let mut chunk = [0u8; 256];
+    let mut pid: Option<u32> = None;
+    loop {
+        // Parse what we have.
+        if pid.is_none() {
+            if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                let line = String::from_utf8_lossy(&buf[..nl]).into_owned();
+                buf.drain(..=nl);
+                if let Some(msg) = line.strip_prefix('E') {
+                    return Err(msg.to_string());
+                }
+                let p = line
+                    .strip_prefix('P')
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| format!("unexpected report from the jail: {line:?}"))?;
+                pid = Some(p);
+            }
+        }
+        if let Some(p) = pid {
+            match buf.first() {
+                Some(b'E') => {
+                    if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                        return Ok((p, Some(String::from_utf8_lossy(&buf[1..nl]).into_owned())));
+                    }
+                }
+                Some(_) => return Ok((p, None)),
+                None => {}
+            }
+        }
+        let n = pipe.read(&mut chunk).await.map_err(|e| format!("report pipe: {e}"))?;
+        if n == 0 {
+            return match pid {
+                Some(p) if buf.first() == Some(&b'E') => {
+                    Ok((p, Some(String::from_utf8_lossy(&buf[1..]).trim().to_string())))
+                }
+                _ => Err("the sandbox exited before envd was ready".into()),
+            };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn with_log_tail(message: String, dir: &Path) -> String {
+    let mut log = String::new();
+    if let Ok(mut f) = fs::File::open(dir.join("jail.log")) {
+        let _ = f.read_to_string(&mut log);
+    }
+    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+    if tail.is_empty() {
+        message
+    } else {
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("{message} (log: {})", tail.join(" | "))
+    }
+}
+
+fn death_reason(exit: Option<InitExit>, oom: bool) -> String {
+    match exit {
+        _ if oom => "out of memory (OOM-killed)".into(),
+        Some(InitExit { code: Some(c), .. }) => format!("init exited with code {c}"),
+        Some(InitExit { signal: Some(s), .. }) => format!("init was killed by signal {s}"),
+        _ => "init died while no Hangar process was watching (exit status unknown)".into(),
+    }
+}
+
+/// The directory holding `hangar-jail` and `envd`: the running executable's, or its parent
+/// for test binaries under `target/<profile>/deps`.
+fn tools_dir() -> Result<PathBuf, SandboxError> {
+    let exe = std::env::current_exe().map_err(SandboxError::io("locating the running executable"))?;
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.join("envd").is_file() || dir.file_name().is_none_or(|n| n != "deps") {
+        return Ok(dir);
+    }
+    Ok(dir.parent().map(Path::to_path_buf).unwrap_or(dir))
+}
+
+/// Waits for a process to exit without being its parent.
+async fn wait_gone(p: ProcessId, timeout: Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p.pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return !p.alive();
+    }
+    // SAFETY: pidfd_open returned a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    if !p.alive() {
+        return true;
+    }
+    // SAFETY: the AsyncFd owns the pidfd, which stays open for its whole life.
+    let Ok(afd) = (unsafe { tokio::io::unix::AsyncFd::register(fd) }) else { return !p.alive() };
+    tokio::time::timeout(timeout, afd.readable()).await.is_ok()
+}
+
+#[async_trait::async_trait]
+impl Runtime for LocalRuntime {
+    async fn create(&self, spec: SandboxSpec) -> Result<Sandbox, SandboxError> {
+        self.validate(&spec)?;
+        let id = format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        match self.start(&id, &spec).await {
+            Ok(r) => Ok(self.to_sandbox(r)),
+            Err(e) => {
+                if let Ok(r) = self.read_record(&id) {
+                    self.release(&r);
+                } else {
+                    let _ = self.cgroup(&id).remove();
+                }
+                self.remove_dir(&id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn envd(&self, id: &str) -> Result<EnvdClient, SandboxError> {
+        let r = self.settle(self.read_record(id)?)?;
+        if r.state != RecordState::Running {
+            let state = match self.to_sandbox(r).status {
+                Status::Dead { reason, .. } => format!("dead: {reason}"),
+                s => format!("{s:?}").to_lowercase(),
+            };
+            return Err(SandboxError::NotRunning { id: id.to_string(), state });
+        }
+        Ok(EnvdClient::new(self.sandbox_dir(id).join("run/envd.sock")))
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), SandboxError> {
+        let mut r = self.settle(self.read_record(id)?)?;
+        if r.state != RecordState::Running {
+            return Ok(());
+        }
+        if let Some(init) = r.init {
+            init.signal(libc::SIGTERM);
+            let waited = match r.jail {
+                Some(j) => wait_gone(j, STOP_GRACE).await,
+                None => wait_gone(init, STOP_GRACE).await,
+            };
+            if !waited {
+                init.signal(libc::SIGKILL);
+            }
+        }
+        self.release(&r);
+        r.state = RecordState::Stopped;
+        self.write_record(&r)
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
+        let r = self.read_record(id)?;
+        if let Some(init) = r.init {
+            init.signal(libc::SIGKILL);
+            if let Some(j) = r.jail {
+                wait_gone(j, Duration::from_secs(5)).await;
+            }
+        }
+        self.release(&r);
+        self.remove_dir(id);
+        if self.sandbox_dir(id).exists() {
+            return Err(SandboxError::Io {
+                context: format!("removing {}", self.sandbox_dir(id).display()),
+                source: std::io::Error::other("directory still present"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Sandbox, SandboxError> {
+        Ok(self.to_sandbox(self.settle(self.read_record(id)?)?))
+    }
+
+    async fn list(&self) -> Result<Vec<Sandbox>, SandboxError> {
+        let mut out = Vec::new();
+        for id in self.ids()? {
+            match self.read_record(&id) {
+                Ok(r) => out.push(self.to_sandbox(self.settle(r)?)),
+                Err(SandboxError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    async fn stats(&self, id: &str) -> Result<Usage, SandboxError> {
+        let r = self.read_record(id)?;
+        Ok(self.cgroup(&r.id).usage())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn death_reasons_read_well() {
+        assert_eq!(death_reason(Some(InitExit { code: None, signal: Some(9) }), true), "out of memory (OOM-killed)");
+        assert_eq!(death_reason(Some(InitExit { code: Some(3), signal: None }), false), "init exited with code 3");
+        assert!(death_reason(None, false).contains("unknown"));
+    }
+
+    #[test]
+    fn start_time_identifies_this_process() {
+        let me = ProcessId::of(std::process::id()).unwrap();
+        assert!(me.alive());
+        assert!(!ProcessId { start_time: me.start_time + 1, ..me }.alive());
+    }
+}

@@ -1,0 +1,51 @@
+//! Test support shared by Hangar's test suites. Never a dependency of product code.
+//!
+//! - `escape-probe`: a static binary run inside sandboxes that attempts one forbidden
+//!   operation and prints `ok` or `err <errno>`, so escape tests assert on the kernel's
+//!   answer rather than on what some shell tool printed.
+//! - [`scratch_dir`]: test working directories on a fast filesystem.
+
+use std::path::{Path, PathBuf};
+
+/// A temporary directory on tmpfs (`/dev/shm`) when present: creating many small files on
+/// a slow root filesystem would dominate test time.
+pub fn scratch_dir() -> tempfile::TempDir {
+    let base = Path::new("/dev/shm");
+    let builder = tempfile::Builder::new().prefix("hangar-test-").tempdir_in(base);
+    match builder {
+        Ok(d) => d,
+        Err(_) => tempfile::Builder::new()
+            .prefix("hangar-test-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a scratch directory: {e}")),
+    }
+}
+
+/// The directory of the workspace's built binaries (`target/<triple>/<profile>`), from a
+/// test binary's location under `deps/`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The path of a workspace binary, failing with a clear message when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
+        p.display()
+    );
+    p
+}
+
+/// Fails the test unless it runs as root: the sandbox suites need it and must never skip.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test needs root (namespaces, mounts, cgroups); run the suite as root");
+}
