@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "hangar", version, about = "Self-hosted background coding agents and sandboxes")]
+#[command(
+    name = "hangar",
+    version,
+    about = "Self-hosted background coding agents and sandboxes"
+)]
 struct Cli {
     /// State directory (databases, layers, sandboxes); overrides HANGAR_DATA_DIR and the
     /// config file.
@@ -36,7 +40,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hangar: cannot start the async runtime: {e}");

@@ -110,7 +110,10 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<16} {:<10} {:<10} {:<9} ROOTFS", "ID", "STATUS", "MEMORY", "PIDS");
+                println!(
+                    "{:<16} {:<10} {:<10} {:<9} ROOTFS",
+                    "ID", "STATUS", "MEMORY", "PIDS"
+                );
                 for sb in list {
                     let usage = rt.stats(&sb.id).await.unwrap_or_default();
                     println!(
@@ -152,9 +155,11 @@ fn status_word(s: &Status) -> String {
 fn rootfs_word(sb: &Sandbox) -> String {
     match &sb.spec.rootfs {
         hangar_sandbox::Rootfs::HostRoot => "host".into(),
-        hangar_sandbox::Rootfs::Layers { layers } => {
-            layers.iter().map(|l| l.display().to_string()).collect::<Vec<_>>().join(":")
-        }
+        hangar_sandbox::Rootfs::Layers { layers } => layers
+            .iter()
+            .map(|l| l.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":"),
     }
 }
 
@@ -174,7 +179,13 @@ async fn create(rt: &LocalRuntime, a: CreateArgs) -> anyhow::Result<ExitCode> {
         other => bail!("--network {other}: only `none` is available for sandboxes created here"),
     };
     let rootfs = rt.prepare_rootfs(&a.rootfs)?;
-    let sb = rt.create(SandboxSpec { rootfs, limits, network }).await?;
+    let sb = rt
+        .create(SandboxSpec {
+            rootfs,
+            limits,
+            network,
+        })
+        .await?;
     if a.json {
         let mut v = serde_json::to_value(&sb)?;
         if let Some(o) = v.as_object_mut() {
@@ -237,7 +248,11 @@ pub async fn stream_exec(
         }
         Err(e) => return Err(e.into()),
     };
-    let _raw = if raw_terminal { RawTerminal::enter() } else { None };
+    let _raw = if raw_terminal {
+        RawTerminal::enter()
+    } else {
+        None
+    };
     let control = exec.control();
     if forward_stdin {
         tokio::spawn(async move {
@@ -303,7 +318,10 @@ fn terminal_size() -> PtySize {
     // SAFETY: see above; fd 1 may not be a terminal, in which case the call fails.
     let ok = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0;
     if ok && ws.ws_row > 0 && ws.ws_col > 0 {
-        PtySize { rows: ws.ws_row, cols: ws.ws_col }
+        PtySize {
+            rows: ws.ws_row,
+            cols: ws.ws_col,
+        }
     } else {
         PtySize { rows: 24, cols: 80 }
     }

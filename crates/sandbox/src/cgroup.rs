@@ -59,7 +59,9 @@ impl Hierarchies {
         };
         for line in text.lines() {
             // mountinfo: id parent maj:min root mountpoint opts [optional...] - fstype source superopts
-            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
             let fields: Vec<&str> = left.split(' ').collect();
             let rfields: Vec<&str> = right.split(' ').collect();
             let (Some(mount_point), Some(fstype)) = (fields.get(4), rfields.first()) else {
@@ -91,7 +93,11 @@ impl Hierarchies {
 
     fn place(&self, controller: &str) -> Option<Place> {
         if let Some(v2) = &self.v2 {
-            let name = if controller == "cpuacct" { "cpu" } else { controller };
+            let name = if controller == "cpuacct" {
+                "cpu"
+            } else {
+                controller
+            };
             if self.v2_controllers.iter().any(|c| c == name) {
                 return Some(Place::V2(v2.clone()));
             }
@@ -126,7 +132,10 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 0 && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -186,7 +195,10 @@ impl SandboxCgroup {
     /// Every distinct directory, v2 first.
     pub fn dirs(&self) -> Vec<PathBuf> {
         let mut out: Vec<PathBuf> = Vec::new();
-        for p in [&self.memory, &self.pids, &self.cpu, &self.cpuacct].into_iter().flatten() {
+        for p in [&self.memory, &self.pids, &self.cpu, &self.cpuacct]
+            .into_iter()
+            .flatten()
+        {
             let (Place::V1(d) | Place::V2(d)) = p;
             if !out.contains(d) {
                 out.push(d.clone());
@@ -198,14 +210,21 @@ impl SandboxCgroup {
     /// Creates the groups and sets the limits. Fails when a limit is asked for but its
     /// controller is missing: a sandbox never runs with fewer limits than it was given.
     pub fn create(&self, limits: &Limits) -> io::Result<()> {
-        for (what, p) in [("memory", &self.memory), ("pids", &self.pids), ("cpu", &self.cpu)] {
+        for (what, p) in [
+            ("memory", &self.memory),
+            ("pids", &self.pids),
+            ("cpu", &self.cpu),
+        ] {
             if p.is_none() {
                 return Err(io::Error::other(format!(
                     "the {what} cgroup controller is not available on this host (neither v1 nor v2)"
                 )));
             }
         }
-        for p in [&self.memory, &self.pids, &self.cpu, &self.cpuacct].into_iter().flatten() {
+        for p in [&self.memory, &self.pids, &self.cpu, &self.cpuacct]
+            .into_iter()
+            .flatten()
+        {
             if let Place::V2(dir) = p {
                 enable_v2_controllers(dir)?;
             }
@@ -225,7 +244,11 @@ impl SandboxCgroup {
                 write(d, "memory.limit_in_bytes", &limits.memory_bytes.to_string())?;
                 // Swap would let a memory bomb outlive its limit; best effort, as swap
                 // accounting may be off.
-                let _ = write(d, "memory.memsw.limit_in_bytes", &limits.memory_bytes.to_string());
+                let _ = write(
+                    d,
+                    "memory.memsw.limit_in_bytes",
+                    &limits.memory_bytes.to_string(),
+                );
             }
             Some(Place::V2(d)) => {
                 write(d, "memory.max", &limits.memory_bytes.to_string())?;
@@ -285,7 +308,9 @@ impl SandboxCgroup {
 
     /// Host pids in the sandbox's groups (from the pids controller's group).
     pub fn pids(&self) -> Vec<u32> {
-        let Some(Place::V1(d) | Place::V2(d)) = &self.pids else { return Vec::new() };
+        let Some(Place::V1(d) | Place::V2(d)) = &self.pids else {
+            return Vec::new();
+        };
         fs::read_to_string(d.join("cgroup.procs"))
             .unwrap_or_default()
             .lines()
@@ -308,11 +333,19 @@ impl SandboxCgroup {
 
 /// On v2 a controller works in a group only when every ancestor delegates it.
 fn enable_v2_controllers(group: &Path) -> io::Result<()> {
-    let Some(parent) = group.parent() else { return Ok(()) };
-    let Some(root) = parent.parent() else { return Ok(()) };
+    let Some(parent) = group.parent() else {
+        return Ok(());
+    };
+    let Some(root) = parent.parent() else {
+        return Ok(());
+    };
     if !parent.exists() {
         fs::create_dir(parent).or_else(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(with_path(e, parent)) }
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                Ok(())
+            } else {
+                Err(with_path(e, parent))
+            }
         })?;
     }
     for d in [root, parent] {
@@ -337,7 +370,10 @@ fn with_path(e: io::Error, path: &Path) -> io::Error {
 }
 
 fn read_u64(dir: &Path, file: &str) -> u64 {
-    fs::read_to_string(dir.join(file)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    fs::read_to_string(dir.join(file))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn read_key(dir: &Path, file: &str, key: &str) -> u64 {
@@ -383,7 +419,10 @@ mod tests {
         );
         h.v2_controllers = vec!["cpu".into(), "memory".into(), "pids".into()];
         assert_eq!(h.describe(), "memory=v2 pids=v2 cpu=v2");
-        assert_eq!(SandboxCgroup::new(&h, "x").dirs(), vec![PathBuf::from("/sys/fs/cgroup/hangar/x")]);
+        assert_eq!(
+            SandboxCgroup::new(&h, "x").dirs(),
+            vec![PathBuf::from("/sys/fs/cgroup/hangar/x")]
+        );
     }
 
     #[test]
@@ -395,7 +434,11 @@ mod tests {
     #[test]
     fn keyed_files_are_read() {
         let d = tempfile::tempdir().unwrap();
-        fs::write(d.path().join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n").unwrap();
+        fs::write(
+            d.path().join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n",
+        )
+        .unwrap();
         assert_eq!(read_key(d.path(), "memory.events", "oom_kill"), 2);
         assert_eq!(read_key(d.path(), "memory.events", "oom"), 1);
         assert_eq!(read_key(d.path(), "missing", "oom"), 0);

@@ -117,21 +117,25 @@ fn run(cfg: &JailConfig, report: &mut File) -> JailResult<i32> {
             .map_err(ctx(|| format!("joining cgroup {}", dir.display())))?;
     }
     // Opened while still host root: the jail loses access to the host when it enters the
-    // sandbox's user namespace.
+    // sandbox's user namespace. Readers treat an empty or partial file as "not yet"; the
+    // status is one small write.
     let mut exit_file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o644)
-        .open(cfg.dir.join("exit.json.tmp"))
-        .map_err(ctx(|| "creating exit.json.tmp".into()))?;
-    let exit_final = cfg.dir.join("exit.json");
-    let exit_tmp = cfg.dir.join("exit.json.tmp");
-    let dir_fd = File::open(&cfg.dir).map_err(ctx(|| format!("opening {}", cfg.dir.display())))?;
+        .open(cfg.dir.join("exit.json"))
+        .map_err(ctx(|| "creating exit.json".into()))?;
 
     unshare(CloneFlags::CLONE_NEWNS).map_err(ctx(|| "new mount namespace".into()))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(ctx(|| "making / private".into()))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(ctx(|| "making / private".into()))?;
 
     let userns = new_user_namespace(cfg.uid_base, cfg.uid_count)?;
     let rootfs = cfg.dir.join("rootfs");
@@ -170,21 +174,26 @@ fn run(cfg: &JailConfig, report: &mut File) -> JailResult<i32> {
             drop(std::mem::replace(report, dev_null()?));
             let status = loop {
                 match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => break InitExit { code: Some(code), signal: None },
+                    Ok(WaitStatus::Exited(_, code)) => {
+                        break InitExit {
+                            code: Some(code),
+                            signal: None,
+                        };
+                    }
                     Ok(WaitStatus::Signaled(_, sig, _)) => {
-                        break InitExit { code: None, signal: Some(sig as i32) };
+                        break InitExit {
+                            code: None,
+                            signal: Some(sig as i32),
+                        };
                     }
                     Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => return Err(format!("waiting for init: {e}")),
                 }
             };
             let json = serde_json::to_string(&status).map_err(|e| e.to_string())?;
-            exit_file.write_all(json.as_bytes()).map_err(|e| e.to_string())?;
-            drop(exit_file);
-            // Rename through the directory fd opened as host root.
-            let (from, to) = (c_name(&exit_tmp)?, c_name(&exit_final)?);
-            // SAFETY: both names are NUL-terminated and the fd is open.
-            unsafe { libc::renameat(dir_fd.as_raw_fd(), from.as_ptr(), dir_fd.as_raw_fd(), to.as_ptr()) };
+            exit_file
+                .write_all(json.as_bytes())
+                .map_err(|e| format!("writing exit.json: {e}"))?;
             Ok(0)
         }
     }
@@ -192,11 +201,6 @@ fn run(cfg: &JailConfig, report: &mut File) -> JailResult<i32> {
 
 fn dev_null() -> JailResult<File> {
     File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))
-}
-
-fn c_name(p: &Path) -> JailResult<CString> {
-    let name = p.file_name().ok_or_else(|| format!("{} has no file name", p.display()))?;
-    CString::new(name.as_bytes()).map_err(|e| e.to_string())
 }
 
 fn c_path(p: &Path) -> JailResult<CString> {
@@ -228,13 +232,17 @@ fn new_user_namespace(base: u32, count: u32) -> JailResult<OwnedFd> {
                 let mut b = [0u8; 1];
                 let n = nix::unistd::read(&ready_r, &mut b).map_err(|e| e.to_string())?;
                 if n != 1 || b[0] != b'1' {
-                    return Err("user namespaces are not available (unshare(CLONE_NEWUSER) failed)".to_string());
+                    return Err(
+                        "user namespaces are not available (unshare(CLONE_NEWUSER) failed)"
+                            .to_string(),
+                    );
                 }
                 let proc = PathBuf::from(format!("/proc/{child}"));
                 let map = format!("0 {base} {count}\n");
                 fs::write(proc.join("uid_map"), &map).map_err(ctx(|| "writing uid_map".into()))?;
                 fs::write(proc.join("gid_map"), &map).map_err(ctx(|| "writing gid_map".into()))?;
-                let f = File::open(proc.join("ns/user")).map_err(ctx(|| "opening ns/user".into()))?;
+                let f =
+                    File::open(proc.join("ns/user")).map_err(ctx(|| "opening ns/user".into()))?;
                 Ok(OwnedFd::from(f))
             })();
             drop(hold_w);
@@ -264,8 +272,14 @@ fn mount_layers(cfg: &JailConfig, userns: &OwnedFd, rootfs: &Path) -> JailResult
         upper.display(),
         work.display()
     );
-    mount(Some("overlay"), rootfs, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
-        .map_err(ctx(|| format!("mounting overlayfs ({data})")))
+    mount(
+        Some("overlay"),
+        rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(ctx(|| format!("mounting overlayfs ({data})")))
 }
 
 #[repr(C)]
@@ -296,12 +310,21 @@ fn bind_layer(src: &Path, target: &Path, userns: Option<&OwnedFd>) -> JailResult
         )
     };
     if fd < 0 {
-        return Err(format!("open_tree({}): {}", src.display(), std::io::Error::last_os_error()));
+        return Err(format!(
+            "open_tree({}): {}",
+            src.display(),
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: open_tree returned a new fd that nothing else owns.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY | if userns.is_some() { MOUNT_ATTR_IDMAP } else { 0 },
+        attr_set: MOUNT_ATTR_RDONLY
+            | if userns.is_some() {
+                MOUNT_ATTR_IDMAP
+            } else {
+                0
+            },
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.map(|u| u.as_raw_fd() as u64).unwrap_or(0),
@@ -338,7 +361,11 @@ fn bind_layer(src: &Path, target: &Path, userns: Option<&OwnedFd>) -> JailResult
         )
     };
     if r < 0 {
-        return Err(format!("move_mount({}): {}", target.display(), std::io::Error::last_os_error()));
+        return Err(format!(
+            "move_mount({}): {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(())
 }
@@ -351,9 +378,20 @@ fn mkdir_p(p: &Path) -> JailResult<()> {
         .map_err(ctx(|| format!("mkdir {}", p.display())))
 }
 
-fn mnt(src: Option<&str>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> JailResult<()> {
-    mount(src, target, fstype, flags, data)
-        .map_err(ctx(|| format!("mount {} on {}", fstype.or(src).unwrap_or("?"), target.display())))
+fn mnt(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> JailResult<()> {
+    mount(src, target, fstype, flags, data).map_err(ctx(|| {
+        format!(
+            "mount {} on {}",
+            fstype.or(src).unwrap_or("?"),
+            target.display()
+        )
+    }))
 }
 
 /// Runs as the sandbox's pid 1 until it execs envd; returns only on failure.
@@ -364,23 +402,53 @@ fn init(cfg: &JailConfig, rootfs: &Path) -> JailResult<std::convert::Infallible>
 
     // Mounts inherited from the jail's namespace are locked, and pivot_root refuses a
     // locked new root, so the root is bound onto itself first.
-    mnt(Some(&rootfs.display().to_string()), rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    mnt(
+        Some(&rootfs.display().to_string()),
+        rootfs,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
     let at = |p: &str| rootfs.join(p.trim_start_matches('/'));
 
     mkdir_p(&at("/proc"))?;
     mnt(Some("proc"), &at("/proc"), Some("proc"), nosuid, None)?;
 
     mkdir_p(&at("/dev"))?;
-    mnt(Some("tmpfs"), &at("/dev"), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
+    mnt(
+        Some("tmpfs"),
+        &at("/dev"),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
     for dev in policy::DEVICES {
         let target = at("/dev").join(dev);
         File::create(&target).map_err(ctx(|| format!("creating {}", target.display())))?;
-        mnt(Some(&format!("/dev/{dev}")), &target, None, MsFlags::MS_BIND, None)?;
+        mnt(
+            Some(&format!("/dev/{dev}")),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
     }
     mkdir_p(&at("/dev/pts"))?;
-    mnt(Some("devpts"), &at("/dev/pts"), Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))?;
+    mnt(
+        Some("devpts"),
+        &at("/dev/pts"),
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
     mkdir_p(&at("/dev/shm"))?;
-    mnt(Some("shm"), &at("/dev/shm"), Some("tmpfs"), nosuid, Some("mode=1777,size=65536k"))?;
+    mnt(
+        Some("shm"),
+        &at("/dev/shm"),
+        Some("tmpfs"),
+        nosuid,
+        Some("mode=1777,size=65536k"),
+    )?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -388,14 +456,29 @@ fn init(cfg: &JailConfig, rootfs: &Path) -> JailResult<std::convert::Infallible>
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        std::os::unix::fs::symlink(target, at("/dev").join(link)).map_err(ctx(|| format!("symlink /dev/{link}")))?;
+        std::os::unix::fs::symlink(target, at("/dev").join(link))
+            .map_err(ctx(|| format!("symlink /dev/{link}")))?;
     }
 
     mkdir_p(&at("/sys"))?;
-    if mount(Some("sysfs"), &at("/sys"), Some("sysfs"), nosuid | MsFlags::MS_RDONLY, None::<&str>).is_err() {
+    if mount(
+        Some("sysfs"),
+        &at("/sys"),
+        Some("sysfs"),
+        nosuid | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .is_err()
+    {
         // sysfs needs a network namespace of our own and no overmounted host sysfs; an
         // empty /sys is the safe fallback.
-        mnt(Some("tmpfs"), &at("/sys"), Some("tmpfs"), nosuid | MsFlags::MS_RDONLY, Some("size=0"))?;
+        mnt(
+            Some("tmpfs"),
+            &at("/sys"),
+            Some("tmpfs"),
+            nosuid | MsFlags::MS_RDONLY,
+            Some("size=0"),
+        )?;
     }
 
     for p in policy::MASKED_PATHS {
@@ -404,14 +487,32 @@ fn init(cfg: &JailConfig, rootfs: &Path) -> JailResult<std::convert::Infallible>
     for p in policy::READONLY_PATHS {
         let target = at(p);
         if target.exists() {
-            mnt(Some(&target.display().to_string()), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-            mnt(None, &target, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid, None)?;
+            mnt(
+                Some(&target.display().to_string()),
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            mnt(
+                None,
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid,
+                None,
+            )?;
         }
     }
     for p in &cfg.hide {
         let target = rootfs.join(p.strip_prefix("/").unwrap_or(p));
         if target.is_dir() {
-            mnt(Some("tmpfs"), &target, Some("tmpfs"), nosuid | MsFlags::MS_RDONLY, Some("size=0,mode=755"))?;
+            mnt(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                nosuid | MsFlags::MS_RDONLY,
+                Some("size=0,mode=755"),
+            )?;
         } else if target.exists() {
             mask(&target, &at("/dev/null"))?;
         }
@@ -419,21 +520,61 @@ fn init(cfg: &JailConfig, rootfs: &Path) -> JailResult<std::convert::Infallible>
     for p in &cfg.scratch {
         let target = rootfs.join(p.strip_prefix("/").unwrap_or(p));
         if target.is_dir() {
-            mnt(Some("tmpfs"), &target, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+            mnt(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some("mode=1777"),
+            )?;
         }
     }
 
     // envd and its socket directory, behind a read-only tmpfs.
     let hangar = at(ENVD_DIR);
     mkdir_p(&hangar)?;
-    mnt(Some("tmpfs"), &hangar, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=755,size=16k"))?;
+    mnt(
+        Some("tmpfs"),
+        &hangar,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=755,size=16k"),
+    )?;
     let envd = hangar.join("envd");
     File::create(&envd).map_err(ctx(|| "creating the envd mount point".into()))?;
-    mnt(Some(&cfg.envd.display().to_string()), &envd, None, MsFlags::MS_BIND, None)?;
-    mnt(None, &envd, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None)?;
+    mnt(
+        Some(&cfg.envd.display().to_string()),
+        &envd,
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )?;
+    mnt(
+        None,
+        &envd,
+        None,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV,
+        None,
+    )?;
     mkdir_p(&hangar.join("run"))?;
-    mnt(Some(&cfg.dir.join("run").display().to_string()), &hangar.join("run"), None, MsFlags::MS_BIND, None)?;
-    mnt(None, &hangar, None, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=755,size=16k"))?;
+    mnt(
+        Some(&cfg.dir.join("run").display().to_string()),
+        &hangar.join("run"),
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )?;
+    mnt(
+        None,
+        &hangar,
+        None,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=755,size=16k"),
+    )?;
 
     std::env::set_current_dir(rootfs).map_err(ctx(|| "chdir to rootfs".into()))?;
     pivot_root(".", ".").map_err(ctx(|| "pivot_root".into()))?;
@@ -453,7 +594,10 @@ fn init(cfg: &JailConfig, rootfs: &Path) -> JailResult<std::convert::Infallible>
         CString::from(c"--ready-fd"),
         CString::new(REPORT_FD.to_string()).map_err(|e| e.to_string())?,
     ];
-    let env = [CString::from(c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), CString::from(c"HOME=/root")];
+    let env = [
+        CString::from(c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        CString::from(c"HOME=/root"),
+    ];
     let seccomp = policy::seccomp_filters().map_err(|e| e.to_string())?;
     for f in &seccomp {
         seccompiler::apply_filter(f).map_err(ctx(|| "applying the seccomp filter".into()))?;
@@ -469,8 +613,20 @@ pub fn envd_in_sandbox() -> PathBuf {
 
 fn mask(target: &Path, dev_null: &Path) -> JailResult<()> {
     match fs::symlink_metadata(target) {
-        Ok(m) if m.is_dir() => mnt(Some("tmpfs"), target, Some("tmpfs"), MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("size=0")),
-        Ok(_) => mnt(Some(&dev_null.display().to_string()), target, None, MsFlags::MS_BIND, None),
+        Ok(m) if m.is_dir() => mnt(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=0"),
+        ),
+        Ok(_) => mnt(
+            Some(&dev_null.display().to_string()),
+            target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        ),
         Err(_) => Ok(()),
     }
 }
@@ -480,13 +636,17 @@ fn drop_privileges() -> JailResult<()> {
     let keep: CapsHashSet = policy::KEPT_CAPABILITIES.iter().copied().collect();
     for cap in caps::all() {
         if !keep.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap).map_err(ctx(|| format!("dropping {cap} from the bounding set")))?;
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(ctx(|| format!("dropping {cap} from the bounding set")))?;
         }
     }
     caps::clear(None, CapSet::Ambient).map_err(ctx(|| "clearing ambient capabilities".into()))?;
-    caps::set(None, CapSet::Inheritable, &CapsHashSet::new()).map_err(ctx(|| "clearing inheritable capabilities".into()))?;
-    caps::set(None, CapSet::Effective, &keep).map_err(ctx(|| "setting effective capabilities".into()))?;
-    caps::set(None, CapSet::Permitted, &keep).map_err(ctx(|| "setting permitted capabilities".into()))?;
+    caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
+        .map_err(ctx(|| "clearing inheritable capabilities".into()))?;
+    caps::set(None, CapSet::Effective, &keep)
+        .map_err(ctx(|| "setting effective capabilities".into()))?;
+    caps::set(None, CapSet::Permitted, &keep)
+        .map_err(ctx(|| "setting permitted capabilities".into()))?;
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
@@ -496,7 +656,10 @@ fn drop_privileges() -> JailResult<()> {
 
 fn close_fds_except(keep: &[RawFd]) {
     let fds: Vec<RawFd> = fs::read_dir("/proc/self/fd")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     for fd in fds {
         if !keep.contains(&fd) {
@@ -520,11 +683,17 @@ fn loopback_up() -> JailResult<()> {
             req.ifr_name[i] = *b as libc::c_char;
         }
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(format!("SIOCGIFFLAGS lo: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "SIOCGIFFLAGS lo: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(format!("SIOCSIFFLAGS lo: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "SIOCSIFFLAGS lo: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     Ok(())

@@ -119,7 +119,10 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl LocalRuntime {
@@ -180,21 +183,25 @@ impl LocalRuntime {
         if arg == "host" {
             return Ok(Rootfs::HostRoot);
         }
-        let path = fs::canonicalize(arg).map_err(|e| {
-            SandboxError::InvalidSpec(format!("rootfs {arg}: {e}"))
-        })?;
-        let meta = fs::metadata(&path).map_err(SandboxError::io(format!("stat {}", path.display())))?;
+        let path = fs::canonicalize(arg)
+            .map_err(|e| SandboxError::InvalidSpec(format!("rootfs {arg}: {e}")))?;
+        let meta =
+            fs::metadata(&path).map_err(SandboxError::io(format!("stat {}", path.display())))?;
         if meta.is_dir() {
             return Ok(Rootfs::Layers { layers: vec![path] });
         }
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (path.as_os_str(), meta.len(), meta.modified().ok()).hash(&mut h);
-        let cache = self.data_dir.join("rootfs").join(format!("{:016x}", h.finish()));
+        let cache = self
+            .data_dir
+            .join("rootfs")
+            .join(format!("{:016x}", h.finish()));
         if !cache.is_dir() {
             let tmp = cache.with_extension("partial");
             let _ = fs::remove_dir_all(&tmp);
-            fs::create_dir_all(&tmp).map_err(SandboxError::io(format!("creating {}", tmp.display())))?;
+            fs::create_dir_all(&tmp)
+                .map_err(SandboxError::io(format!("creating {}", tmp.display())))?;
             let out = std::process::Command::new("tar")
                 .arg("-xpf")
                 .arg(&path)
@@ -210,9 +217,12 @@ impl LocalRuntime {
                     String::from_utf8_lossy(&out.stderr).trim()
                 )));
             }
-            fs::rename(&tmp, &cache).map_err(SandboxError::io(format!("renaming {}", tmp.display())))?;
+            fs::rename(&tmp, &cache)
+                .map_err(SandboxError::io(format!("renaming {}", tmp.display())))?;
         }
-        Ok(Rootfs::Layers { layers: vec![cache] })
+        Ok(Rootfs::Layers {
+            layers: vec![cache],
+        })
     }
 
     /// Which cgroup hierarchy serves each controller, e.g. `memory=v1 pids=v1 cpu=v1`.
@@ -262,9 +272,19 @@ impl LocalRuntime {
     /// The record's state, settling a running sandbox whose init died into `Dead`.
     fn settle(&self, mut r: Record) -> Result<Record, SandboxError> {
         if r.state == RecordState::Running && !r.init.is_some_and(|p| p.alive()) {
-            let exit = fs::read_to_string(self.sandbox_dir(&r.id).join("exit.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<InitExit>(&t).ok());
+            let exit_file = self.sandbox_dir(&r.id).join("exit.json");
+            // The jail writes init's status just after reaping it; give it a moment.
+            let read_exit = || {
+                fs::read_to_string(&exit_file)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<InitExit>(&t).ok())
+            };
+            let deadline = Instant::now() + Duration::from_secs(1);
+            let mut exit = read_exit();
+            while exit.is_none() && r.jail.is_some_and(|j| j.alive()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+                exit = read_exit();
+            }
             let cg = self.cgroup(&r.id);
             let oom = cg.usage().oom_kills > 0;
             let reason = death_reason(exit, oom);
@@ -309,7 +329,9 @@ impl LocalRuntime {
         };
         Sandbox {
             socket: self.sandbox_dir(&r.id).join("run/envd.sock"),
-            init_pid: (r.state == RecordState::Running).then(|| r.init.map(|p| p.pid)).flatten(),
+            init_pid: (r.state == RecordState::Running)
+                .then(|| r.init.map(|p| p.pid))
+                .flatten(),
             id: r.id,
             status,
             spec: r.spec,
@@ -353,13 +375,13 @@ impl LocalRuntime {
 
     fn ids(&self) -> Result<Vec<String>, SandboxError> {
         let mut ids = Vec::new();
-        let entries =
-            fs::read_dir(&self.dir).map_err(SandboxError::io(format!("listing {}", self.dir.display())))?;
+        let entries = fs::read_dir(&self.dir)
+            .map_err(SandboxError::io(format!("listing {}", self.dir.display())))?;
         for e in entries.flatten() {
-            if let Some(name) = e.file_name().to_str() {
-                if e.path().is_dir() {
-                    ids.push(name.to_string());
-                }
+            if let Some(name) = e.file_name().to_str()
+                && e.path().is_dir()
+            {
+                ids.push(name.to_string());
             }
         }
         Ok(ids)
@@ -367,10 +389,10 @@ impl LocalRuntime {
 
     fn remove_dir(&self, id: &str) {
         let dir = self.sandbox_dir(id);
-        if let Err(e) = fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(sandbox = %id, "removing {}: {e}", dir.display());
-            }
+        if let Err(e) = fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(sandbox = %id, "removing {}: {e}", dir.display());
         }
     }
 
@@ -380,13 +402,22 @@ impl LocalRuntime {
                 let mut hide = self.config.hidden_host_paths.clone();
                 hide.push(self.data_dir.clone());
                 (
-                    vec![LayerMount { path: "/".into(), idmap: false }],
+                    vec![LayerMount {
+                        path: "/".into(),
+                        idmap: false,
+                    }],
                     hide,
                     HOST_SCRATCH.iter().map(PathBuf::from).collect(),
                 )
             }
             Rootfs::Layers { layers } => (
-                layers.iter().map(|p| LayerMount { path: p.clone(), idmap: true }).collect(),
+                layers
+                    .iter()
+                    .map(|p| LayerMount {
+                        path: p.clone(),
+                        idmap: true,
+                    })
+                    .collect(),
                 Vec::new(),
                 Vec::new(),
             ),
@@ -407,7 +438,9 @@ impl LocalRuntime {
     fn validate(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
         if let Rootfs::Layers { layers } = &spec.rootfs {
             if layers.is_empty() {
-                return Err(SandboxError::InvalidSpec("a rootfs needs at least one layer".into()));
+                return Err(SandboxError::InvalidSpec(
+                    "a rootfs needs at least one layer".into(),
+                ));
             }
             for l in layers {
                 if !l.is_absolute() {
@@ -426,13 +459,19 @@ impl LocalRuntime {
         }
         let l = &spec.limits;
         if l.memory_bytes < (8 << 20) {
-            return Err(SandboxError::InvalidSpec("memory limit must be at least 8MiB".into()));
+            return Err(SandboxError::InvalidSpec(
+                "memory limit must be at least 8MiB".into(),
+            ));
         }
         if l.pids < 4 {
-            return Err(SandboxError::InvalidSpec("pids limit must be at least 4".into()));
+            return Err(SandboxError::InvalidSpec(
+                "pids limit must be at least 4".into(),
+            ));
         }
         if !(l.cpus >= 0.01 && l.cpus.is_finite()) {
-            return Err(SandboxError::InvalidSpec("cpus must be at least 0.01".into()));
+            return Err(SandboxError::InvalidSpec(
+                "cpus must be at least 0.01".into(),
+            ));
         }
         Ok(())
     }
@@ -472,19 +511,24 @@ impl LocalRuntime {
         };
         self.write_record(&record)?;
         let cg = self.cgroup(id);
-        cg.create(&spec.limits).map_err(|e| SandboxError::Unsupported(format!("cgroups: {e}")))?;
+        cg.create(&spec.limits)
+            .map_err(|e| SandboxError::Unsupported(format!("cgroups: {e}")))?;
 
-        let config = serde_json::to_vec(&self.jail_config(id, spec, &cg)).map_err(|e| SandboxError::Io {
-            context: "encoding the jail config".into(),
-            source: std::io::Error::other(e),
-        })?;
+        let config =
+            serde_json::to_vec(&self.jail_config(id, spec, &cg)).map_err(|e| SandboxError::Io {
+                context: "encoding the jail config".into(),
+                source: std::io::Error::other(e),
+            })?;
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| SandboxError::io("creating the report pipe")(e.into()))?;
         let log = fs::File::create(dir.join("jail.log"))
             .map_err(SandboxError::io("creating jail.log"))?;
         let log2 = log.try_clone().map_err(SandboxError::io("dup jail.log"))?;
         let mut cmd = tokio::process::Command::new(&self.jail);
-        cmd.stdin(Stdio::piped()).stdout(log).stderr(log2).kill_on_drop(false);
+        cmd.stdin(Stdio::piped())
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(false);
         let write_fd = report_w.as_raw_fd();
         // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
         unsafe {
@@ -496,11 +540,17 @@ impl LocalRuntime {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(SandboxError::io(format!("starting {}", self.jail.display())))?;
+        let mut child = cmd.spawn().map_err(SandboxError::io(format!(
+            "starting {}",
+            self.jail.display()
+        )))?;
         drop(report_w);
         if let Some(mut stdin) = child.stdin.take() {
             use tokio::io::AsyncWriteExt;
-            stdin.write_all(&config).await.map_err(SandboxError::io("sending the jail config"))?;
+            stdin
+                .write_all(&config)
+                .await
+                .map_err(SandboxError::io("sending the jail config"))?;
         }
         record.jail = child.id().and_then(ProcessId::of);
         // The child is reaped by tokio in the background once it exits; the jail itself
@@ -523,9 +573,15 @@ impl LocalRuntime {
                 err
             }
             Ok(Err(err)) => err,
-            Err(_) => format!("envd did not become ready within {}s", START_TIMEOUT.as_secs()),
+            Err(_) => format!(
+                "envd did not become ready within {}s",
+                START_TIMEOUT.as_secs()
+            ),
         };
-        Err(SandboxError::StartFailed { id: id.to_string(), message: with_log_tail(failure, &dir) })
+        Err(SandboxError::StartFailed {
+            id: id.to_string(),
+            message: with_log_tail(failure, &dir),
+        })
     }
 }
 
@@ -538,8 +594,10 @@ async fn read_report(fd: OwnedFd) -> Result<(u32, Option<String>), String> {
     let mut pid: Option<u32> = None;
     loop {
         // Parse what we have.
-        if pid.is_none() {
-            if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+        if pid.is_none()
+            && let Some(nl) = buf.iter().position(|&b| b == b'\n')
+        {
+            {
                 let line = String::from_utf8_lossy(&buf[..nl]).into_owned();
                 buf.drain(..=nl);
                 if let Some(msg) = line.strip_prefix('E') {
@@ -563,12 +621,16 @@ async fn read_report(fd: OwnedFd) -> Result<(u32, Option<String>), String> {
                 None => {}
             }
         }
-        let n = pipe.read(&mut chunk).await.map_err(|e| format!("report pipe: {e}"))?;
+        let n = pipe
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("report pipe: {e}"))?;
         if n == 0 {
             return match pid {
-                Some(p) if buf.first() == Some(&b'E') => {
-                    Ok((p, Some(String::from_utf8_lossy(&buf[1..]).trim().to_string())))
-                }
+                Some(p) if buf.first() == Some(&b'E') => Ok((
+                    p,
+                    Some(String::from_utf8_lossy(&buf[1..]).trim().to_string()),
+                )),
                 _ => Err("the sandbox exited before envd was ready".into()),
             };
         }
@@ -594,7 +656,9 @@ fn death_reason(exit: Option<InitExit>, oom: bool) -> String {
     match exit {
         _ if oom => "out of memory (OOM-killed)".into(),
         Some(InitExit { code: Some(c), .. }) => format!("init exited with code {c}"),
-        Some(InitExit { signal: Some(s), .. }) => format!("init was killed by signal {s}"),
+        Some(InitExit {
+            signal: Some(s), ..
+        }) => format!("init was killed by signal {s}"),
         _ => "init died while no Hangar process was watching (exit status unknown)".into(),
     }
 }
@@ -602,7 +666,8 @@ fn death_reason(exit: Option<InitExit>, oom: bool) -> String {
 /// The directory holding `hangar-jail` and `envd`: the running executable's, or its parent
 /// for test binaries under `target/<profile>/deps`.
 fn tools_dir() -> Result<PathBuf, SandboxError> {
-    let exe = std::env::current_exe().map_err(SandboxError::io("locating the running executable"))?;
+    let exe =
+        std::env::current_exe().map_err(SandboxError::io("locating the running executable"))?;
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     if dir.join("envd").is_file() || dir.file_name().is_none_or(|n| n != "deps") {
         return Ok(dir);
@@ -623,7 +688,9 @@ async fn wait_gone(p: ProcessId, timeout: Duration) -> bool {
         return true;
     }
     // SAFETY: the AsyncFd owns the pidfd, which stays open for its whole life.
-    let Ok(afd) = (unsafe { tokio::io::unix::AsyncFd::register(fd) }) else { return !p.alive() };
+    let Ok(afd) = (unsafe { tokio::io::unix::AsyncFd::register(fd) }) else {
+        return !p.alive();
+    };
     tokio::time::timeout(timeout, afd.readable()).await.is_ok()
 }
 
@@ -653,7 +720,10 @@ impl Runtime for LocalRuntime {
                 Status::Dead { reason, .. } => format!("dead: {reason}"),
                 s => format!("{s:?}").to_lowercase(),
             };
-            return Err(SandboxError::NotRunning { id: id.to_string(), state });
+            return Err(SandboxError::NotRunning {
+                id: id.to_string(),
+                state,
+            });
         }
         Ok(EnvdClient::new(self.sandbox_dir(id).join("run/envd.sock")))
     }
@@ -726,8 +796,26 @@ mod tests {
 
     #[test]
     fn death_reasons_read_well() {
-        assert_eq!(death_reason(Some(InitExit { code: None, signal: Some(9) }), true), "out of memory (OOM-killed)");
-        assert_eq!(death_reason(Some(InitExit { code: Some(3), signal: None }), false), "init exited with code 3");
+        assert_eq!(
+            death_reason(
+                Some(InitExit {
+                    code: None,
+                    signal: Some(9)
+                }),
+                true
+            ),
+            "out of memory (OOM-killed)"
+        );
+        assert_eq!(
+            death_reason(
+                Some(InitExit {
+                    code: Some(3),
+                    signal: None
+                }),
+                false
+            ),
+            "init exited with code 3"
+        );
         assert!(death_reason(None, false).contains("unknown"));
     }
 
@@ -735,6 +823,12 @@ mod tests {
     fn start_time_identifies_this_process() {
         let me = ProcessId::of(std::process::id()).unwrap();
         assert!(me.alive());
-        assert!(!ProcessId { start_time: me.start_time + 1, ..me }.alive());
+        assert!(
+            !ProcessId {
+                start_time: me.start_time + 1,
+                ..me
+            }
+            .alive()
+        );
     }
 }

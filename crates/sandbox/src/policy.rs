@@ -28,8 +28,13 @@ pub const MASKED_PATHS: &[&str] = &[
 ];
 
 /// Paths made read-only inside every sandbox (Docker's `readonlyPaths`).
-pub const READONLY_PATHS: &[&str] =
-    &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// Host device nodes bind-mounted into the sandbox's `/dev` (a sandbox cannot create
 /// device nodes itself).
@@ -130,16 +135,25 @@ pub struct PolicyError(String);
 /// `EPERM` while `clone3` gets `ENOSYS`: its flags live in memory a filter cannot read,
 /// and `ENOSYS` makes libc fall back to `clone`, whose flags the first filter checks.
 pub fn seccomp_filters() -> Result<Vec<BpfProgram>, PolicyError> {
-    let arch = std::env::consts::ARCH.try_into().map_err(|e| PolicyError(format!("{e:?}")))?;
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| PolicyError(format!("{e:?}")))?;
     let err = |e: seccompiler::BackendError| PolicyError(e.to_string());
 
-    let mut refused: BTreeMap<i64, Vec<SeccompRule>> =
-        REFUSED_SYSCALLS.iter().map(|&(_, nr)| (nr, Vec::new())).collect();
+    let mut refused: BTreeMap<i64, Vec<SeccompRule>> = REFUSED_SYSCALLS
+        .iter()
+        .map(|&(_, nr)| (nr, Vec::new()))
+        .collect();
     let mut clone_rules = Vec::new();
     for &flag in NAMESPACE_FLAGS {
         let flag = flag as u64;
-        let cond = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag)
-            .map_err(err)?;
+        let cond = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(flag),
+            flag,
+        )
+        .map_err(err)?;
         clone_rules.push(SeccompRule::new(vec![cond]).map_err(err)?);
     }
     refused.insert(libc::SYS_clone, clone_rules);

@@ -2,6 +2,8 @@
 //! and the limits hold. Runs as root (CI is root); fails, never skips, where a kernel
 //! feature is missing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -15,15 +17,28 @@ const EPERM: &str = "err 1";
 async fn cannot_see_host_processes() {
     let f = Fixture::new();
     let sb = f.host_sandbox().await;
-    let out = f.sh(&sb.id, "cat /proc/1/comm; ls /proc | grep -c '^[0-9]'").await;
+    let out = f
+        .sh(&sb.id, "cat /proc/1/comm; ls /proc | grep -c '^[0-9]'")
+        .await;
     let text = stdout(&out);
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("envd"), "pid 1 inside is envd: {text}");
     let count: u32 = lines.next().and_then(|l| l.parse().ok()).unwrap_or(999);
-    assert!(count < 10, "only the sandbox's own processes are visible, saw {count}");
+    assert!(
+        count < 10,
+        "only the sandbox's own processes are visible, saw {count}"
+    );
     // The test process itself, by its host pid, cannot be signalled.
-    assert_eq!(f.probe(&sb.id, &["kill", &std::process::id().to_string()]).await, "err 3");
-    assert_eq!(f.probe(&sb.id, &["ptrace", &std::process::id().to_string()]).await, "err 3");
+    assert_eq!(
+        f.probe(&sb.id, &["kill", &std::process::id().to_string()])
+            .await,
+        "err 3"
+    );
+    assert_eq!(
+        f.probe(&sb.id, &["ptrace", &std::process::id().to_string()])
+            .await,
+        "err 3"
+    );
     f.rt.destroy(&sb.id).await.unwrap();
 }
 
@@ -33,8 +48,14 @@ async fn cannot_write_the_host_filesystem() {
     let sb = f.host_sandbox().await;
     let marker = format!("/etc/hangar-escape-{}", sb.id);
     let answer = f.probe(&sb.id, &["write", &marker]).await;
-    assert_ne!(answer, "ok", "writing {marker} must fail in a host-root sandbox");
-    assert!(!std::path::Path::new(&marker).exists(), "{marker} appeared on the host");
+    assert_ne!(
+        answer, "ok",
+        "writing {marker} must fail in a host-root sandbox"
+    );
+    assert!(
+        !std::path::Path::new(&marker).exists(),
+        "{marker} appeared on the host"
+    );
     // Files private to host root stay unreadable even though the host root is visible.
     assert_eq!(f.probe(&sb.id, &["read", "/etc/shadow"]).await, "err 13");
     // envd's binary is read-only.
@@ -46,17 +67,27 @@ async fn cannot_write_the_host_filesystem() {
 }
 
 fn host_file_is_not(_id: &str) -> bool {
-    std::fs::read("/tmp/inside").map(|b| b != b"escaped").unwrap_or(true)
+    std::fs::read("/tmp/inside")
+        .map(|b| b != b"escaped")
+        .unwrap_or(true)
 }
 
 #[tokio::test]
 async fn cannot_mount_remount_or_unshare() {
     let f = Fixture::new();
     let sb = f.host_sandbox().await;
-    for op in ["mount", "remount-root", "umount-proc", "unshare-user", "unshare-net"] {
+    for op in [
+        "mount",
+        "remount-root",
+        "umount-proc",
+        "unshare-user",
+        "unshare-net",
+    ] {
         assert_eq!(f.probe(&sb.id, &[op]).await, EPERM, "{op} must be refused");
     }
-    let out = f.sh(&sb.id, "awk '$5 == \"/\"' /proc/self/mountinfo | wc -l").await;
+    let out = f
+        .sh(&sb.id, "awk '$5 == \"/\"' /proc/self/mountinfo | wc -l")
+        .await;
     assert_eq!(stdout(&out).trim(), "1", "the root mount is unchanged");
     f.rt.destroy(&sb.id).await.unwrap();
 }
@@ -68,7 +99,11 @@ async fn cannot_touch_kernel_global_state() {
     for op in ["load-module", "reboot", "set-clock", "bpf", "keyctl"] {
         assert_eq!(f.probe(&sb.id, &[op]).await, EPERM, "{op} must be refused");
     }
-    assert_eq!(f.probe(&sb.id, &["mknod"]).await, EPERM, "device nodes cannot be created");
+    assert_eq!(
+        f.probe(&sb.id, &["mknod"]).await,
+        EPERM,
+        "device nodes cannot be created"
+    );
     f.rt.destroy(&sb.id).await.unwrap();
 }
 
@@ -76,11 +111,27 @@ async fn cannot_touch_kernel_global_state() {
 async fn proc_and_sys_are_masked_and_read_only() {
     let f = Fixture::new();
     let sb = f.host_sandbox().await;
-    assert_ne!(f.probe(&sb.id, &["write", "/proc/sys/kernel/hostname"]).await, "ok");
-    assert_ne!(f.probe(&sb.id, &["write", "/proc/sysrq-trigger"]).await, "ok");
-    assert_ne!(f.probe(&sb.id, &["write", "/sys/kernel/uevent_helper"]).await, "ok");
-    let out = f.sh(&sb.id, "wc -c < /proc/keys; ls /sys/firmware | wc -l").await;
-    assert_eq!(stdout(&out).split_whitespace().collect::<Vec<_>>(), ["0", "0"]);
+    assert_ne!(
+        f.probe(&sb.id, &["write", "/proc/sys/kernel/hostname"])
+            .await,
+        "ok"
+    );
+    assert_ne!(
+        f.probe(&sb.id, &["write", "/proc/sysrq-trigger"]).await,
+        "ok"
+    );
+    assert_ne!(
+        f.probe(&sb.id, &["write", "/sys/kernel/uevent_helper"])
+            .await,
+        "ok"
+    );
+    let out = f
+        .sh(&sb.id, "wc -c < /proc/keys; ls /sys/firmware | wc -l")
+        .await;
+    assert_eq!(
+        stdout(&out).split_whitespace().collect::<Vec<_>>(),
+        ["0", "0"]
+    );
     f.rt.destroy(&sb.id).await.unwrap();
 }
 
@@ -92,10 +143,22 @@ async fn no_network_when_networking_is_off() {
     let port = listener.local_addr().unwrap().port();
     let sb = f.host_sandbox().await;
     // The sandbox's own loopback: nothing listens there.
-    assert_eq!(f.probe(&sb.id, &["connect-tcp", &format!("127.0.0.1:{port}")]).await, "err 111");
+    assert_eq!(
+        f.probe(&sb.id, &["connect-tcp", &format!("127.0.0.1:{port}")])
+            .await,
+        "err 111"
+    );
     // Anything else: no route.
-    assert_eq!(f.probe(&sb.id, &["connect-tcp", "10.0.0.1:80"]).await, "err 101");
-    let out = f.sh(&sb.id, "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '").await;
+    assert_eq!(
+        f.probe(&sb.id, &["connect-tcp", "10.0.0.1:80"]).await,
+        "err 101"
+    );
+    let out = f
+        .sh(
+            &sb.id,
+            "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '",
+        )
+        .await;
     assert_eq!(stdout(&out).trim(), "lo", "only loopback exists");
     f.rt.destroy(&sb.id).await.unwrap();
 }
@@ -106,7 +169,11 @@ async fn cannot_reach_another_sandboxs_envd() {
     let a = f.host_sandbox().await;
     let b = f.host_sandbox().await;
     let b_socket = b.socket.display().to_string();
-    assert_eq!(f.probe(&a.id, &["connect-unix", &b_socket]).await, "err 2", "{b_socket} is not visible");
+    assert_eq!(
+        f.probe(&a.id, &["connect-unix", &b_socket]).await,
+        "err 2",
+        "{b_socket} is not visible"
+    );
     // Its own envd socket is the only one it has.
     let out = f.sh(&a.id, "ls /.hangar/run").await;
     assert_eq!(stdout(&out).trim(), "envd.sock");
@@ -117,7 +184,15 @@ async fn cannot_reach_another_sandboxs_envd() {
 #[tokio::test]
 async fn fork_bomb_is_stopped_by_the_pids_limit() {
     let f = Fixture::new();
-    let sb = f.create(hangar_sandbox::Rootfs::HostRoot, Limits { pids: 32, ..f.limits() }).await;
+    let sb = f
+        .create(
+            hangar_sandbox::Rootfs::HostRoot,
+            Limits {
+                pids: 32,
+                ..f.limits()
+            },
+        )
+        .await;
     let envd = f.rt.envd(&sb.id).await.unwrap();
     let bomb = hangar_protocol::envd::ExecRequest {
         shell: Some("for i in $(seq 100); do sleep 2 & done; wait".into()),
@@ -127,7 +202,10 @@ async fn fork_bomb_is_stopped_by_the_pids_limit() {
     let exec = envd.exec(bomb).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let usage = f.rt.stats(&sb.id).await.unwrap();
-    assert!(usage.pids > 20 && usage.pids <= 32, "the limit of 32 holds: {usage:?}");
+    assert!(
+        usage.pids > 20 && usage.pids <= 32,
+        "the limit of 32 holds: {usage:?}"
+    );
     let out = exec.wait().await.unwrap();
     // dash gives up with "Cannot fork" (exit 2) when the limit refuses a fork.
     assert_eq!(out.code, Some(2), "the shell's forks were refused: {out:?}");
@@ -139,11 +217,22 @@ async fn fork_bomb_is_stopped_by_the_pids_limit() {
 #[tokio::test]
 async fn memory_bomb_is_oom_killed_and_reported() {
     let f = Fixture::new();
-    let sb = f.create(hangar_sandbox::Rootfs::HostRoot, Limits { memory_bytes: 64 << 20, ..f.limits() }).await;
+    let sb = f
+        .create(
+            hangar_sandbox::Rootfs::HostRoot,
+            Limits {
+                memory_bytes: 64 << 20,
+                ..f.limits()
+            },
+        )
+        .await;
     let answer = f.probe(&sb.id, &["alloc", "1024"]).await;
     assert_eq!(answer, "", "the bomb was killed before it could answer");
     let usage = f.rt.stats(&sb.id).await.unwrap();
-    assert!(usage.oom_kills >= 1, "the kernel's OOM killer acted: {usage:?}");
+    assert!(
+        usage.oom_kills >= 1,
+        "the kernel's OOM killer acted: {usage:?}"
+    );
     // The sandbox itself survives its process being killed.
     assert_eq!(stdout(&f.sh(&sb.id, "echo alive").await).trim(), "alive");
     f.rt.destroy(&sb.id).await.unwrap();
@@ -152,7 +241,15 @@ async fn memory_bomb_is_oom_killed_and_reported() {
 #[tokio::test]
 async fn init_killed_by_oom_is_reported_dead_as_oom() {
     let f = Fixture::new();
-    let sb = f.create(hangar_sandbox::Rootfs::HostRoot, Limits { memory_bytes: 64 << 20, ..f.limits() }).await;
+    let sb = f
+        .create(
+            hangar_sandbox::Rootfs::HostRoot,
+            Limits {
+                memory_bytes: 64 << 20,
+                ..f.limits()
+            },
+        )
+        .await;
     // A process started before envd's OOM score is raised keeps the default score; then
     // envd is made the OOM killer's first choice and the process exhausts memory.
     let envd = f.rt.envd(&sb.id).await.unwrap();
@@ -188,7 +285,15 @@ async fn init_killed_by_oom_is_reported_dead_as_oom() {
 #[tokio::test]
 async fn busy_loop_is_held_to_its_cpu_quota() {
     let f = Fixture::new();
-    let sb = f.create(hangar_sandbox::Rootfs::HostRoot, Limits { cpus: 0.2, ..f.limits() }).await;
+    let sb = f
+        .create(
+            hangar_sandbox::Rootfs::HostRoot,
+            Limits {
+                cpus: 0.2,
+                ..f.limits()
+            },
+        )
+        .await;
     let before = f.rt.stats(&sb.id).await.unwrap().cpu_usec;
     let started = Instant::now();
     let _ = f.sh(&sb.id, "timeout 1 sh -c 'while :; do :; done'").await;

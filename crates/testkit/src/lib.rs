@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 /// a slow root filesystem would dominate test time.
 pub fn scratch_dir() -> tempfile::TempDir {
     let base = Path::new("/dev/shm");
-    let builder = tempfile::Builder::new().prefix("hangar-test-").tempdir_in(base);
+    let builder = tempfile::Builder::new()
+        .prefix("hangar-test-")
+        .tempdir_in(base);
     match builder {
         Ok(d) => d,
         Err(_) => tempfile::Builder::new()
@@ -47,5 +49,8 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test needs root (namespaces, mounts, cgroups); run the suite as root");
+    assert_eq!(
+        euid, 0,
+        "this test needs root (namespaces, mounts, cgroups); run the suite as root"
+    );
 }

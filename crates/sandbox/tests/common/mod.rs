@@ -1,7 +1,7 @@
 //! Shared set-up for the sandbox suites: a runtime on a scratch tmpfs directory and
 //! helpers to run commands and the escape probe inside a sandbox.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use hangar_envd_client::Output;
 use hangar_protocol::envd::ExecRequest;
@@ -17,15 +17,21 @@ impl Fixture {
     pub fn new() -> Fixture {
         hangar_testkit::require_root();
         let dir = hangar_testkit::scratch_dir();
-        let mut config = hangar_config::Config::default();
-        config.data_dir = dir.path().join("data");
+        let mut config = hangar_config::Config {
+            data_dir: dir.path().join("data"),
+            ..Default::default()
+        };
         config.sandbox.tools_dir = Some(hangar_testkit::bin_dir());
         let rt = LocalRuntime::open(&config).expect("open the local runtime");
         Fixture { dir, config, rt }
     }
 
     pub fn limits(&self) -> Limits {
-        Limits { memory_bytes: 256 << 20, pids: 256, cpus: 1.0 }
+        Limits {
+            memory_bytes: 256 << 20,
+            pids: 256,
+            cpus: 1.0,
+        }
     }
 
     pub async fn host_sandbox(&self) -> Sandbox {
@@ -34,7 +40,11 @@ impl Fixture {
 
     pub async fn create(&self, rootfs: Rootfs, limits: Limits) -> Sandbox {
         self.rt
-            .create(SandboxSpec { rootfs, limits, network: Network::None })
+            .create(SandboxSpec {
+                rootfs,
+                limits,
+                network: Network::None,
+            })
             .await
             .expect("create a sandbox")
     }
@@ -43,7 +53,11 @@ impl Fixture {
     pub async fn sh(&self, id: &str, cmd: &str) -> Output {
         let envd = self.rt.envd(id).await.expect("envd client");
         envd.output(
-            ExecRequest { shell: Some(cmd.into()), timeout_ms: Some(60_000), ..Default::default() },
+            ExecRequest {
+                shell: Some(cmd.into()),
+                timeout_ms: Some(60_000),
+                ..Default::default()
+            },
             1 << 20,
         )
         .await
@@ -59,7 +73,10 @@ impl Fixture {
             envd.write_file(
                 "/tmp/escape-probe",
                 &bin,
-                hangar_envd_client::WriteOptions { mode: Some(0o755), create_parents: false },
+                hangar_envd_client::WriteOptions {
+                    mode: Some(0o755),
+                    create_parents: false,
+                },
             )
             .await
             .expect("copy the probe in");
@@ -67,7 +84,14 @@ impl Fixture {
         let mut argv = vec!["/tmp/escape-probe".to_string()];
         argv.extend(args.iter().map(|s| s.to_string()));
         let out = envd
-            .output(ExecRequest { argv, timeout_ms: Some(60_000), ..Default::default() }, 1 << 16)
+            .output(
+                ExecRequest {
+                    argv,
+                    timeout_ms: Some(60_000),
+                    ..Default::default()
+                },
+                1 << 16,
+            )
             .await
             .expect("run the probe");
         String::from_utf8_lossy(&out.stdout).trim().to_string()

@@ -19,8 +19,20 @@ fn main() {
     // probe exists to see whether the kernel allows it.
     let r: i64 = unsafe {
         match op {
-            "mount" => libc::mount(c("none").as_ptr(), c("/mnt").as_ptr(), c("tmpfs").as_ptr(), 0, std::ptr::null()) as i64,
-            "remount-root" => libc::mount(std::ptr::null(), c("/").as_ptr(), std::ptr::null(), libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY, std::ptr::null()) as i64,
+            "mount" => libc::mount(
+                c("none").as_ptr(),
+                c("/mnt").as_ptr(),
+                c("tmpfs").as_ptr(),
+                0,
+                std::ptr::null(),
+            ) as i64,
+            "remount-root" => libc::mount(
+                std::ptr::null(),
+                c("/").as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                std::ptr::null(),
+            ) as i64,
             "umount-proc" => libc::umount2(c("/proc").as_ptr(), libc::MNT_DETACH) as i64,
             "load-module" => {
                 let fd = libc::open(c("/dev/null").as_ptr(), libc::O_RDONLY);
@@ -33,13 +45,29 @@ fn main() {
                 libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
                 libc::clock_settime(libc::CLOCK_REALTIME, &ts) as i64
             }
-            "mknod" => libc::mknod(c("/tmp/probe-null").as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) as i64,
-            "ptrace" => libc::ptrace(libc::PTRACE_ATTACH, arg.parse::<libc::pid_t>().unwrap_or(1), 0, 0),
+            "mknod" => libc::mknod(
+                c("/tmp/probe-null").as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(1, 3),
+            ) as i64,
+            "ptrace" => libc::ptrace(
+                libc::PTRACE_ATTACH,
+                arg.parse::<libc::pid_t>().unwrap_or(1),
+                0,
+                0,
+            ),
             "kill" => libc::kill(arg.parse::<libc::pid_t>().unwrap_or(1), 0) as i64,
             "unshare-user" => libc::unshare(libc::CLONE_NEWUSER) as i64,
             "unshare-net" => libc::unshare(libc::CLONE_NEWNET) as i64,
             "bpf" => libc::syscall(libc::SYS_bpf, 0, std::ptr::null::<u8>(), 0),
-            "keyctl" => libc::syscall(libc::SYS_add_key, c("user").as_ptr(), c("k").as_ptr(), c("v").as_ptr(), 1, -2),
+            "keyctl" => libc::syscall(
+                libc::SYS_add_key,
+                c("user").as_ptr(),
+                c("k").as_ptr(),
+                c("v").as_ptr(),
+                1,
+                -2,
+            ),
             "connect-tcp" => {
                 // ARG is ip:port (IPv4).
                 let (ip, port) = arg.split_once(':').unwrap_or(("127.0.0.1", "1"));
@@ -49,7 +77,11 @@ fn main() {
                 addr.sin_family = libc::AF_INET as u16;
                 addr.sin_port = port.parse::<u16>().unwrap_or(1).to_be();
                 addr.sin_addr.s_addr = u32::from(ip).to_be();
-                libc::connect(s, &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as u32) as i64
+                libc::connect(
+                    s,
+                    &addr as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                ) as i64
             }
             "connect-unix" => {
                 let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
@@ -58,15 +90,32 @@ fn main() {
                 for (i, b) in arg.bytes().take(107).enumerate() {
                     addr.sun_path[i] = b as libc::c_char;
                 }
-                libc::connect(s, &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_un>() as u32) as i64
+                libc::connect(
+                    s,
+                    &addr as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_un>() as u32,
+                ) as i64
             }
             "write" => {
-                let fd = libc::open(c(&arg).as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644);
-                if fd < 0 { -1 } else { libc::write(fd, b"escaped".as_ptr().cast(), 7) as i64 }
+                let fd = libc::open(
+                    c(&arg).as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                    0o644,
+                );
+                if fd < 0 {
+                    -1
+                } else {
+                    libc::write(fd, b"escaped".as_ptr().cast(), 7) as i64
+                }
             }
             "read" => {
                 let fd = libc::open(c(&arg).as_ptr(), libc::O_RDONLY);
-                if fd < 0 { -1 } else { let mut b = [0u8; 16]; libc::read(fd, b.as_mut_ptr().cast(), 16) as i64 }
+                if fd < 0 {
+                    -1
+                } else {
+                    let mut b = [0u8; 16];
+                    libc::read(fd, b.as_mut_ptr().cast(), 16) as i64
+                }
             }
             "alloc" => {
                 // Touches ARG MiB, one page at a time.

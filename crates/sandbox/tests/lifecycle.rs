@@ -1,0 +1,341 @@
+//! Sandbox lifecycle: create from each kind of rootfs, destroy without leaks, recovery
+//! after a crash, death reporting, and clear errors for bad specs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Fixture, stdout};
+use hangar_sandbox::{Limits, LocalRuntime, Rootfs, Runtime, SandboxError, SandboxSpec, Status};
+
+/// A Debian bullseye rootfs tarball (glibc 2.31, Python 3.9), built once with mmdebstrap
+/// and cached; building needs the Debian mirror.
+fn bullseye_tarball() -> PathBuf {
+    let cache = PathBuf::from(
+        std::env::var_os("HANGAR_TEST_CACHE").unwrap_or_else(|| "/var/cache/hangar-test".into()),
+    );
+    let tar = cache.join("bullseye.tar");
+    if tar.is_file() {
+        return tar;
+    }
+    std::fs::create_dir_all(&cache).unwrap();
+    let partial = cache.join(format!("bullseye.{}.tar", std::process::id()));
+    let status = Command::new("mmdebstrap")
+        .args([
+            "--quiet",
+            "--variant=minbase",
+            "--include=python3",
+            "bullseye",
+        ])
+        .arg(&partial)
+        .status()
+        .expect(
+            "mmdebstrap is needed to build the bullseye test rootfs (apt-get install mmdebstrap)",
+        );
+    assert!(status.success(), "mmdebstrap bullseye failed");
+    std::fs::rename(&partial, &tar).unwrap();
+    tar
+}
+
+fn host_mounts_mentioning(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn cgroup_dirs_named(id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        if let Ok(entries) = std::fs::read_dir(root) {
+            for e in entries.flatten() {
+                let d = e.path().join("hangar").join(id);
+                if d.exists() {
+                    out.push(d);
+                }
+            }
+            let d = Path::new(root).join("hangar").join(id);
+            if d.exists() {
+                out.push(d);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn destroy_leaves_no_process_mount_cgroup_or_file() {
+    let f = Fixture::new();
+    let sb = f.host_sandbox().await;
+    let init = sb.init_pid.expect("a running sandbox has an init pid");
+    let dir = f.config.data_dir.join("sandboxes").join(&sb.id);
+    assert!(dir.is_dir());
+    assert!(
+        !cgroup_dirs_named(&sb.id).is_empty(),
+        "cgroups exist while it runs"
+    );
+    // Something running in the background must not survive either.
+    let _ = f.sh(&sb.id, "sleep 1000 >/dev/null 2>&1 &").await;
+    f.rt.destroy(&sb.id).await.unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{init}")).exists(),
+        "init is gone"
+    );
+    assert!(!dir.exists(), "the sandbox directory is gone");
+    assert_eq!(
+        cgroup_dirs_named(&sb.id),
+        Vec::<PathBuf>::new(),
+        "cgroups are gone"
+    );
+    assert_eq!(
+        host_mounts_mentioning(&dir),
+        Vec::<String>::new(),
+        "nothing mounted on the host"
+    );
+    assert!(matches!(
+        f.rt.get(&sb.id).await,
+        Err(SandboxError::NotFound(_))
+    ));
+    assert!(matches!(
+        f.rt.destroy(&sb.id).await,
+        Err(SandboxError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn bullseye_rootfs_runs_envd_and_python_39_with_shifted_owners() {
+    let f = Fixture::new();
+    let rootfs =
+        f.rt.prepare_rootfs(bullseye_tarball().to_str().unwrap())
+            .unwrap();
+    let sb = f.create(rootfs, f.limits()).await;
+    let out = f.sh(&sb.id, "python3 --version; ldd --version | head -1; stat -c %u:%g /etc/passwd; echo x > /etc/written && cat /etc/written").await;
+    let text = stdout(&out);
+    assert!(text.contains("Python 3.9"), "{text}");
+    assert!(text.contains("2.31"), "glibc 2.31: {text}");
+    assert!(
+        text.contains("0:0"),
+        "image files belong to the sandbox's root: {text}"
+    );
+    assert!(
+        text.trim_end().ends_with('x'),
+        "the sandbox's root can write its image's /etc: {text}"
+    );
+    // The write landed in the sandbox's upper dir, owned by the mapped uid, not host root.
+    let upper = f
+        .config
+        .data_dir
+        .join("sandboxes")
+        .join(&sb.id)
+        .join("upper/etc/written");
+    let meta = std::fs::metadata(&upper).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        meta.uid(),
+        f.config.sandbox.uid_base,
+        "owned by the sandbox's host uid"
+    );
+    f.rt.destroy(&sb.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn killed_init_is_reported_dead_with_the_signal() {
+    let f = Fixture::new();
+    let sb = f.host_sandbox().await;
+    let init = sb.init_pid.unwrap();
+    // SAFETY: kill has no memory effects; the pid is the sandbox's init.
+    unsafe { libc::kill(init as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let s = f.rt.get(&sb.id).await.unwrap().status;
+        if s != Status::Running || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        status,
+        Status::Dead {
+            reason: "init was killed by signal 9".into(),
+            oom_killed: false
+        }
+    );
+    let err = f.rt.envd(&sb.id).await.unwrap_err().to_string();
+    assert!(err.contains("dead"), "{err}");
+    assert_eq!(
+        cgroup_dirs_named(&sb.id),
+        Vec::<PathBuf>::new(),
+        "a dead sandbox's cgroups are released"
+    );
+    f.rt.destroy(&sb.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_runtime_adopts_live_sandboxes_and_reaps_the_rest() {
+    let f = Fixture::new();
+    let live = f.host_sandbox().await;
+    let doomed = f.host_sandbox().await;
+    // A create that crashed half-way: a directory with a record still "creating".
+    let half = f.config.data_dir.join("sandboxes/sb-halfmade0000");
+    std::fs::create_dir_all(&half).unwrap();
+    let orphan = f.config.data_dir.join("sandboxes/sb-norecord0000");
+    std::fs::create_dir_all(orphan.join("upper")).unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            f.config
+                .data_dir
+                .join("sandboxes")
+                .join(&live.id)
+                .join("sandbox.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    record["id"] = "sb-halfmade0000".into();
+    record["state"] = "creating".into();
+    record["init"] = serde_json::Value::Null;
+    record["jail"] = serde_json::Value::Null;
+    std::fs::write(half.join("sandbox.json"), record.to_string()).unwrap();
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(doomed.init_pid.unwrap() as i32, libc::SIGKILL) };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // A new runtime over the same directory, as after a server restart.
+    let rt = LocalRuntime::open(&f.config).unwrap();
+    let mut rec = rt.recover().unwrap();
+    rec.reaped.sort();
+    assert_eq!(rec.adopted, vec![live.id.clone()]);
+    assert_eq!(rec.dead, vec![doomed.id.clone()]);
+    assert_eq!(
+        rec.reaped,
+        vec!["sb-halfmade0000".to_string(), "sb-norecord0000".to_string()]
+    );
+    assert!(!half.exists() && !orphan.exists());
+    let out = rt.envd(&live.id).await.unwrap();
+    assert_eq!(
+        out.health().await.unwrap().pid,
+        1,
+        "the adopted sandbox still serves"
+    );
+    rt.destroy(&live.id).await.unwrap();
+    rt.destroy(&doomed.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_specs_get_clear_errors_and_leave_nothing() {
+    let f = Fixture::new();
+    let spec = |rootfs, limits| SandboxSpec {
+        rootfs,
+        limits,
+        network: Default::default(),
+    };
+    let cases = [
+        (
+            Rootfs::Layers {
+                layers: vec!["/nonexistent/rootfs".into()],
+            },
+            f.limits(),
+            "does not exist",
+        ),
+        (
+            Rootfs::Layers { layers: vec![] },
+            f.limits(),
+            "at least one layer",
+        ),
+        (
+            Rootfs::Layers {
+                layers: vec!["relative".into()],
+            },
+            f.limits(),
+            "absolute",
+        ),
+        (
+            Rootfs::HostRoot,
+            Limits {
+                memory_bytes: 1024,
+                ..f.limits()
+            },
+            "memory",
+        ),
+        (
+            Rootfs::HostRoot,
+            Limits {
+                pids: 0,
+                ..f.limits()
+            },
+            "pids",
+        ),
+        (
+            Rootfs::HostRoot,
+            Limits {
+                cpus: f64::NAN,
+                ..f.limits()
+            },
+            "cpus",
+        ),
+    ];
+    for (rootfs, limits, needle) in cases {
+        let err = f.rt.create(spec(rootfs, limits)).await.unwrap_err();
+        assert!(matches!(err, SandboxError::InvalidSpec(_)), "{err:?}");
+        assert!(
+            err.to_string().contains(needle),
+            "{err} should mention {needle}"
+        );
+    }
+    let file = f.dir.path().join("not-a-tarball");
+    std::fs::write(&file, "hello").unwrap();
+    let err =
+        f.rt.prepare_rootfs(file.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("neither a directory nor a readable tarball"),
+        "{err}"
+    );
+    assert!(
+        f.rt.prepare_rootfs("/no/such/path")
+            .unwrap_err()
+            .to_string()
+            .contains("No such file")
+    );
+    assert_eq!(f.rt.list().await.unwrap(), vec![]);
+    assert!(matches!(
+        f.rt.get("../../etc").await,
+        Err(SandboxError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_rootfs_without_a_shell_fails_to_exec_with_enoent_not_a_panic() {
+    let f = Fixture::new();
+    let empty = f.dir.path().join("empty-rootfs");
+    std::fs::create_dir_all(&empty).unwrap();
+    let sb = f
+        .create(
+            Rootfs::Layers {
+                layers: vec![empty],
+            },
+            f.limits(),
+        )
+        .await;
+    let envd = f.rt.envd(&sb.id).await.unwrap();
+    let err = envd
+        .output(
+            hangar_protocol::envd::ExecRequest {
+                argv: vec!["python3".into()],
+                ..Default::default()
+            },
+            1024,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("not_found"), "{err}");
+    f.rt.destroy(&sb.id).await.unwrap();
+}
