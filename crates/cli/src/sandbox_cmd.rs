@@ -238,12 +238,12 @@ pub async fn stream_exec(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let forward_stdin = req.stdin;
-    let program = req.argv.first().cloned().unwrap_or_default();
     let mut exec = match envd.exec(req).await {
         Ok(exec) => exec,
+        // The shell convention for a missing command (or working directory).
         Err(e) if e.code() == Some("not_found") => {
-            // The shell convention for "command not found".
-            eprintln!("hangar: {program}: no such file or directory in the sandbox");
+            let message = e.remote().map(|b| b.message.clone()).unwrap_or_default();
+            eprintln!("hangar: in the sandbox: {message}");
             return Ok(127);
         }
         Err(e) => return Err(e.into()),
