@@ -102,13 +102,6 @@ pub fn gone_within(pid: u32, within: Duration) -> bool {
     false
 }
 
-/// The state letter from /proc/PID/stat (`Z` for a zombie), or None when gone.
-pub fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    after.trim_start().chars().next()
-}
-
 /// Children of `pid` that are zombies.
 pub fn zombie_children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
