@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Fixture, stdout};
-use hangar_sandbox::{Limits, Runtime};
+use hangar_sandbox::Runtime;
 
 const EPERM: &str = "err 1";
 
@@ -184,15 +184,7 @@ async fn cannot_reach_another_sandboxs_envd() {
 #[tokio::test]
 async fn fork_bomb_is_stopped_by_the_pids_limit() {
     let f = Fixture::new();
-    let sb = f
-        .create(
-            hangar_sandbox::Rootfs::HostRoot,
-            Limits {
-                pids: 32,
-                ..f.limits()
-            },
-        )
-        .await;
+    let sb = f.host_sandbox_with(|l| l.pids = 32).await;
     let envd = f.rt.envd(&sb.id).await.unwrap();
     let bomb = hangar_protocol::envd::ExecRequest {
         shell: Some("for i in $(seq 100); do sleep 2 & done; wait".into()),
@@ -217,15 +209,7 @@ async fn fork_bomb_is_stopped_by_the_pids_limit() {
 #[tokio::test]
 async fn memory_bomb_is_oom_killed_and_reported() {
     let f = Fixture::new();
-    let sb = f
-        .create(
-            hangar_sandbox::Rootfs::HostRoot,
-            Limits {
-                memory_bytes: 64 << 20,
-                ..f.limits()
-            },
-        )
-        .await;
+    let sb = f.host_sandbox_with(|l| l.memory_bytes = 64 << 20).await;
     let answer = f.probe(&sb.id, &["alloc", "1024"]).await;
     assert_eq!(answer, "", "the bomb was killed before it could answer");
     let usage = f.rt.stats(&sb.id).await.unwrap();
@@ -241,15 +225,7 @@ async fn memory_bomb_is_oom_killed_and_reported() {
 #[tokio::test]
 async fn init_killed_by_oom_is_reported_dead_as_oom() {
     let f = Fixture::new();
-    let sb = f
-        .create(
-            hangar_sandbox::Rootfs::HostRoot,
-            Limits {
-                memory_bytes: 64 << 20,
-                ..f.limits()
-            },
-        )
-        .await;
+    let sb = f.host_sandbox_with(|l| l.memory_bytes = 64 << 20).await;
     // A process started before envd's OOM score is raised keeps the default score; then
     // envd is made the OOM killer's first choice and the process exhausts memory.
     let envd = f.rt.envd(&sb.id).await.unwrap();
@@ -264,14 +240,7 @@ async fn init_killed_by_oom_is_reported_dead_as_oom() {
         .unwrap();
     let _ = f.sh(&sb.id, "echo 1000 > /proc/1/oom_score_adj").await;
     bomb.control().send_stdin(b"go\n").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let s = f.rt.get(&sb.id).await.unwrap().status;
-        if matches!(s, hangar_sandbox::Status::Dead { .. }) || Instant::now() > deadline {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = f.wait_until_not_running(&sb.id).await;
     match status {
         hangar_sandbox::Status::Dead { oom_killed, reason } => {
             assert!(oom_killed, "reason: {reason}");
@@ -285,15 +254,7 @@ async fn init_killed_by_oom_is_reported_dead_as_oom() {
 #[tokio::test]
 async fn busy_loop_is_held_to_its_cpu_quota() {
     let f = Fixture::new();
-    let sb = f
-        .create(
-            hangar_sandbox::Rootfs::HostRoot,
-            Limits {
-                cpus: 0.2,
-                ..f.limits()
-            },
-        )
-        .await;
+    let sb = f.host_sandbox_with(|l| l.cpus = 0.2).await;
     let before = f.rt.stats(&sb.id).await.unwrap().cpu_usec;
     let started = Instant::now();
     let _ = f.sh(&sb.id, "timeout 1 sh -c 'while :; do :; done'").await;

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Fixture, stdout};
 use hangar_sandbox::{Limits, LocalRuntime, Rootfs, Runtime, SandboxError, SandboxSpec, Status};
@@ -152,14 +152,7 @@ async fn killed_init_is_reported_dead_with_the_signal() {
     let init = sb.init_pid.unwrap();
     // SAFETY: kill has no memory effects; the pid is the sandbox's init.
     unsafe { libc::kill(init as i32, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        let s = f.rt.get(&sb.id).await.unwrap().status;
-        if s != Status::Running || Instant::now() > deadline {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let status = f.wait_until_not_running(&sb.id).await;
     assert_eq!(
         status,
         Status::Dead {

@@ -38,6 +38,25 @@ impl Fixture {
         self.create(Rootfs::HostRoot, self.limits()).await
     }
 
+    /// A host-root sandbox with changed limits.
+    pub async fn host_sandbox_with(&self, change: impl FnOnce(&mut Limits)) -> Sandbox {
+        let mut limits = self.limits();
+        change(&mut limits);
+        self.create(Rootfs::HostRoot, limits).await
+    }
+
+    /// Polls until the sandbox is no longer running (at most 10 s) and returns its status.
+    pub async fn wait_until_not_running(&self, id: &str) -> hangar_sandbox::Status {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let s = self.rt.get(id).await.expect("get").status;
+            if s != hangar_sandbox::Status::Running || std::time::Instant::now() > deadline {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn create(&self, rootfs: Rootfs, limits: Limits) -> Sandbox {
         self.rt
             .create(SandboxSpec {
