@@ -36,11 +36,23 @@ impl Conn {
     pub(crate) async fn open<T: Serialize>(socket: &Path, request: &T) -> Result<Conn, Error> {
         let stream = UnixStream::connect(socket)
             .await
-            .map_err(|source| Error::Connect { path: socket.to_path_buf(), source })?;
+            .map_err(|source| Error::Connect {
+                path: socket.to_path_buf(),
+                source,
+            })?;
         let (r, w) = stream.into_split();
-        let mut sender = Sender { inner: w, buf: Vec::new() };
+        let mut sender = Sender {
+            inner: w,
+            buf: Vec::new(),
+        };
         sender.send(request).await?;
-        Ok(Conn { reader: Reader { inner: BufReader::with_capacity(64 * 1024, r), line: Vec::new() }, _sender: sender })
+        Ok(Conn {
+            reader: Reader {
+                inner: BufReader::with_capacity(64 * 1024, r),
+                line: Vec::new(),
+            },
+            _sender: sender,
+        })
     }
 
     pub(crate) async fn recv(&mut self) -> Result<Response, Error> {
@@ -70,14 +82,18 @@ impl Reader {
         loop {
             let buf = self.inner.fill_buf().await?;
             if buf.is_empty() {
-                return Err(Error::Protocol("envd closed the connection before replying".into()));
+                return Err(Error::Protocol(
+                    "envd closed the connection before replying".into(),
+                ));
             }
             let (take, done) = match buf.iter().position(|b| *b == b'\n') {
                 Some(i) => (i, true),
                 None => (buf.len(), false),
             };
             if self.line.len() + take > MAX_FRAME {
-                return Err(Error::Protocol("envd sent a frame longer than the limit".into()));
+                return Err(Error::Protocol(
+                    "envd sent a frame longer than the limit".into(),
+                ));
             }
             self.line.extend_from_slice(&buf[..take]);
             self.inner.consume(if done { take + 1 } else { take });

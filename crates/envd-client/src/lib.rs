@@ -25,10 +25,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::Error;
+use hangar_protocol::envd::{Bytes, ExecInput, Request, Response};
 pub use hangar_protocol::envd::{
     ChangeKind, ErrorBody, ExecRequest, ExitStatus, FileInfo, FileKind, PtySize,
 };
-use hangar_protocol::envd::{Bytes, ExecInput, Request, Response};
 use tokio::sync::Mutex;
 
 use crate::conn::{Conn, Sender};
@@ -108,7 +108,9 @@ pub struct Change {
 impl EnvdClient {
     /// A client for the envd listening at `socket`. Does not connect.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        EnvdClient { socket: socket.into() }
+        EnvdClient {
+            socket: socket.into(),
+        }
     }
 
     /// The socket this client connects to.
@@ -127,9 +129,17 @@ impl EnvdClient {
     /// envd's identity and uptime.
     pub async fn health(&self) -> Result<Health, Error> {
         match self.call(&Request::Health).await? {
-            Response::Health { protocol, version, pid, uptime_ms } => {
-                Ok(Health { protocol, version, pid, uptime_ms })
-            }
+            Response::Health {
+                protocol,
+                version,
+                pid,
+                uptime_ms,
+            } => Ok(Health {
+                protocol,
+                version,
+                pid,
+                uptime_ms,
+            }),
             other => Err(Error::unexpected("health", &other)),
         }
     }
@@ -166,7 +176,9 @@ impl EnvdClient {
                 Ok(Exec {
                     pid,
                     reader,
-                    control: ExecControl { sender: Arc::new(Mutex::new(sender)) },
+                    control: ExecControl {
+                        sender: Arc::new(Mutex::new(sender)),
+                    },
                     done: false,
                 })
             }
@@ -185,7 +197,12 @@ impl EnvdClient {
                 Some(ExecEvent::Stdout(d)) => (&mut stdout, d),
                 Some(ExecEvent::Stderr(d)) => (&mut stderr, d),
                 Some(ExecEvent::Exit(status)) => {
-                    return Ok(Output { stdout, stderr, status, truncated });
+                    return Ok(Output {
+                        stdout,
+                        stderr,
+                        status,
+                        truncated,
+                    });
                 }
                 None => return Err(Error::Protocol("exec ended without an exit frame".into())),
             };
@@ -204,9 +221,17 @@ impl EnvdClient {
         offset: u64,
         length: Option<u64>,
     ) -> Result<FileData, Error> {
-        let req = Request::ReadFile { path: path.into(), offset, length };
+        let req = Request::ReadFile {
+            path: path.into(),
+            offset,
+            length,
+        };
         match self.call(&req).await? {
-            Response::FileData { data, size, eof } => Ok(FileData { data: data.0, size, eof }),
+            Response::FileData { data, size, eof } => Ok(FileData {
+                data: data.0,
+                size,
+                eof,
+            }),
             other => Err(Error::unexpected("read_file", &other)),
         }
     }
@@ -260,23 +285,47 @@ impl EnvdClient {
     /// Creates a directory; with `parents`, also its missing parents, and an existing
     /// directory is fine.
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<(), Error> {
-        self.expect_ok("mkdir", &Request::Mkdir { path: path.into(), parents }).await
+        self.expect_ok(
+            "mkdir",
+            &Request::Mkdir {
+                path: path.into(),
+                parents,
+            },
+        )
+        .await
     }
 
     /// Removes a file, symlink or directory; a non-empty directory only with `recursive`.
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), Error> {
-        self.expect_ok("remove", &Request::Remove { path: path.into(), recursive }).await
+        self.expect_ok(
+            "remove",
+            &Request::Remove {
+                path: path.into(),
+                recursive,
+            },
+        )
+        .await
     }
 
     /// Renames `from` to `to`, replacing a file at `to`.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), Error> {
-        self.expect_ok("rename", &Request::Rename { from: from.into(), to: to.into() }).await
+        self.expect_ok(
+            "rename",
+            &Request::Rename {
+                from: from.into(),
+                to: to.into(),
+            },
+        )
+        .await
     }
 
     /// Starts watching `path`; returns once the watch is in place, so every change after
     /// this returns is reported.
     pub async fn watch(&self, path: &str, recursive: bool) -> Result<Watch, Error> {
-        let req = Request::Watch { path: path.into(), recursive };
+        let req = Request::Watch {
+            path: path.into(),
+            recursive,
+        };
         let mut conn = Conn::open(&self.socket, &req).await?;
         match conn.recv().await? {
             Response::Ok => Ok(Watch { conn }),
@@ -382,7 +431,10 @@ impl ExecControl {
 
     /// Writes bytes to the process's stdin (or terminal).
     pub async fn send_stdin(&self, data: &[u8]) -> Result<(), Error> {
-        self.send(&ExecInput::Stdin { data: Bytes::from(data) }).await
+        self.send(&ExecInput::Stdin {
+            data: Bytes::from(data),
+        })
+        .await
     }
 
     /// Ends the process's input (on a terminal: types ^D).

@@ -14,12 +14,20 @@ pub(crate) struct OpError {
 impl OpError {
     /// A malformed or contradictory request.
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
-        OpError { code: "bad_request", message: message.into(), errno: None }
+        OpError {
+            code: "bad_request",
+            message: message.into(),
+            errno: None,
+        }
     }
 
     /// A frame longer than the protocol allows.
     pub(crate) fn too_large(message: impl Into<String>) -> Self {
-        OpError { code: "too_large", message: message.into(), errno: None }
+        OpError {
+            code: "too_large",
+            message: message.into(),
+            errno: None,
+        }
     }
 
     /// A system call failed; `what` says what envd was doing, e.g. `open /etc/hosts`.
@@ -35,12 +43,20 @@ impl OpError {
     pub(crate) fn io(what: impl std::fmt::Display, err: &std::io::Error) -> Self {
         match err.raw_os_error() {
             Some(n) => OpError::sys(what, Errno::from_raw(n)),
-            None => OpError { code: "io", message: format!("{what}: {err}"), errno: None },
+            None => OpError {
+                code: "io",
+                message: format!("{what}: {err}"),
+                errno: None,
+            },
         }
     }
 
     pub(crate) fn into_body(self) -> ErrorBody {
-        ErrorBody { code: self.code.to_string(), message: self.message, errno: self.errno }
+        ErrorBody {
+            code: self.code.to_string(),
+            message: self.message,
+            errno: self.errno,
+        }
     }
 }
 

@@ -44,15 +44,22 @@ pub(crate) const GRACE: Duration = Duration::from_millis(200);
 
 /// The environment every process starts from; the request's `env` is added over it.
 const BASE_ENV: &[(&str, &str)] = &[
-    ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
     ("HOME", "/root"),
 ];
 
 /// The argv to run: the request's, or `/bin/sh -c` with its shell line.
 pub(crate) fn command_line(req: &ExecRequest) -> Result<Vec<String>, OpError> {
     match (&req.shell, req.argv.is_empty()) {
-        (Some(_), false) => Err(OpError::bad_request("exec takes either argv or shell, not both")),
-        (None, true) => Err(OpError::bad_request("exec needs a non-empty argv or a shell command")),
+        (Some(_), false) => Err(OpError::bad_request(
+            "exec takes either argv or shell, not both",
+        )),
+        (None, true) => Err(OpError::bad_request(
+            "exec needs a non-empty argv or a shell command",
+        )),
         (Some(sh), true) => Ok(vec!["/bin/sh".into(), "-c".into(), sh.clone()]),
         (None, false) => {
             if req.argv[0].is_empty() {
@@ -68,14 +75,18 @@ pub(crate) fn command_line(req: &ExecRequest) -> Result<Vec<String>, OpError> {
 
 /// The process's environment: the base, `TERM` on a terminal, then the request's variables.
 pub(crate) fn environment(req: &ExecRequest) -> Result<BTreeMap<String, String>, OpError> {
-    let mut env: BTreeMap<String, String> =
-        BASE_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut env: BTreeMap<String, String> = BASE_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     if req.pty.is_some() {
         env.insert("TERM".into(), "xterm-256color".into());
     }
     for (k, v) in &req.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(OpError::bad_request(format!("invalid environment variable name or value: {k:?}")));
+            return Err(OpError::bad_request(format!(
+                "invalid environment variable name or value: {k:?}"
+            )));
         }
         env.insert(k.clone(), v.clone());
     }
@@ -108,34 +119,49 @@ fn async_fd(fd: impl Into<OwnedFd>) -> Result<AsyncFd<OwnedFd>, OpError> {
 }
 
 fn winsize(size: PtySize) -> Winsize {
-    Winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 }
+    Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
 }
 
 fn spawn(root: &Root, reaper: &Reaper, req: &ExecRequest) -> Result<Spawned, OpError> {
     let argv = command_line(req)?;
     let env = environment(req)?;
     let cwd_path = req.cwd.as_deref().unwrap_or("/");
-    let cwd = root.open_in(cwd_path, OFlag::O_PATH | OFlag::O_DIRECTORY, 0).map_err(|e| match e.errno {
-        Some(n) => OpError::sys(format!("working directory {cwd_path}"), Errno::from_raw(n)),
-        None => e,
-    })?;
+    let cwd = root
+        .open_in(cwd_path, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
+        .map_err(|e| match e.errno {
+            Some(n) => OpError::sys(format!("working directory {cwd_path}"), Errno::from_raw(n)),
+            None => e,
+        })?;
     let cwd_raw: RawFd = cwd.as_raw_fd();
 
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).env_clear().envs(&env);
     let pty = match req.pty {
         Some(size) => {
-            let pty = openpty(&winsize(size), None).map_err(|e| OpError::sys("open a terminal", e))?;
-            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| OpError::io("duplicate the terminal", &e));
+            let pty =
+                openpty(&winsize(size), None).map_err(|e| OpError::sys("open a terminal", e))?;
+            let dup = |fd: &OwnedFd| {
+                fd.try_clone()
+                    .map_err(|e| OpError::io("duplicate the terminal", &e))
+            };
             cmd.stdin(Stdio::from(dup(&pty.slave)?))
                 .stdout(Stdio::from(dup(&pty.slave)?))
                 .stderr(Stdio::from(pty.slave));
             Some(pty.master)
         }
         None => {
-            cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() })
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            cmd.stdin(if req.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
             None
         }
     };
@@ -178,7 +204,9 @@ fn spawn(root: &Root, reaper: &Reaper, req: &ExecRequest) -> Result<Spawned, OpE
 
     let (out, err, input) = match pty {
         Some(master) => {
-            let writer = master.try_clone().map_err(|e| OpError::io("duplicate the terminal", &e))?;
+            let writer = master
+                .try_clone()
+                .map_err(|e| OpError::io("duplicate the terminal", &e))?;
             (Some(async_fd(master)?), None, Some(async_fd(writer)?))
         }
         None => {
@@ -190,7 +218,13 @@ fn spawn(root: &Root, reaper: &Reaper, req: &ExecRequest) -> Result<Spawned, OpE
     };
     // `child` is dropped without waiting: the reaper owns waiting.
     drop(child);
-    Ok(Spawned { pid, exit, out, err, input })
+    Ok(Spawned {
+        pid,
+        exit,
+        out,
+        err,
+        input,
+    })
 }
 
 /// Reads what is available; `Ok(0)` is end of file. A terminal reports the end (all slave
@@ -214,10 +248,22 @@ async fn read_event(fd: &AsyncFd<OwnedFd>, buf: &mut [u8], is_err: bool) -> Even
     loop {
         let mut guard = match fd.readable().await {
             Ok(g) => g,
-            Err(_) => return if is_err { Event::ErrDone } else { Event::OutDone },
+            Err(_) => {
+                return if is_err {
+                    Event::ErrDone
+                } else {
+                    Event::OutDone
+                };
+            }
         };
         match guard.try_io(|inner| read_now(inner.get_ref(), buf)) {
-            Ok(Ok(0)) | Ok(Err(_)) => return if is_err { Event::ErrDone } else { Event::OutDone },
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return if is_err {
+                    Event::ErrDone
+                } else {
+                    Event::OutDone
+                };
+            }
             Ok(Ok(n)) => return if is_err { Event::Err(n) } else { Event::Out(n) },
             Err(_would_block) => continue,
         }
@@ -227,7 +273,9 @@ async fn read_event(fd: &AsyncFd<OwnedFd>, buf: &mut [u8], is_err: bool) -> Even
 async fn write_some(fd: &AsyncFd<OwnedFd>, data: &[u8]) -> std::io::Result<usize> {
     loop {
         let mut guard = fd.writable().await?;
-        match guard.try_io(|inner| nix::unistd::write(inner.get_ref(), data).map_err(std::io::Error::from)) {
+        match guard
+            .try_io(|inner| nix::unistd::write(inner.get_ref(), data).map_err(std::io::Error::from))
+        {
             Ok(r) => return r,
             Err(_would_block) => continue,
         }
@@ -267,7 +315,13 @@ pub(crate) async fn run<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Spawned { pid, mut exit, mut out, mut err, mut input } = match spawn(root, reaper, &req) {
+    let Spawned {
+        pid,
+        mut exit,
+        mut out,
+        mut err,
+        mut input,
+    } = match spawn(root, reaper, &req) {
         Ok(s) => s,
         Err(e) => {
             let _ = writer.send(&Response::Error(e.into_body())).await;
@@ -277,7 +331,13 @@ pub(crate) async fn run<R, W>(
     let kill_group = || {
         let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
     };
-    if writer.send(&Response::Started { pid: pid.unsigned_abs() }).await.is_err() {
+    if writer
+        .send(&Response::Started {
+            pid: pid.unsigned_abs(),
+        })
+        .await
+        .is_err()
+    {
         kill_group();
         return;
     }
@@ -285,12 +345,18 @@ pub(crate) async fn run<R, W>(
     let is_pty = req.pty.is_some();
     let mut status: Option<ExitStatus> = None;
     let mut timed_out = false;
-    let mut deadline = req.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    let mut deadline = req
+        .timeout_ms
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
     let mut grace: Option<Instant> = None;
     let mut pending: Vec<u8> = Vec::new();
     let mut close_after_pending = false;
     let mut buf = vec![0u8; CHUNK];
-    let mut err_buf = if err.is_some() { vec![0u8; CHUNK] } else { Vec::new() };
+    let mut err_buf = if err.is_some() {
+        vec![0u8; CHUNK]
+    } else {
+        Vec::new()
+    };
 
     loop {
         if status.is_some() && out.is_none() && err.is_none() {
@@ -414,7 +480,11 @@ pub(crate) async fn run<R, W>(
     for fd in [out.take(), err.take()].into_iter().flatten() {
         tokio::spawn(drain(fd));
     }
-    let st = status.unwrap_or(ExitStatus { code: None, signal: None, timed_out });
+    let st = status.unwrap_or(ExitStatus {
+        code: None,
+        signal: None,
+        timed_out,
+    });
     let _ = writer.send(&Response::Exit(st)).await;
 }
 
@@ -443,18 +513,34 @@ mod tests {
 
     #[test]
     fn exec_needs_exactly_one_of_argv_and_shell() {
-        let both = ExecRequest { argv: vec!["ls".into()], shell: Some("ls".into()), ..Default::default() };
+        let both = ExecRequest {
+            argv: vec!["ls".into()],
+            shell: Some("ls".into()),
+            ..Default::default()
+        };
         assert_eq!(command_line(&both).unwrap_err().code, "bad_request");
-        assert_eq!(command_line(&ExecRequest::default()).unwrap_err().code, "bad_request");
-        let empty0 = ExecRequest { argv: vec![String::new()], ..Default::default() };
+        assert_eq!(
+            command_line(&ExecRequest::default()).unwrap_err().code,
+            "bad_request"
+        );
+        let empty0 = ExecRequest {
+            argv: vec![String::new()],
+            ..Default::default()
+        };
         assert_eq!(command_line(&empty0).unwrap_err().code, "bad_request");
-        let sh = ExecRequest { shell: Some("echo hi".into()), ..Default::default() };
+        let sh = ExecRequest {
+            shell: Some("echo hi".into()),
+            ..Default::default()
+        };
         assert_eq!(command_line(&sh).unwrap(), ["/bin/sh", "-c", "echo hi"]);
     }
 
     #[test]
     fn environment_adds_request_over_base() {
-        let mut req = ExecRequest { argv: vec!["env".into()], ..Default::default() };
+        let mut req = ExecRequest {
+            argv: vec!["env".into()],
+            ..Default::default()
+        };
         req.env.insert("HOME".into(), "/home/agent".into());
         req.env.insert("FOO".into(), "bar".into());
         let env = environment(&req).unwrap();

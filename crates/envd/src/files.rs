@@ -31,7 +31,11 @@ pub struct Root {
 impl Root {
     /// Opens `path` as the root; it must be a directory.
     pub fn open(path: &Path) -> std::io::Result<Root> {
-        let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
         let path = std::fs::canonicalize(path)?;
         Ok(Root { fd, path })
     }
@@ -64,14 +68,27 @@ impl Root {
     /// Runs one file request and produces its terminal frame.
     pub(crate) fn handle(&self, req: Request) -> Response {
         let result = match req {
-            Request::ReadFile { path, offset, length } => self.read_file(&path, offset, length),
-            Request::WriteFile { path, data, mode, create_parents } => {
-                self.write_file(&path, &data.0, mode, create_parents).map(|()| Response::Ok)
-            }
-            Request::ListDir { path } => self.list_dir(&path).map(|entries| Response::Entries { entries }),
+            Request::ReadFile {
+                path,
+                offset,
+                length,
+            } => self.read_file(&path, offset, length),
+            Request::WriteFile {
+                path,
+                data,
+                mode,
+                create_parents,
+            } => self
+                .write_file(&path, &data.0, mode, create_parents)
+                .map(|()| Response::Ok),
+            Request::ListDir { path } => self
+                .list_dir(&path)
+                .map(|entries| Response::Entries { entries }),
             Request::Stat { path } => self.stat(&path).map(Response::Stat),
             Request::Mkdir { path, parents } => self.mkdir(&path, parents).map(|()| Response::Ok),
-            Request::Remove { path, recursive } => self.remove(&path, recursive).map(|()| Response::Ok),
+            Request::Remove { path, recursive } => {
+                self.remove(&path, recursive).map(|()| Response::Ok)
+            }
             Request::Rename { from, to } => self.rename(&from, &to).map(|()| Response::Ok),
             _ => Err(OpError::bad_request("not a file operation")),
         };
@@ -85,13 +102,21 @@ impl Root {
         match kind_of(&st) {
             FileKind::File => {}
             FileKind::Dir => return Err(OpError::sys(format!("read {path}"), Errno::EISDIR)),
-            _ => return Err(OpError::bad_request(format!("read {path}: not a regular file"))),
+            _ => {
+                return Err(OpError::bad_request(format!(
+                    "read {path}: not a regular file"
+                )));
+            }
         }
         let size = u64::try_from(st.st_size).unwrap_or(0);
         let want = length.unwrap_or(MAX_READ).min(MAX_READ);
         let want = usize::try_from(want).unwrap_or(usize::MAX);
         // Do not allocate the whole cap for a small file (files in /proc report size 0).
-        let hint = if size > offset { usize::try_from(size - offset).unwrap_or(want) } else { 4096 };
+        let hint = if size > offset {
+            usize::try_from(size - offset).unwrap_or(want)
+        } else {
+            4096
+        };
         let mut data = Vec::with_capacity(want.min(hint));
         let mut chunk = [0u8; 64 * 1024];
         let mut pos = offset;
@@ -115,10 +140,20 @@ impl Root {
         if !eof && size > 0 && pos >= size {
             eof = true;
         }
-        Ok(Response::FileData { data: data.into(), size: size.max(pos), eof })
+        Ok(Response::FileData {
+            data: data.into(),
+            size: size.max(pos),
+            eof,
+        })
     }
 
-    fn write_file(&self, path: &str, data: &[u8], mode: Option<u32>, create_parents: bool) -> Result<(), OpError> {
+    fn write_file(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: Option<u32>,
+        create_parents: bool,
+    ) -> Result<(), OpError> {
         let (parent_path, last) = split_last(path)?;
         if create_parents {
             self.mkdir_all(&parent_path)?;
@@ -130,10 +165,11 @@ impl Root {
             Err(Errno::ENOENT) => None,
             Err(e) => return Err(OpError::sys(format!("stat {path}"), e)),
         };
-        if let Some(st) = &existing {
-            if kind_of(st) == FileKind::Dir {
-                return Err(OpError::sys(format!("write {path}"), Errno::EISDIR));
-            }
+        if existing
+            .as_ref()
+            .is_some_and(|st| kind_of(st) == FileKind::Dir)
+        {
+            return Err(OpError::sys(format!("write {path}"), Errno::EISDIR));
         }
         let perm = match (mode, &existing) {
             (Some(m), _) => m & 0o7777,
@@ -156,7 +192,8 @@ impl Root {
         .map_err(|e| OpError::sys(format!("create a temporary file beside {path}"), e))?;
         let result = (|| {
             write_all(&file, data).map_err(|e| OpError::sys(format!("write {path}"), e))?;
-            fchmod(&file, Mode::from_bits_truncate(perm)).map_err(|e| OpError::sys(format!("chmod {path}"), e))?;
+            fchmod(&file, Mode::from_bits_truncate(perm))
+                .map_err(|e| OpError::sys(format!("chmod {path}"), e))?;
             if let Some(st) = existing.as_ref().filter(|st| kind_of(st) == FileKind::File) {
                 // Keep the owner of the file being replaced; failing that is not fatal.
                 let _ = nix::unistd::fchown(
@@ -166,7 +203,8 @@ impl Root {
                 );
             }
             fsync(&file).map_err(|e| OpError::sys(format!("fsync {path}"), e))?;
-            renameat(&dir, tmp.as_str(), &dir, last.as_str()).map_err(|e| OpError::sys(format!("rename into {path}"), e))
+            renameat(&dir, tmp.as_str(), &dir, last.as_str())
+                .map_err(|e| OpError::sys(format!("rename into {path}"), e))
         })();
         if result.is_err() {
             let _ = unlinkat(&dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
@@ -185,7 +223,12 @@ impl Root {
                 Ok(st) => entries.push(info(&fd, &name, &st, name.to_string_lossy().into_owned())),
                 // Removed between readdir and stat.
                 Err(Errno::ENOENT) => {}
-                Err(e) => return Err(OpError::sys(format!("stat {path}/{}", name.to_string_lossy()), e)),
+                Err(e) => {
+                    return Err(OpError::sys(
+                        format!("stat {path}/{}", name.to_string_lossy()),
+                        e,
+                    ));
+                }
             }
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -214,7 +257,8 @@ impl Root {
             return self.mkdir_all(path);
         }
         let (dir, last) = self.parent(path)?;
-        mkdirat(&dir, last.as_str(), Mode::from_bits_truncate(0o755)).map_err(|e| OpError::sys(format!("mkdir {path}"), e))
+        mkdirat(&dir, last.as_str(), Mode::from_bits_truncate(0o755))
+            .map_err(|e| OpError::sys(format!("mkdir {path}"), e))
     }
 
     /// `mkdir -p`: each prefix is resolved inside the root before its last component is
@@ -250,9 +294,11 @@ impl Root {
                 .map_err(|e| OpError::sys(format!("remove {path}"), e));
         }
         if recursive {
-            remove_tree(dir.as_fd(), OsStr::new(&last)).map_err(|e| OpError::sys(format!("remove {path}"), e))
+            remove_tree(dir.as_fd(), OsStr::new(&last))
+                .map_err(|e| OpError::sys(format!("remove {path}"), e))
         } else {
-            unlinkat(&dir, last.as_str(), UnlinkatFlags::RemoveDir).map_err(|e| OpError::sys(format!("remove {path}"), e))
+            unlinkat(&dir, last.as_str(), UnlinkatFlags::RemoveDir)
+                .map_err(|e| OpError::sys(format!("remove {path}"), e))
         }
     }
 
@@ -286,7 +332,11 @@ pub(crate) fn split_last(path: &str) -> Result<(String, String), OpError> {
             "path {path:?} does not end in a file name (it is empty, `/`, `.` or `..`)"
         )));
     }
-    let parent = if parent.is_empty() && trimmed.starts_with('/') { "/" } else { parent };
+    let parent = if parent.is_empty() && trimmed.starts_with('/') {
+        "/"
+    } else {
+        parent
+    };
     Ok((parent.to_string(), last.to_string()))
 }
 
@@ -302,7 +352,9 @@ fn kind_of(st: &FileStat) -> FileKind {
 fn info(dir: &OwnedFd, name: &OsStr, st: &FileStat, shown: String) -> FileInfo {
     let kind = kind_of(st);
     let link_target = if kind == FileKind::Symlink {
-        readlinkat(dir, name).ok().map(|t| t.to_string_lossy().into_owned())
+        readlinkat(dir, name)
+            .ok()
+            .map(|t| t.to_string_lossy().into_owned())
     } else {
         None
     };
@@ -330,7 +382,9 @@ fn write_all(fd: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
 /// The entry names of a directory, without `.` and `..`.
 fn read_names(fd: &OwnedFd) -> Result<Vec<std::ffi::OsString>, Errno> {
     // Dir takes ownership and closes its descriptor, so give it a duplicate.
-    let dup = fd.try_clone().map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let dup = fd
+        .try_clone()
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
     let mut dir = nix::dir::Dir::from_fd(dup)?;
     let mut names = Vec::new();
     for entry in dir.iter() {
@@ -384,7 +438,10 @@ mod tests {
         assert_eq!(split_last("/a").unwrap(), ("/".into(), "a".into()));
         assert_eq!(split_last("a").unwrap(), ("".into(), "a".into()));
         assert_eq!(split_last("a/b/").unwrap(), ("a".into(), "b".into()));
-        assert_eq!(split_last("../../etc/passwd").unwrap(), ("../../etc".into(), "passwd".into()));
+        assert_eq!(
+            split_last("../../etc/passwd").unwrap(),
+            ("../../etc".into(), "passwd".into())
+        );
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub(crate) struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn new(inner: R) -> Self {
         // Requests are small; a small buffer keeps idle connections cheap.
-        FrameReader { inner: BufReader::with_capacity(4096, inner), line: Vec::new() }
+        FrameReader {
+            inner: BufReader::with_capacity(4096, inner),
+            line: Vec::new(),
+        }
     }
 
     /// The next line without its newline, or `None` at end of stream. A final line without
@@ -61,7 +64,10 @@ pub(crate) struct FrameWriter<W> {
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub(crate) fn new(inner: W) -> Self {
-        FrameWriter { inner, buf: Vec::new() }
+        FrameWriter {
+            inner,
+            buf: Vec::new(),
+        }
     }
 
     pub(crate) async fn send(&mut self, frame: &Response) -> io::Result<()> {

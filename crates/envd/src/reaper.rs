@@ -45,31 +45,53 @@ impl Reaper {
     /// Announces interest in `pid`'s exit. Call right after spawning, before any `.await`.
     pub(crate) fn register(&self, pid: i32) -> oneshot::Receiver<ExitStatus> {
         let (tx, rx) = oneshot::channel();
-        self.waiters.lock().unwrap_or_else(PoisonError::into_inner).insert(pid, tx);
+        self.waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pid, tx);
         rx
     }
 
     /// Process groups of execs still running (each exec leads its own group).
     pub(crate) fn running(&self) -> Vec<i32> {
-        self.waiters.lock().unwrap_or_else(PoisonError::into_inner).keys().copied().collect()
+        self.waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Reaps every child that has exited.
     fn reap(&self) {
         loop {
             let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => {
-                    (pid, ExitStatus { code: Some(code), signal: None, timed_out: false })
-                }
-                Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    (pid, ExitStatus { code: None, signal: Some(sig as i32), timed_out: false })
-                }
+                Ok(WaitStatus::Exited(pid, code)) => (
+                    pid,
+                    ExitStatus {
+                        code: Some(code),
+                        signal: None,
+                        timed_out: false,
+                    },
+                ),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (
+                    pid,
+                    ExitStatus {
+                        code: None,
+                        signal: Some(sig as i32),
+                        timed_out: false,
+                    },
+                ),
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
                 Err(Errno::EINTR) => continue,
                 Ok(_) => continue,
                 Err(_) => return,
             };
-            let waiter = self.waiters.lock().unwrap_or_else(PoisonError::into_inner).remove(&pid.as_raw());
+            let waiter = self
+                .waiters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&pid.as_raw());
             if let Some(tx) = waiter {
                 // The exec may have gone (client disconnected); then nobody needs it.
                 let _ = tx.send(status);

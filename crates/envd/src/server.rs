@@ -77,22 +77,28 @@ impl Config {
                         .parse()
                         .ok()
                         .filter(|fd| *fd >= 0)
-                        .ok_or_else(|| ConfigError(format!("--ready-fd {v:?} is not a descriptor number")))?;
+                        .ok_or_else(|| {
+                            ConfigError(format!("--ready-fd {v:?} is not a descriptor number"))
+                        })?;
                     ready_fd = Some(fd);
                 }
                 "--request-timeout-ms" => {
                     let v = value()?;
-                    let ms: u64 = v
-                        .to_string_lossy()
-                        .parse()
-                        .map_err(|_| ConfigError(format!("--request-timeout-ms {v:?} is not a number")))?;
+                    let ms: u64 = v.to_string_lossy().parse().map_err(|_| {
+                        ConfigError(format!("--request-timeout-ms {v:?} is not a number"))
+                    })?;
                     request_timeout = Duration::from_millis(ms);
                 }
                 other => return Err(ConfigError(format!("unknown argument {other:?}"))),
             }
         }
         let socket = socket.ok_or_else(|| ConfigError("--socket is required".into()))?;
-        Ok(Config { socket, root, ready_fd, request_timeout })
+        Ok(Config {
+            socket,
+            root,
+            ready_fd,
+            request_timeout,
+        })
     }
 }
 
@@ -119,7 +125,10 @@ pub fn run(config: Config) -> std::io::Result<()> {
 
 async fn serve(config: Config, started: Instant) -> std::io::Result<()> {
     let root = Root::open(&config.root).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot open root {}: {e}", config.root.display()))
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot open root {}: {e}", config.root.display()),
+        )
     })?;
     // A socket file left by an earlier envd would make bind fail.
     match std::fs::remove_file(&config.socket) {
@@ -128,7 +137,10 @@ async fn serve(config: Config, started: Instant) -> std::io::Result<()> {
         Err(e) => return Err(e),
     }
     let listener = UnixListener::bind(&config.socket).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.socket.display()))
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", config.socket.display()),
+        )
     })?;
     let is_init = std::process::id() == 1;
     if !is_init {
@@ -151,7 +163,12 @@ async fn serve(config: Config, started: Instant) -> std::io::Result<()> {
         let _ = ready.write_all(b"1");
     }
 
-    let state = Arc::new(State { root, reaper, started, request_timeout: config.request_timeout });
+    let state = Arc::new(State {
+        root,
+        reaper,
+        started,
+        request_timeout: config.request_timeout,
+    });
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -186,19 +203,31 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
         Ok(Ok(Some(line))) => line,
         Ok(Ok(None)) | Ok(Err(FrameError::Io(_))) => return,
         Ok(Err(FrameError::TooLarge)) => {
-            refuse(&mut writer, OpError::too_large("request line longer than the protocol's limit")).await;
+            refuse(
+                &mut writer,
+                OpError::too_large("request line longer than the protocol's limit"),
+            )
+            .await;
             return;
         }
         Err(_) => {
             let ms = state.request_timeout.as_millis();
-            refuse(&mut writer, OpError::bad_request(format!("no request within {ms} ms"))).await;
+            refuse(
+                &mut writer,
+                OpError::bad_request(format!("no request within {ms} ms")),
+            )
+            .await;
             return;
         }
     };
     let req: Request = match serde_json::from_slice(&line) {
         Ok(r) => r,
         Err(e) => {
-            refuse(&mut writer, OpError::bad_request(format!("malformed request: {e}"))).await;
+            refuse(
+                &mut writer,
+                OpError::bad_request(format!("malformed request: {e}")),
+            )
+            .await;
             return;
         }
     };
@@ -220,9 +249,13 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
         }
         file_op => {
             let st = state.clone();
-            let resp = tokio::task::spawn_blocking(move || st.root.handle(file_op)).await.unwrap_or_else(|_| {
-                Response::Error(OpError::bad_request("file operation failed unexpectedly").into_body())
-            });
+            let resp = tokio::task::spawn_blocking(move || st.root.handle(file_op))
+                .await
+                .unwrap_or_else(|_| {
+                    Response::Error(
+                        OpError::bad_request("file operation failed unexpectedly").into_body(),
+                    )
+                });
             let _ = writer.send(&resp).await;
         }
     }
@@ -244,7 +277,14 @@ mod tests {
 
     #[test]
     fn parses_the_documented_command_line() {
-        let c = Config::from_args(args(&["--socket", "/run/envd.sock", "--root=/r", "--ready-fd", "3"])).unwrap();
+        let c = Config::from_args(args(&[
+            "--socket",
+            "/run/envd.sock",
+            "--root=/r",
+            "--ready-fd",
+            "3",
+        ]))
+        .unwrap();
         assert_eq!(c.socket, PathBuf::from("/run/envd.sock"));
         assert_eq!(c.root, PathBuf::from("/r"));
         assert_eq!(c.ready_fd, Some(3));

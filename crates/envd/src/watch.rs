@@ -75,7 +75,11 @@ pub(crate) fn normalize(path: &str) -> String {
 }
 
 fn join(dir: &str, name: &str) -> String {
-    if dir == "/" { format!("/{name}") } else { format!("{dir}/{name}") }
+    if dir == "/" {
+        format!("/{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 struct Watcher<'a> {
@@ -115,18 +119,16 @@ impl Watcher<'_> {
     /// entries found, so that files created before a new directory's watch exist are
     /// reported too.
     fn add_tree(&mut self, dir: &str, found: &mut Vec<String>) {
-        let Response::Entries { entries } =
-            self.root.handle(Request::ListDir { path: dir.to_string() })
-        else {
+        let Response::Entries { entries } = self.root.handle(Request::ListDir {
+            path: dir.to_string(),
+        }) else {
             return;
         };
         for e in entries {
             let p = join(dir, &e.name);
             found.push(p.clone());
-            if e.kind == FileKind::Dir && self.dirs.len() < MAX_WATCHES {
-                if self.add(&p).is_ok() {
-                    self.add_tree(&p, found);
-                }
+            if e.kind == FileKind::Dir && self.dirs.len() < MAX_WATCHES && self.add(&p).is_ok() {
+                self.add_tree(&p, found);
             }
         }
     }
@@ -152,12 +154,16 @@ impl Watcher<'_> {
                 self.dirs.remove(&ev.wd);
                 continue;
             }
-            let Some(base) = self.dirs.get(&ev.wd).cloned() else { continue };
+            let Some(base) = self.dirs.get(&ev.wd).cloned() else {
+                continue;
+            };
             let path = match &ev.name {
                 Some(n) => join(&base, &n.to_string_lossy()),
                 None => base,
             };
-            let Some(kind) = change_kind(ev.mask) else { continue };
+            let Some(kind) = change_kind(ev.mask) else {
+                continue;
+            };
             // An event about a subdirectory itself repeats what its parent's watch reported.
             if ev.name.is_none() && Some(ev.wd) != self.top {
                 continue;
@@ -198,15 +204,19 @@ pub(crate) async fn run<R, W>(
             // is dropped together with the AsyncFd.
             unsafe { AsyncFd::register(Fd(i)) }
                 .map_err(|e| OpError::io("register inotify", &e.into()))
-        })
-    {
+        }) {
         Ok(i) => i,
         Err(e) => {
             let _ = writer.send(&Response::Error(e.into_body())).await;
             return;
         }
     };
-    let mut w = Watcher { root, inotify, dirs: HashMap::new(), top: None };
+    let mut w = Watcher {
+        root,
+        inotify,
+        dirs: HashMap::new(),
+        top: None,
+    };
     match w.add(path) {
         Ok((top, is_dir)) => {
             if recursive && is_dir {
@@ -261,9 +271,18 @@ mod tests {
 
     #[test]
     fn events_map_to_change_kinds() {
-        assert_eq!(change_kind(AddWatchFlags::IN_MOVED_TO), Some(ChangeKind::Created));
-        assert_eq!(change_kind(AddWatchFlags::IN_DELETE), Some(ChangeKind::Removed));
-        assert_eq!(change_kind(AddWatchFlags::IN_MODIFY), Some(ChangeKind::Modified));
+        assert_eq!(
+            change_kind(AddWatchFlags::IN_MOVED_TO),
+            Some(ChangeKind::Created)
+        );
+        assert_eq!(
+            change_kind(AddWatchFlags::IN_DELETE),
+            Some(ChangeKind::Removed)
+        );
+        assert_eq!(
+            change_kind(AddWatchFlags::IN_MODIFY),
+            Some(ChangeKind::Modified)
+        );
         assert_eq!(change_kind(AddWatchFlags::IN_IGNORED), None);
     }
 }

@@ -360,13 +360,20 @@ mod tests {
 
     #[test]
     fn request_json_form_is_stable() {
-        let r: Request = serde_json::from_str(r#"{"op":"read_file","path":"/etc/hostname"}"#)
-            .unwrap();
+        let r: Request =
+            serde_json::from_str(r#"{"op":"read_file","path":"/etc/hostname"}"#).unwrap();
         assert_eq!(
             r,
-            Request::ReadFile { path: "/etc/hostname".into(), offset: 0, length: None }
+            Request::ReadFile {
+                path: "/etc/hostname".into(),
+                offset: 0,
+                length: None
+            }
         );
-        let exec = Request::Exec(ExecRequest { argv: vec!["true".into()], ..Default::default() });
+        let exec = Request::Exec(ExecRequest {
+            argv: vec!["true".into()],
+            ..Default::default()
+        });
         assert_eq!(
             serde_json::to_string(&exec).unwrap(),
             r#"{"op":"exec","argv":["true"],"stdin":false}"#
@@ -379,7 +386,9 @@ mod tests {
 
     #[test]
     fn bytes_round_trip_as_base64() {
-        let r = Response::Stdout { data: Bytes(b"hi\n".to_vec()) };
+        let r = Response::Stdout {
+            data: Bytes(b"hi\n".to_vec()),
+        };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(s, r#"{"type":"stdout","data":"aGkK"}"#);
         assert_eq!(serde_json::from_str::<Response>(&s).unwrap(), r);
@@ -394,8 +403,20 @@ mod tests {
 
     #[test]
     fn shell_code_follows_shell_convention() {
-        let s = ExitStatus { code: None, signal: Some(9), timed_out: true };
+        let s = ExitStatus {
+            code: None,
+            signal: Some(9),
+            timed_out: true,
+        };
         assert_eq!(s.shell_code(), 137);
-        assert_eq!(ExitStatus { code: Some(3), signal: None, timed_out: false }.shell_code(), 3);
+        assert_eq!(
+            ExitStatus {
+                code: Some(3),
+                signal: None,
+                timed_out: false
+            }
+            .shell_code(),
+            3
+        );
     }
 }

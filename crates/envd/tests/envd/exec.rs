@@ -9,7 +9,11 @@ use crate::support::{Envd, argv, gone_within, sh, zombie_children};
 #[tokio::test]
 async fn exit_code_is_reported() {
     let envd = Envd::start().await;
-    let out = envd.client.output(sh("echo out; echo err >&2; exit 3"), 1024).await.unwrap();
+    let out = envd
+        .client
+        .output(sh("echo out; echo err >&2; exit 3"), 1024)
+        .await
+        .unwrap();
     assert_eq!(out.status.code, Some(3));
     assert_eq!(out.status.signal, None);
     assert!(!out.status.timed_out);
@@ -30,14 +34,23 @@ async fn killing_signal_is_reported() {
 async fn output_streams_before_the_process_exits() {
     let envd = Envd::start().await;
     let started = Instant::now();
-    let mut exec = envd.client.exec(sh("echo one; sleep 1.5; echo two")).await.unwrap();
+    let mut exec = envd
+        .client
+        .exec(sh("echo one; sleep 1.5; echo two"))
+        .await
+        .unwrap();
     assert!(exec.pid() > 1);
     let first = exec.next_event().await.unwrap().unwrap();
     assert_eq!(first, ExecEvent::Stdout(b"one\n".to_vec()));
-    assert!(started.elapsed() < Duration::from_millis(1000), "first chunk came late");
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "first chunk came late"
+    );
     let second = exec.next_event().await.unwrap().unwrap();
     assert_eq!(second, ExecEvent::Stdout(b"two\n".to_vec()));
-    assert!(matches!(exec.next_event().await.unwrap(), Some(ExecEvent::Exit(s)) if s.code == Some(0)));
+    assert!(
+        matches!(exec.next_event().await.unwrap(), Some(ExecEvent::Exit(s)) if s.code == Some(0))
+    );
     assert_eq!(exec.next_event().await.unwrap(), None);
 }
 
@@ -46,7 +59,11 @@ async fn stdin_round_trips_through_cat() {
     let envd = Envd::start().await;
     let mut exec = envd
         .client
-        .exec(ExecRequest { argv: vec!["cat".into()], stdin: true, ..Default::default() })
+        .exec(ExecRequest {
+            argv: vec!["cat".into()],
+            stdin: true,
+            ..Default::default()
+        })
         .await
         .unwrap();
     exec.send_stdin(b"hello ").await.unwrap();
@@ -79,7 +96,11 @@ async fn large_stdin_while_output_flows_does_not_deadlock() {
     let envd = Envd::start().await;
     let mut exec = envd
         .client
-        .exec(ExecRequest { argv: vec!["cat".into()], stdin: true, ..Default::default() })
+        .exec(ExecRequest {
+            argv: vec!["cat".into()],
+            stdin: true,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let control = exec.control();
@@ -116,14 +137,23 @@ async fn timeout_kills_the_whole_process_group() {
     assert_eq!(out.status.signal, Some(9));
     assert!(started.elapsed() < Duration::from_secs(5));
     let grandchild: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    assert!(gone_within(grandchild, Duration::from_secs(3)), "grandchild {grandchild} survived");
+    assert!(
+        gone_within(grandchild, Duration::from_secs(3)),
+        "grandchild {grandchild} survived"
+    );
 }
 
 #[tokio::test]
 async fn signal_reaches_the_process_group() {
     let envd = Envd::start().await;
-    let mut exec = envd.client.exec(sh("sleep 60 & echo $!; wait")).await.unwrap();
-    let Some(ExecEvent::Stdout(pid)) = exec.next_event().await.unwrap() else { panic!() };
+    let mut exec = envd
+        .client
+        .exec(sh("sleep 60 & echo $!; wait"))
+        .await
+        .unwrap();
+    let Some(ExecEvent::Stdout(pid)) = exec.next_event().await.unwrap() else {
+        panic!()
+    };
     let grandchild: u32 = String::from_utf8_lossy(&pid).trim().parse().unwrap();
     exec.signal(15).await.unwrap();
     let status = exec.wait().await.unwrap();
@@ -135,24 +165,44 @@ async fn signal_reaches_the_process_group() {
 #[tokio::test]
 async fn client_disconnect_kills_the_process_group() {
     let envd = Envd::start().await;
-    let mut exec = envd.client.exec(sh("sleep 60 & echo $!; wait")).await.unwrap();
+    let mut exec = envd
+        .client
+        .exec(sh("sleep 60 & echo $!; wait"))
+        .await
+        .unwrap();
     let pid = exec.pid();
-    let Some(ExecEvent::Stdout(out)) = exec.next_event().await.unwrap() else { panic!() };
+    let Some(ExecEvent::Stdout(out)) = exec.next_event().await.unwrap() else {
+        panic!()
+    };
     let grandchild: u32 = String::from_utf8_lossy(&out).trim().parse().unwrap();
     drop(exec);
-    assert!(gone_within(pid, Duration::from_secs(3)), "exec {pid} survived its client");
-    assert!(gone_within(grandchild, Duration::from_secs(3)), "grandchild survived");
+    assert!(
+        gone_within(pid, Duration::from_secs(3)),
+        "exec {pid} survived its client"
+    );
+    assert!(
+        gone_within(grandchild, Duration::from_secs(3)),
+        "grandchild survived"
+    );
     envd.client.health().await.unwrap();
 }
 
 #[tokio::test]
 async fn missing_program_is_not_found_with_errno() {
     let envd = Envd::start().await;
-    let err = envd.client.exec(argv(&["no-such-program-hangar"])).await.unwrap_err();
+    let err = envd
+        .client
+        .exec(argv(&["no-such-program-hangar"]))
+        .await
+        .unwrap_err();
     let body = err.remote().unwrap();
     assert_eq!(body.code, "not_found");
     assert_eq!(body.errno, Some(2));
-    assert!(body.message.contains("no-such-program-hangar"), "{}", body.message);
+    assert!(
+        body.message.contains("no-such-program-hangar"),
+        "{}",
+        body.message
+    );
     assert!(err.is_not_found());
 }
 
@@ -174,10 +224,21 @@ async fn working_directory_resolves_inside_the_root() {
     req.cwd = Some("/work".into());
     let out = envd.client.output(req, 1024).await.unwrap();
     let pwd = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(pwd.trim(), envd.root.join("work").canonicalize().unwrap().to_str().unwrap());
+    assert_eq!(
+        pwd.trim(),
+        envd.root
+            .join("work")
+            .canonicalize()
+            .unwrap()
+            .to_str()
+            .unwrap()
+    );
     // Without a cwd, the process starts at the root.
     let out = envd.client.output(argv(&["pwd"]), 1024).await.unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), envd.root.canonicalize().unwrap().to_str().unwrap());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        envd.root.canonicalize().unwrap().to_str().unwrap()
+    );
 }
 
 #[tokio::test]
@@ -203,9 +264,16 @@ async fn environment_is_the_base_plus_the_request() {
 async fn orphaned_grandchildren_are_reaped() {
     let envd = Envd::start().await;
     // The subshell exits at once, so `sleep` is orphaned and reparented to envd.
-    let out = envd.client.output(sh("(sleep 0.3 >/dev/null 2>&1 & echo $!)"), 1024).await.unwrap();
+    let out = envd
+        .client
+        .output(sh("(sleep 0.3 >/dev/null 2>&1 & echo $!)"), 1024)
+        .await
+        .unwrap();
     let orphan: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    assert!(gone_within(orphan, Duration::from_secs(3)), "orphan {orphan} left a zombie or survived");
+    assert!(
+        gone_within(orphan, Duration::from_secs(3)),
+        "orphan {orphan} left a zombie or survived"
+    );
     assert!(zombie_children(envd.pid()).is_empty());
 }
 
@@ -213,10 +281,18 @@ async fn orphaned_grandchildren_are_reaped() {
 async fn exit_is_not_held_up_by_a_background_process_holding_the_pipes() {
     let envd = Envd::start().await;
     let started = Instant::now();
-    let out = envd.client.output(sh("sleep 30 & echo started"), 1024).await.unwrap();
+    let out = envd
+        .client
+        .output(sh("sleep 30 & echo started"), 1024)
+        .await
+        .unwrap();
     assert_eq!(out.stdout, b"started\n");
     assert_eq!(out.status.code, Some(0));
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
     // The background process is left running (it was meant to outlive the command).
     envd.client.health().await.unwrap();
 }
@@ -224,7 +300,11 @@ async fn exit_is_not_held_up_by_a_background_process_holding_the_pipes() {
 #[tokio::test]
 async fn output_limit_truncates_but_still_reports_exit() {
     let envd = Envd::start().await;
-    let out = envd.client.output(sh("head -c 100000 /dev/zero"), 1000).await.unwrap();
+    let out = envd
+        .client
+        .output(sh("head -c 100000 /dev/zero"), 1000)
+        .await
+        .unwrap();
     assert_eq!(out.stdout.len(), 1000);
     assert!(out.truncated);
     assert_eq!(out.status.code, Some(0));
@@ -234,7 +314,11 @@ async fn output_limit_truncates_but_still_reports_exit() {
 async fn huge_output_streams_with_bounded_memory() {
     let envd = Envd::start().await;
     let size: u64 = 1 << 30;
-    let mut exec = envd.client.exec(sh(&format!("head -c {size} /dev/zero"))).await.unwrap();
+    let mut exec = envd
+        .client
+        .exec(sh(&format!("head -c {size} /dev/zero")))
+        .await
+        .unwrap();
     let mut total: u64 = 0;
     let mut biggest = 0;
     loop {
@@ -264,7 +348,10 @@ async fn many_concurrent_execs_each_get_their_own_output() {
     for i in 0..20 {
         let client = envd.client.clone();
         tasks.push(tokio::spawn(async move {
-            let out = client.output(sh(&format!("echo {i}; exit {i}")), 64).await.unwrap();
+            let out = client
+                .output(sh(&format!("echo {i}; exit {i}")), 64)
+                .await
+                .unwrap();
             assert_eq!(out.stdout, format!("{i}\n").as_bytes());
             assert_eq!(out.status.code, Some(i));
         }));

@@ -39,7 +39,13 @@ impl Envd {
             .unwrap();
         let client = EnvdClient::new(&socket);
         client.wait_ready(Duration::from_secs(10)).await.unwrap();
-        Envd { child, dir, root, socket, client }
+        Envd {
+            child,
+            dir,
+            root,
+            socket,
+            client,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -55,7 +61,9 @@ impl Envd {
         let _ = s.write_all(bytes);
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
-        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     /// envd's peak resident memory in KiB (VmHWM).
@@ -83,11 +91,17 @@ fn status_field(pid: u32, field: &str) -> u64 {
 }
 
 pub fn sh(cmd: &str) -> ExecRequest {
-    ExecRequest { shell: Some(cmd.into()), ..Default::default() }
+    ExecRequest {
+        shell: Some(cmd.into()),
+        ..Default::default()
+    }
 }
 
 pub fn argv(args: &[&str]) -> ExecRequest {
-    ExecRequest { argv: args.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    ExecRequest {
+        argv: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
 }
 
 /// True once `/proc/PID` is gone (the process exited and was reaped), polling up to `within`.
@@ -106,9 +120,15 @@ pub fn gone_within(pid: u32, within: Duration) -> bool {
 pub fn zombie_children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
-        let Some((_, after)) = stat.rsplit_once(')') else { continue };
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let Some((_, after)) = stat.rsplit_once(')') else {
+            continue;
+        };
         let fields: Vec<&str> = after.split_whitespace().collect();
         if fields.len() > 1 && fields[0] == "Z" && fields[1] == pid.to_string() {
             out.push(child);

@@ -1,0 +1,108 @@
+//! Startup, health, readiness, shutdown and idle footprint.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hangar_envd_client::EnvdClient;
+use hangar_protocol::envd::PROTOCOL_VERSION;
+
+use crate::support::{Envd, gone_within, sh};
+
+#[tokio::test]
+async fn health_reports_protocol_version_and_pid() {
+    let envd = Envd::start().await;
+    let h = envd.client.health().await.unwrap();
+    assert_eq!(h.protocol, PROTOCOL_VERSION);
+    assert_eq!(h.pid, envd.pid());
+    assert!(!h.version.is_empty());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(envd.client.health().await.unwrap().uptime_ms >= 20);
+}
+
+#[tokio::test]
+async fn ready_fd_gets_one_byte_once_listening_and_a_stale_socket_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("envd.sock");
+    // A stale socket file from an earlier run.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    // Close-on-exec, so that only the dup2'd copy reaches envd and EOF follows its byte.
+    let (read_end, write_end): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let raw = write_end.as_raw_fd();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_envd"));
+    cmd.arg("--socket")
+        .arg(&socket)
+        .arg("--root")
+        .arg(dir.path())
+        .arg("--ready-fd")
+        .arg("3");
+    // SAFETY: dup2 in the child before exec, on descriptors open in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    drop(write_end);
+    let mut ready = std::fs::File::from(read_end);
+    let mut buf = Vec::new();
+    // EOF after the byte: envd closed its end.
+    ready.read_to_end(&mut buf).unwrap();
+    let took = started.elapsed();
+    assert_eq!(buf.len(), 1);
+    // Listening already: no retry needed.
+    EnvdClient::new(&socket).health().await.unwrap();
+    eprintln!("envd ready after {took:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_kills_running_processes_and_exits_zero() {
+    let mut envd = Envd::start().await;
+    let mut exec = envd
+        .client
+        .exec(sh("sleep 60 & echo $!; wait"))
+        .await
+        .unwrap();
+    let pid = exec.pid();
+    let Some(hangar_envd_client::ExecEvent::Stdout(out)) = exec.next_event().await.unwrap() else {
+        panic!()
+    };
+    let grandchild: u32 = String::from_utf8_lossy(&out).trim().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(envd.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = envd.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(gone_within(pid, Duration::from_secs(3)));
+    assert!(gone_within(grandchild, Duration::from_secs(3)));
+    assert!(!envd.socket.exists());
+}
+
+#[tokio::test]
+async fn idle_envd_is_small() {
+    let envd = Envd::start().await;
+    // Some work first, so the number reflects a used daemon that went idle.
+    for _ in 0..5 {
+        envd.client.output(sh("echo hi"), 1024).await.unwrap();
+        envd.client.list_dir("/").await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rss = envd.rss_kib();
+    let threads = std::fs::read_dir(format!("/proc/{}/task", envd.pid()))
+        .unwrap()
+        .count();
+    eprintln!("idle envd: RSS {rss} KiB, {threads} thread(s)");
+    assert!(rss < 4 * 1024, "idle envd uses {rss} KiB");
+    assert_eq!(threads, 1, "idle envd keeps threads");
+}
