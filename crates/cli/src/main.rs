@@ -2,7 +2,9 @@
 //! configuration and hands off to the library crates; errors become one line on stderr
 //! and a non-zero exit.
 
+mod login_cmd;
 mod sandbox_cmd;
+mod server_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,20 +28,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start Hangar on this machine: the HTTP API with the local sandbox backend. Prints
+    /// the URL (and, on first start, the admin's token and how to log in). The web UI is not
+    /// built yet, so this serves the API only, exactly like `serve`.
+    Up(server_cmd::ServeArgs),
+    /// The same as `up`, headless: the HTTP API only. Stops cleanly on SIGINT or SIGTERM;
+    /// sandboxes keep running and are adopted by the next start.
+    Serve(server_cmd::ServeArgs),
+    /// Check an API token against a server and save both for the client commands.
+    Login(login_cmd::LoginArgs),
     /// Create, use and remove sandboxes on this machine.
     #[command(subcommand)]
     Sandbox(sandbox_cmd::SandboxCommand),
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The server logs its own work (recovery, sandboxes created and destroyed); client
+    // commands stay quiet unless HANGAR_LOG asks otherwise.
+    let default_filter = match cli.command {
+        Command::Up(_) | Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HANGAR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,9 +68,18 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        if let Command::Login(args) = cli.command {
+            login_cmd::run(args).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         let env = hangar_config::Env::from_process();
         let config = hangar_config::Config::load(&env, cli.data_dir.as_deref())?;
         match cli.command {
+            Command::Up(args) | Command::Serve(args) => {
+                server_cmd::run(args, &config).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Login(_) => Ok(ExitCode::SUCCESS),
             Command::Sandbox(cmd) => sandbox_cmd::run(cmd, &config).await,
         }
     });

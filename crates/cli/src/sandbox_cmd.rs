@@ -56,7 +56,8 @@ pub struct CreateArgs {
     /// Process limit.
     #[arg(long)]
     pids: Option<u64>,
-    /// Network: `none` (loopback only).
+    /// Network: `none` (loopback only) or `egress` (outbound through NAT; the host's
+    /// services and other sandboxes stay unreachable).
     #[arg(long, default_value = "none")]
     network: String,
     /// Print JSON.
@@ -176,7 +177,8 @@ async fn create(rt: &LocalRuntime, a: CreateArgs) -> anyhow::Result<ExitCode> {
     }
     let network = match a.network.as_str() {
         "none" => Network::None,
-        other => bail!("--network {other}: only `none` is available for sandboxes created here"),
+        "egress" => Network::Egress,
+        other => bail!("--network {other}: expected `none` or `egress`"),
     };
     let rootfs = rt.prepare_rootfs(&a.rootfs)?;
     let sb = rt

@@ -143,7 +143,7 @@ fn bad_input_gets_one_clear_line() {
         "--memory",
     );
     assert_one_line_error(
-        &cli.run(&["sandbox", "create", "--network", "egress"]),
+        &cli.run(&["sandbox", "create", "--network", "bogus"]),
         "--network",
     );
     assert_one_line_error(

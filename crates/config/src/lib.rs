@@ -52,6 +52,10 @@ pub struct SandboxConfig {
     /// host's root as its rootfs. The data directory is always hidden too, and `/tmp`,
     /// `/var/tmp` and `/run` are always fresh, empty tmpfs.
     pub hidden_host_paths: Vec<PathBuf>,
+    /// CA certificates trusted inside sandboxes with network egress (bound over the
+    /// sandbox's `/etc/ssl/certs/ca-certificates.crt`), so installs work behind a
+    /// TLS-intercepting proxy whose CA the host trusts.
+    pub ca_bundle: PathBuf,
     /// Directory holding the `envd` and `hangar-jail` binaries; by default the directory
     /// of the running executable.
     pub tools_dir: Option<PathBuf>,
@@ -87,6 +91,7 @@ impl Default for SandboxConfig {
             .iter()
             .map(PathBuf::from)
             .collect(),
+            ca_bundle: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
             tools_dir: None,
         }
     }

@@ -60,6 +60,22 @@ pub struct JailConfig {
     pub hide: Vec<PathBuf>,
     /// Paths inside the sandbox to cover with a fresh writable tmpfs (mode 1777).
     pub scratch: Vec<PathBuf>,
+    /// Host files bound read-only over files inside the sandbox (created if missing),
+    /// e.g. the generated `/etc/resolv.conf` and the host's CA bundle for egress.
+    #[serde(default)]
+    pub files: Vec<FileBind>,
+    /// envd's environment, which is the base environment of everything it runs.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+}
+
+/// A host file bound read-only at a path inside the sandbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FileBind {
+    /// Host file.
+    pub source: PathBuf,
+    /// Path inside the sandbox.
+    pub target: PathBuf,
 }
 
 /// One read-only layer.
@@ -530,6 +546,30 @@ fn init(cfg: &JailConfig, rootfs: &Path) -> JailResult<std::convert::Infallible>
         }
     }
 
+    for bind in &cfg.files {
+        let target = rootfs.join(bind.target.strip_prefix("/").unwrap_or(&bind.target));
+        if let Some(parent) = target.parent() {
+            mkdir_p(parent)?;
+        }
+        if fs::symlink_metadata(&target).is_err() {
+            File::create(&target).map_err(ctx(|| format!("creating {}", target.display())))?;
+        }
+        mnt(
+            Some(&bind.source.display().to_string()),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+        mnt(
+            None,
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid,
+            None,
+        )?;
+    }
+
     // envd and its socket directory, behind a read-only tmpfs.
     let hangar = at(ENVD_DIR);
     mkdir_p(&hangar)?;
@@ -594,10 +634,13 @@ fn init(cfg: &JailConfig, rootfs: &Path) -> JailResult<std::convert::Infallible>
         CString::from(c"--ready-fd"),
         CString::new(REPORT_FD.to_string()).map_err(|e| e.to_string())?,
     ];
-    let env = [
+    let mut env = vec![
         CString::from(c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
         CString::from(c"HOME=/root"),
     ];
+    for (k, v) in &cfg.env {
+        env.push(CString::new(format!("{k}={v}")).map_err(|e| format!("environment {k}: {e}"))?);
+    }
     let seccomp = policy::seccomp_filters().map_err(|e| e.to_string())?;
     for f in &seccomp {
         seccompiler::apply_filter(f).map_err(ctx(|| "applying the seccomp filter".into()))?;

@@ -11,6 +11,7 @@
 pub mod cgroup;
 pub mod jail;
 mod local;
+pub mod network;
 pub mod policy;
 
 use std::path::PathBuf;
@@ -55,6 +56,9 @@ pub enum Network {
     /// Loopback only.
     #[default]
     None,
+    /// Outbound access through NAT (see [`network`]); the host's own services and other
+    /// sandboxes stay unreachable. The host's CA certificates are trusted inside.
+    Egress,
 }
 
 /// What to create.

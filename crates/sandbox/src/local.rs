@@ -28,8 +28,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use crate::cgroup::{Hierarchies, SandboxCgroup, Usage};
-use crate::jail::{InitExit, JailConfig, LayerMount, REPORT_FD};
-use crate::{EnvdClient, Limits, Rootfs, Runtime, Sandbox, SandboxError, SandboxSpec, Status};
+use crate::jail::{FileBind, InitExit, JailConfig, LayerMount, REPORT_FD};
+use crate::{
+    EnvdClient, Limits, Network, Rootfs, Runtime, Sandbox, SandboxError, SandboxSpec, Status,
+    network,
+};
 
 /// How long a sandbox may take to start before it is given up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,8 +42,9 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 const HOST_SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/run"];
 
 /// The embedded Linux backend.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct LocalRuntime {
+    host_rules: std::sync::Mutex<bool>,
     dir: PathBuf,
     data_dir: PathBuf,
     jail: PathBuf,
@@ -71,6 +75,9 @@ struct Record {
     jail: Option<ProcessId>,
     #[serde(default)]
     dead: Option<(String, bool)>,
+    /// The egress network slot, when the sandbox has egress.
+    #[serde(default)]
+    net_slot: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +165,7 @@ impl LocalRuntime {
         let hierarchies =
             Hierarchies::detect().map_err(SandboxError::io("reading /proc/self/mountinfo"))?;
         Ok(LocalRuntime {
+            host_rules: std::sync::Mutex::new(false),
             dir,
             data_dir: config.data_dir.clone(),
             jail: find("hangar-jail")?,
@@ -315,6 +323,9 @@ impl LocalRuntime {
         if let Err(e) = cg.remove() {
             tracing::warn!(sandbox = %r.id, "removing cgroups: {e}");
         }
+        if let Some(slot) = r.net_slot {
+            network::release_slot(slot, &self.sandbox_dir(&r.id));
+        }
     }
 
     fn to_sandbox(&self, r: Record) -> Sandbox {
@@ -396,6 +407,35 @@ impl LocalRuntime {
         }
     }
 
+    /// Claims an egress slot (host-wide, see [`network::claim_slot`]) and records it.
+    fn claim_net_slot(&self, record: &Record) -> Result<u32, SandboxError> {
+        let slot = network::claim_slot(&self.sandbox_dir(&record.id), |holder| {
+            let record = fs::read_to_string(holder.join("sandbox.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Record>(&t).ok());
+            record.is_some_and(|r| match r.state {
+                RecordState::Creating => true,
+                RecordState::Running => r.init.is_some_and(|p| p.alive()),
+                RecordState::Stopped | RecordState::Dead => false,
+            })
+        })?;
+        let mut r = record.clone();
+        r.net_slot = Some(slot);
+        self.write_record(&r)?;
+        Ok(slot)
+    }
+
+    fn attach_network(&self, id: &str, init_pid: u32, slot: u32) -> Result<(), SandboxError> {
+        {
+            let mut installed = self.host_rules.lock().unwrap_or_else(|p| p.into_inner());
+            if !*installed {
+                network::install_host_rules()?;
+                *installed = true;
+            }
+        }
+        network::attach(id, init_pid, slot)
+    }
+
     fn jail_config(&self, id: &str, spec: &SandboxSpec, cg: &SandboxCgroup) -> JailConfig {
         let (layers, hide, scratch) = match &spec.rootfs {
             Rootfs::HostRoot => {
@@ -422,7 +462,38 @@ impl LocalRuntime {
                 Vec::new(),
             ),
         };
+        let (files, env) = if spec.network == Network::Egress {
+            let ca = "/etc/ssl/certs/ca-certificates.crt";
+            let mut files = vec![FileBind {
+                source: self.sandbox_dir(id).join("resolv.conf"),
+                target: "/etc/resolv.conf".into(),
+            }];
+            if self.config.ca_bundle.is_file() {
+                files.push(FileBind {
+                    source: self.config.ca_bundle.clone(),
+                    target: ca.into(),
+                });
+            }
+            // Tools that bring their own trust store are pointed at the bundle too.
+            let env = [
+                "SSL_CERT_FILE",
+                "REQUESTS_CA_BUNDLE",
+                "PIP_CERT",
+                "NODE_EXTRA_CA_CERTS",
+                "CURL_CA_BUNDLE",
+                "GIT_SSL_CAINFO",
+                "CARGO_HTTP_CAINFO",
+            ]
+            .iter()
+            .map(|k| (k.to_string(), ca.to_string()))
+            .collect();
+            (files, env)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         JailConfig {
+            files,
+            env,
             id: id.to_string(),
             layers,
             dir: self.sandbox_dir(id),
@@ -508,8 +579,18 @@ impl LocalRuntime {
             init: None,
             jail: None,
             dead: None,
+            net_slot: None,
         };
-        self.write_record(&record)?;
+        if spec.network == Network::Egress {
+            record.net_slot = Some(self.claim_net_slot(&record)?);
+            fs::write(
+                dir.join("resolv.conf"),
+                network::resolv_conf(Path::new("/etc/resolv.conf")),
+            )
+            .map_err(SandboxError::io("writing resolv.conf"))?;
+        } else {
+            self.write_record(&record)?;
+        }
         let cg = self.cgroup(id);
         cg.create(&spec.limits)
             .map_err(|e| SandboxError::Unsupported(format!("cgroups: {e}")))?;
@@ -562,6 +643,10 @@ impl LocalRuntime {
             Ok(Ok((pid, None))) => {
                 record.init = ProcessId::of(pid);
                 if record.init.is_some() {
+                    if let Some(slot) = record.net_slot {
+                        self.write_record(&record)?;
+                        self.attach_network(id, pid, slot)?;
+                    }
                     record.state = RecordState::Running;
                     self.write_record(&record)?;
                     return Ok(record);

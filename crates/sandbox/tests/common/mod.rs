@@ -117,6 +117,31 @@ impl Fixture {
     }
 }
 
+/// Sandboxes outlive the process that made them, so a failed test would leak its own:
+/// whatever is left is destroyed when the fixture goes.
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let config = self.config.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = LocalRuntime::open(&config) else {
+                return;
+            };
+            let Ok(tokio) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            tokio.block_on(async {
+                for sb in rt.list().await.unwrap_or_default() {
+                    let _ = rt.destroy(&sb.id).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

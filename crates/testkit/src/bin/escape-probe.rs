@@ -68,20 +68,64 @@ fn main() {
                 1,
                 -2,
             ),
-            "connect-tcp" => {
-                // ARG is ip:port (IPv4).
+            "connect-tcp" | "tcp-read" => {
+                // ARG is ip:port (IPv4). Connects with a 2 s timeout; `tcp-read` then
+                // prints what the server sends (up to 256 bytes) after `ok`.
                 let (ip, port) = arg.split_once(':').unwrap_or(("127.0.0.1", "1"));
                 let ip: std::net::Ipv4Addr = ip.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST);
-                let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
                 let mut addr: libc::sockaddr_in = std::mem::zeroed();
                 addr.sin_family = libc::AF_INET as u16;
                 addr.sin_port = port.parse::<u16>().unwrap_or(1).to_be();
                 addr.sin_addr.s_addr = u32::from(ip).to_be();
-                libc::connect(
+                let r = libc::connect(
                     s,
                     &addr as *const _ as *const libc::sockaddr,
                     std::mem::size_of::<libc::sockaddr_in>() as u32,
-                ) as i64
+                );
+                let r = if r < 0 && errno() == libc::EINPROGRESS {
+                    let mut pfd = libc::pollfd {
+                        fd: s,
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    if libc::poll(&mut pfd, 1, 2000) == 0 {
+                        println!("err {}", libc::ETIMEDOUT);
+                        return;
+                    }
+                    let mut err: libc::c_int = 0;
+                    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                    libc::getsockopt(
+                        s,
+                        libc::SOL_SOCKET,
+                        libc::SO_ERROR,
+                        (&mut err as *mut libc::c_int).cast(),
+                        &mut len,
+                    );
+                    if err != 0 {
+                        println!("err {err}");
+                        return;
+                    }
+                    0
+                } else {
+                    r
+                };
+                if r == 0 && op == "tcp-read" {
+                    let mut pfd = libc::pollfd {
+                        fd: s,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    libc::poll(&mut pfd, 1, 2000);
+                    let mut b = [0u8; 256];
+                    let n = libc::read(s, b.as_mut_ptr().cast(), b.len());
+                    println!(
+                        "ok {}",
+                        String::from_utf8_lossy(&b[..n.max(0) as usize]).trim()
+                    );
+                    return;
+                }
+                r as i64
             }
             "connect-unix" => {
                 let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
