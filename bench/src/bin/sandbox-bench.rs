@@ -536,10 +536,18 @@ async fn density_bench(args: &Args, rt: &LocalRuntime, spec: &SandboxSpec) -> Re
     let tolerance = before_kib.saturating_sub(after_kib) / 20;
     let t = Instant::now();
     let mut after_destroy = settled_meminfo().await?;
+    let mut curve = vec![json!([
+        round3(t.elapsed().as_secs_f64()),
+        after_destroy.available
+    ])];
     while after_destroy.available + tolerance < before_kib
         && t.elapsed() < Duration::from_secs(args.return_wait)
     {
         after_destroy = settled_meminfo().await?;
+        curve.push(json!([
+            round3(t.elapsed().as_secs_f64()),
+            after_destroy.available
+        ]));
     }
     let returned_after = t.elapsed();
     let after_destroy_kib = after_destroy.available;
@@ -568,6 +576,7 @@ async fn density_bench(args: &Args, rt: &LocalRuntime, spec: &SandboxSpec) -> Re
             "per_sandbox_kib": round3(used_kib as f64 / started.max(1) as f64),
             "not_returned_after_destroy_kib": before_kib as i64 - after_destroy_kib as i64,
             "returned_within_s": round3(returned_after.as_secs_f64()),
+            "mem_available_after_destroy_curve_s_kib": curve,
             "kernel_breakdown_per_sandbox_kib": with.cost_per(&before, started),
             "processes": {
                 "jail_rss_kib": jails.rss_kib,
