@@ -10,7 +10,8 @@
 //!
 //! The `Exit` frame comes once the process has been reaped and its output pipes are at end
 //! of file. A background process that inherited the pipes can hold them open long after
-//! the process itself exited; envd waits [`GRACE`] for them and then sends `Exit` anyway.
+//! the process itself exited; envd keeps forwarding output until the pipes have been
+//! quiet for [`GRACE`] (at most [`GRACE_MAX`] after the exit) and then sends `Exit` anyway.
 //! It does not kill such processes (a dev server started with `&` is meant to outlive the
 //! command); it keeps draining and discarding what they print until they close the pipes,
 //! so they neither block on a full pipe nor die of SIGPIPE.
@@ -39,8 +40,12 @@ use crate::reaper::Reaper;
 /// Largest output chunk per frame.
 pub(crate) const CHUNK: usize = 64 * 1024;
 
-/// How long output pipes may stay open after the process exited before `Exit` is sent.
+/// How long output pipes may stay quiet after the process exited before `Exit` is sent.
 pub(crate) const GRACE: Duration = Duration::from_millis(200);
+
+/// Longest envd keeps forwarding output after the process exited (a background process
+/// that keeps printing would otherwise hold the exec open forever).
+pub(crate) const GRACE_MAX: Duration = Duration::from_secs(5);
 
 /// The environment every process starts from; the request's `env` is added over it.
 const BASE_ENV: &[(&str, &str)] = &[
@@ -349,6 +354,10 @@ pub(crate) async fn run<R, W>(
         .timeout_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
     let mut grace: Option<Instant> = None;
+    let mut exited_at: Option<Instant> = None;
+    // After the exit, each chunk of output moves the end of the grace period.
+    let extend =
+        |exited_at: Option<Instant>| exited_at.map(|t| (Instant::now() + GRACE).min(t + GRACE_MAX));
     let mut pending: Vec<u8> = Vec::new();
     let mut close_after_pending = false;
     let mut buf = vec![0u8; CHUNK];
@@ -372,12 +381,8 @@ pub(crate) async fn run<R, W>(
             }, if out.is_some() => {
                 match ev {
                     Event::Out(n) => {
-                        buf.truncate(n);
-                        let frame = Response::Stdout { data: Bytes(std::mem::take(&mut buf)) };
-                        let sent = writer.send(&frame).await;
-                        if let Response::Stdout { data } = frame { buf = data.0; }
-                        buf.resize(CHUNK, 0);
-                        if sent.is_err() { kill_group(); return; }
+                        if forward(writer, &mut buf, n, false).await.is_err() { kill_group(); return; }
+                        if exited_at.is_some() { grace = extend(exited_at); }
                     }
                     _ => out = None,
                 }
@@ -390,12 +395,8 @@ pub(crate) async fn run<R, W>(
             }, if err.is_some() => {
                 match ev {
                     Event::Err(n) => {
-                        err_buf.truncate(n);
-                        let frame = Response::Stderr { data: Bytes(std::mem::take(&mut err_buf)) };
-                        let sent = writer.send(&frame).await;
-                        if let Response::Stderr { data } = frame { err_buf = data.0; }
-                        err_buf.resize(CHUNK, 0);
-                        if sent.is_err() { kill_group(); return; }
+                        if forward(writer, &mut err_buf, n, true).await.is_err() { kill_group(); return; }
+                        if exited_at.is_some() { grace = extend(exited_at); }
                     }
                     _ => err = None,
                 }
@@ -404,7 +405,8 @@ pub(crate) async fn run<R, W>(
                 let mut st = st.unwrap_or(ExitStatus { code: None, signal: None, timed_out: false });
                 st.timed_out = timed_out;
                 status = Some(st);
-                grace = Some(Instant::now() + GRACE);
+                exited_at = Some(Instant::now());
+                grace = extend(exited_at);
                 // Nothing reads stdin any more.
                 input = None;
                 pending.clear();
@@ -415,7 +417,34 @@ pub(crate) async fn run<R, W>(
                 deadline = None;
             }
             _ = sleep_until(grace.unwrap_or(far)), if grace.is_some() => {
-                break;
+                // The select may have picked this arm while output was waiting; forward
+                // what is there before giving up on the pipes.
+                let mut more = false;
+                if let Some(fd) = &out {
+                    match read_now(fd.get_ref(), &mut buf) {
+                        Ok(0) => out = None,
+                        Ok(n) => {
+                            if forward(writer, &mut buf, n, false).await.is_err() { kill_group(); return; }
+                            more = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                if let Some(fd) = &err {
+                    match read_now(fd.get_ref(), &mut err_buf) {
+                        Ok(0) => err = None,
+                        Ok(n) => {
+                            if forward(writer, &mut err_buf, n, true).await.is_err() { kill_group(); return; }
+                            more = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                let capped = exited_at.is_some_and(|t| Instant::now() >= t + GRACE_MAX);
+                if !more || capped {
+                    break;
+                }
+                grace = extend(exited_at);
             }
             w = async {
                 match &input {
@@ -486,6 +515,28 @@ pub(crate) async fn run<R, W>(
         timed_out,
     });
     let _ = writer.send(&Response::Exit(st)).await;
+}
+
+/// Sends `buf[..n]` as one output frame, reusing `buf`'s allocation for the frame.
+async fn forward<W: AsyncWrite + Unpin>(
+    writer: &mut FrameWriter<W>,
+    buf: &mut Vec<u8>,
+    n: usize,
+    is_err: bool,
+) -> std::io::Result<()> {
+    buf.truncate(n);
+    let data = Bytes(std::mem::take(buf));
+    let frame = if is_err {
+        Response::Stderr { data }
+    } else {
+        Response::Stdout { data }
+    };
+    let sent = writer.send(&frame).await;
+    if let Response::Stdout { data } | Response::Stderr { data } = frame {
+        *buf = data.0;
+    }
+    buf.resize(CHUNK, 0);
+    sent
 }
 
 /// Ends the process's input: closes the pipe, or on a terminal types the EOF character.

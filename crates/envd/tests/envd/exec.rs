@@ -372,3 +372,43 @@ async fn shell_and_argv_are_exclusive() {
     let err = envd.client.exec(ExecRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Some("bad_request"));
 }
+
+#[tokio::test]
+async fn a_slow_client_still_gets_all_output_after_the_exit() {
+    let envd = Envd::start().await;
+    for _ in 0..3 {
+        let mut exec = envd
+            .client
+            .exec(sh("head -c 3000000 /dev/zero"))
+            .await
+            .unwrap();
+        // The process finishes while envd is blocked on this client; what is still in the
+        // pipe then must not be dropped by the grace period.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut total = 0;
+        loop {
+            match exec.next_event().await.unwrap().unwrap() {
+                ExecEvent::Stdout(d) => total += d.len(),
+                ExecEvent::Stderr(_) => {}
+                ExecEvent::Exit(s) => {
+                    assert_eq!(s.code, Some(0));
+                    break;
+                }
+            }
+        }
+        assert_eq!(total, 3_000_000);
+    }
+}
+
+#[tokio::test]
+async fn children_get_the_default_sigpipe() {
+    let envd = Envd::start().await;
+    let out = envd
+        .client
+        .output(sh("yes | head -n 1"), 1024)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"y\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert_eq!(out.status.code, Some(0));
+}

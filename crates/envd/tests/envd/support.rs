@@ -84,7 +84,8 @@ impl Drop for Envd {
     }
 }
 
-fn status_field(pid: u32, field: &str) -> u64 {
+/// A `kB` field of /proc/PID/status.
+pub fn status_field(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with(field)).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
