@@ -1,1 +1,203 @@
-//! The session server (in progress).
+//! The session server's HTTP API: health, Prometheus metrics, the OpenAPI document, bearer
+//! token auth, and the sandbox endpoints. Sessions, WebSocket streaming and the web UI are
+//! added as further route modules next to [`routes`].
+//!
+//! **API boundary:** HTTP stops here. Handlers decode and validate requests ([`api`]), call
+//! the sandbox [`Runtime`] or the [`Store`], and turn every failure into
+//! `{"error": {"code", "message"}}` with the right status ([`error`]). Neither the runtime
+//! nor the store knows about HTTP.
+
+#![deny(missing_docs)]
+
+pub mod api;
+mod auth;
+pub mod error;
+mod extract;
+mod metrics;
+mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hangar_sandbox::{Limits, LocalRuntime, Rootfs, Runtime, SandboxError};
+use hangar_store::Store;
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// The largest request body accepted; larger ones get 413.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// Turns a `rootfs` argument (`host` or a server path) into a [`Rootfs`]; may unpack a
+/// tarball, so it is called off the async threads.
+pub type RootfsResolver = dyn Fn(&str) -> Result<Rootfs, SandboxError> + Send + Sync;
+
+/// The sandbox backend the API drives: a [`Runtime`] plus the deployment's defaults.
+#[derive(Clone)]
+pub struct Backend {
+    runtime: Arc<dyn Runtime>,
+    default_limits: Limits,
+    resolve_rootfs: Arc<RootfsResolver>,
+}
+
+impl Backend {
+    /// The embedded Linux backend.
+    pub fn local(runtime: LocalRuntime) -> Backend {
+        let runtime = Arc::new(runtime);
+        let resolver = Arc::clone(&runtime);
+        Backend {
+            default_limits: runtime.default_limits(),
+            runtime,
+            resolve_rootfs: Arc::new(move |arg: &str| resolver.prepare_rootfs(arg)),
+        }
+    }
+
+    /// Any runtime (tests use an in-memory one).
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        default_limits: Limits,
+        resolve_rootfs: Arc<RootfsResolver>,
+    ) -> Backend {
+        Backend {
+            runtime,
+            default_limits,
+            resolve_rootfs,
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    backend: Backend,
+    store: Arc<Store>,
+    metrics: Metrics,
+}
+
+impl AppState {
+    /// The state of one server.
+    pub fn new(backend: Backend, store: Arc<Store>) -> Result<AppState, prometheus::Error> {
+        Ok(AppState {
+            backend,
+            store,
+            metrics: Metrics::new()?,
+        })
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Hangar API",
+        description = "Self-hosted background coding agents and sandboxes. Everything under /api needs `Authorization: Bearer TOKEN`; errors are `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(error::ErrorResponse, error::ErrorBody))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document of this server, generated from the handlers.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    parts().2
+}
+
+/// The public routes, the routes that need a token, and the document describing both.
+fn parts() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+    let (public, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(routes::healthz))
+        .routes(routes!(routes::metrics))
+        .split_for_parts();
+    let (api, api_doc) = OpenApiRouter::new()
+        .routes(routes!(routes::me))
+        .routes(routes!(routes::list_sandboxes, routes::create_sandbox))
+        .routes(routes!(routes::get_sandbox, routes::delete_sandbox))
+        .routes(routes!(routes::exec))
+        .split_for_parts();
+    doc.merge(api_doc);
+    (public, api, doc)
+}
+
+/// The whole HTTP application, ready to serve or to call in-process.
+pub fn app(state: AppState) -> Router {
+    let (public, api, doc) = parts();
+    let doc_json = Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into()));
+    let public = public.route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let doc = Arc::clone(&doc_json);
+            async move { ([(header::CONTENT_TYPE, "application/json")], (*doc).clone()) }
+        }),
+    );
+    let api = api.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
+    public
+        .merge(api)
+        .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::track_request,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Every error leaves as JSON, whoever produced it (the router's own 404/405, a body limit,
+/// a caught panic): clients parse one shape.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let allow = resp.headers().get(header::ALLOW).cloned();
+        let mut out = ApiError::from_status(status).into_response();
+        if let Some(allow) = allow {
+            out.headers_mut().insert(header::ALLOW, allow);
+        }
+        return out;
+    }
+    resp
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then finishes the requests in
+/// flight. Sandboxes outlive the server: they are not stopped.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

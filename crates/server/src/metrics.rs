@@ -1,0 +1,77 @@
+//! Prometheus metrics: HTTP requests by route and status, request durations, and sandboxes
+//! by state (read from the runtime at scrape time, so it is never stale).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+/// The server's metrics and their registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    sandboxes: IntGaugeVec,
+}
+
+impl Metrics {
+    /// A fresh registry with Hangar's metrics.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new("hangar_http_requests_total", "HTTP requests answered"),
+            &["method", "route", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "hangar_http_request_duration_seconds",
+                "Time to answer an HTTP request",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+            &["method", "route"],
+        )?;
+        let sandboxes = IntGaugeVec::new(
+            Opts::new("hangar_sandboxes", "Sandboxes by state"),
+            &["state"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(sandboxes.clone()))?;
+        Ok(Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            sandboxes,
+        })
+    }
+
+    /// Counts one answered request. `route` is the matched route template, never the raw
+    /// path, so label cardinality stays bounded.
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.http_requests
+            .with_label_values(&[method, route, &status.to_string()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[method, route])
+            .observe(seconds);
+    }
+
+    /// Sets the sandbox gauge from a fresh count per state.
+    pub fn set_sandboxes(&self, counts: &[(&str, i64)]) {
+        self.sandboxes.reset();
+        for (state, n) in counts {
+            self.sandboxes.with_label_values(&[state]).set(*n);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Result<String, String> {
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .map_err(|e| e.to_string())?;
+        String::from_utf8(buf).map_err(|e| e.to_string())
+    }
+}

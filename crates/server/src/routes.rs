@@ -1,0 +1,217 @@
+//! Handlers: each decodes its request, makes one call on the runtime or the store, and
+//! encodes the answer. The `#[utoipa::path]` attributes are the OpenAPI document.
+
+use std::time::{Duration, Instant};
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hangar_sandbox::SandboxSpec;
+
+use crate::api::{
+    self, CreateSandbox, ExecBody, ExecResult, Health, Me, SandboxView, valid_sandbox_id,
+};
+use crate::auth::Caller;
+use crate::error::ErrorResponse;
+use crate::extract::JsonBody;
+use crate::{ApiError, AppState};
+
+/// Middleware: counts every answered request by method, route template and status.
+pub async fn track_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    state.metrics.observe_request(
+        &method,
+        &route,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+/// Liveness: answers as long as the server runs.
+#[utoipa::path(get, path = "/healthz", tag = "server",
+    responses((status = 200, description = "The server is up", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "server",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let list = state.backend.runtime.list().await?;
+    let mut counts = [("creating", 0), ("running", 0), ("stopped", 0), ("dead", 0)];
+    for sb in &list {
+        let i = match SandboxView::from(sb).status {
+            api::SandboxState::Creating => 0,
+            api::SandboxState::Running => 1,
+            api::SandboxState::Stopped => 2,
+            api::SandboxState::Dead => 3,
+        };
+        counts[i].1 += 1;
+    }
+    state.metrics.set_sandboxes(&counts);
+    let text = state.metrics.render().map_err(ApiError::internal)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// The user the token belongs to.
+#[utoipa::path(get, path = "/api/me", tag = "users", security(("bearer" = [])),
+    responses(
+        (status = 200, body = Me),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorResponse)))]
+pub async fn me(Extension(caller): Extension<Caller>) -> Json<Me> {
+    Json(Me::new(caller.user, caller.token.name))
+}
+
+/// All sandboxes, oldest first.
+#[utoipa::path(get, path = "/api/sandboxes", tag = "sandboxes", security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<SandboxView>),
+        (status = 401, body = ErrorResponse)))]
+pub async fn list_sandboxes(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<SandboxView>>, ApiError> {
+    let list = state.backend.runtime.list().await?;
+    Ok(Json(list.iter().map(SandboxView::from).collect()))
+}
+
+/// Creates and starts a sandbox; answers once it can run commands.
+#[utoipa::path(post, path = "/api/sandboxes", tag = "sandboxes", security(("bearer" = [])),
+    request_body = CreateSandbox,
+    responses(
+        (status = 201, description = "Running", body = SandboxView),
+        (status = 400, description = "Malformed JSON or wrong types", body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 413, body = ErrorResponse),
+        (status = 422, description = "Impossible spec (bad size, missing rootfs, ...)", body = ErrorResponse)))]
+pub async fn create_sandbox(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<CreateSandbox>,
+) -> Result<Response, ApiError> {
+    let (limits, network) = req.limits_and_network(state.backend.default_limits)?;
+    let arg = req.rootfs_arg().to_string();
+    if arg != "host" && !arg.starts_with('/') {
+        return Err(ApiError::invalid(
+            "invalid_spec",
+            format!("rootfs {arg:?}: use \"host\" or an absolute path on the server"),
+        ));
+    }
+    let resolve = state.backend.resolve_rootfs.clone();
+    let rootfs = tokio::task::spawn_blocking(move || resolve(&arg))
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing the rootfs: {e}")))??;
+    let sb = state
+        .backend
+        .runtime
+        .create(SandboxSpec {
+            rootfs,
+            limits,
+            network,
+        })
+        .await?;
+    tracing::info!(sandbox = %sb.id, user = %caller.user.login, "sandbox created");
+    let location = format!("/api/sandboxes/{}", sb.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(SandboxView::from(&sb)),
+    )
+        .into_response())
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if valid_sandbox_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("no sandbox with id {id}")))
+    }
+}
+
+/// One sandbox.
+#[utoipa::path(get, path = "/api/sandboxes/{id}", tag = "sandboxes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, body = SandboxView),
+        (status = 401, body = ErrorResponse),
+        (status = 404, body = ErrorResponse)))]
+pub async fn get_sandbox(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxView>, ApiError> {
+    check_id(&id)?;
+    let sb = state.backend.runtime.get(&id).await?;
+    Ok(Json(SandboxView::from(&sb)))
+}
+
+/// Stops a sandbox and removes everything it had.
+#[utoipa::path(delete, path = "/api/sandboxes/{id}", tag = "sandboxes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 204, description = "Gone"),
+        (status = 401, body = ErrorResponse),
+        (status = 404, body = ErrorResponse)))]
+pub async fn delete_sandbox(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_id(&id)?;
+    state.backend.runtime.destroy(&id).await?;
+    tracing::info!(sandbox = %id, user = %caller.user.login, "sandbox destroyed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Runs a command to its end and returns its exit status and output (each stream capped
+/// at 1 MiB). Streaming exec comes with the WebSocket API.
+#[utoipa::path(post, path = "/api/sandboxes/{id}/exec", tag = "sandboxes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = ExecBody,
+    responses(
+        (status = 200, description = "The command ran (whatever its exit code)", body = ExecResult),
+        (status = 400, body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 404, description = "No such sandbox", body = ErrorResponse),
+        (status = 409, description = "The sandbox is not running", body = ErrorResponse),
+        (status = 422, description = "Invalid request, or the program or cwd does not exist", body = ErrorResponse)))]
+pub async fn exec(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ExecBody>,
+) -> Result<Json<ExecResult>, ApiError> {
+    check_id(&id)?;
+    let req = body.to_envd()?;
+    // envd enforces the timeout; this guard only covers envd itself hanging.
+    let guard = Duration::from_millis(req.timeout_ms.unwrap_or(0)) + Duration::from_secs(10);
+    let envd = state.backend.runtime.envd(&id).await?;
+    let out = tokio::time::timeout(guard, envd.output(req, api::EXEC_OUTPUT_LIMIT))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "envd did not answer within the command's timeout",
+            )
+        })??;
+    Ok(Json(ExecResult::from(out)))
+}
