@@ -27,6 +27,15 @@ impl Envd {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         std::fs::create_dir(&root).unwrap();
+        Envd::start_in(dir, root, extra).await
+    }
+
+    /// Starts envd with the host's `/` as its root (for read-only checks).
+    pub async fn start_on_host_root() -> Envd {
+        Envd::start_in(tempfile::tempdir().unwrap(), PathBuf::from("/"), &[]).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, root: PathBuf, extra: &[&str]) -> Envd {
         let socket = dir.path().join("envd.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_envd"))
             .arg("--socket")

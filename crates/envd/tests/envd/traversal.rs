@@ -106,24 +106,39 @@ async fn writes_through_escaping_symlinks_land_inside() {
 }
 
 #[tokio::test]
-async fn proc_magic_links_are_refused() {
+async fn a_symlink_to_proc_resolves_inside_the_root() {
     let envd = setup().await;
-    // Inside the root, /proc is a symlink to the host's /proc; its magic links must not
-    // lead out.
+    // An absolute target resolves inside the root, so this never reaches the host's /proc.
     symlink("/proc", envd.root.join("hostproc")).unwrap();
-    std::fs::create_dir(envd.root.join("proc")).unwrap();
     let e = envd
         .client
-        .read_file("/proc/self/root/etc/passwd", 0, None)
+        .read_file("/hostproc/self/root/etc/passwd", 0, None)
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("not_found"));
-    // A symlink into a real /proc from inside the root: the absolute target resolves inside
-    // the root, so it never reaches the host's /proc either.
-    let e = envd
-        .client
-        .read_file("/hostproc/self/root/etc/hostname", 0, None)
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Some("not_found"));
+}
+
+#[tokio::test]
+async fn proc_magic_links_are_refused() {
+    // With the real /proc inside the root, its magic links (which point anywhere) are
+    // refused rather than followed.
+    let envd = Envd::start_on_host_root().await;
+    for path in [
+        "/proc/self/root/etc/passwd",
+        "/proc/self/cwd/x",
+        "/proc/self/exe",
+    ] {
+        let e = envd.client.read_file(path, 0, None).await.unwrap_err();
+        assert_eq!(e.code(), Some("escapes_root"), "{path}: {e}");
+    }
+    // Ordinary files there are fine.
+    assert!(
+        !envd
+            .client
+            .read_file("/proc/self/status", 0, None)
+            .await
+            .unwrap()
+            .data
+            .is_empty()
+    );
 }
