@@ -23,6 +23,11 @@ pub const EXEC_DEFAULT_TIMEOUT_MS: u64 = 5 * 60 * 1000;
 /// The longest timeout an exec may ask for.
 pub const EXEC_MAX_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 
+/// More CPUs than any host has: a quota above this is a mistake, not a request.
+const MAX_CPUS: f64 = 1024.0;
+/// The kernel's largest `pid_max`.
+const MAX_PIDS: u64 = 4 << 20;
+
 /// `GET /healthz`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Health {
@@ -97,15 +102,21 @@ impl CreateSandbox {
                 .map_err(|e| ApiError::invalid("invalid_spec", format!("memory: {e}")))?;
         }
         if let Some(c) = self.cpus {
-            if !(c.is_finite() && c > 0.0) {
+            if !(c.is_finite() && c > 0.0 && c <= MAX_CPUS) {
                 return Err(ApiError::invalid(
                     "invalid_spec",
-                    format!("cpus: {c} is not a positive number"),
+                    format!("cpus: {c} is not a number of CPUs between 0 and {MAX_CPUS}"),
                 ));
             }
             limits.cpus = c;
         }
         if let Some(p) = self.pids {
+            if p > MAX_PIDS {
+                return Err(ApiError::invalid(
+                    "invalid_spec",
+                    format!("pids: {p} is above the kernel's limit of {MAX_PIDS}"),
+                ));
+            }
             limits.pids = p;
         }
         // Parsed through the runtime's own names, so a mode the runtime adds is available
