@@ -207,22 +207,33 @@ fn spawn(root: &Root, reaper: &Reaper, req: &ExecRequest) -> Result<Spawned, OpE
     drop(cmd);
     drop(cwd);
 
-    let (out, err, input) = match pty {
-        Some(master) => {
-            let writer = master
-                .try_clone()
-                .map_err(|e| OpError::io("duplicate the terminal", &e))?;
-            (Some(async_fd(master)?), None, Some(async_fd(writer)?))
+    type Ends = (
+        Option<AsyncFd<OwnedFd>>,
+        Option<AsyncFd<OwnedFd>>,
+        Option<AsyncFd<OwnedFd>>,
+    );
+    let stdio = (|| -> Result<Ends, OpError> {
+        match pty {
+            Some(master) => {
+                let writer = master
+                    .try_clone()
+                    .map_err(|e| OpError::io("duplicate the terminal", &e))?;
+                Ok((Some(async_fd(master)?), None, Some(async_fd(writer)?)))
+            }
+            None => {
+                let out = child.stdout.take().map(async_fd).transpose()?;
+                let err = child.stderr.take().map(async_fd).transpose()?;
+                let input = child.stdin.take().map(async_fd).transpose()?;
+                Ok((out, err, input))
+            }
         }
-        None => {
-            let out = child.stdout.take().map(async_fd).transpose()?;
-            let err = child.stderr.take().map(async_fd).transpose()?;
-            let input = child.stdin.take().map(async_fd).transpose()?;
-            (out, err, input)
-        }
-    };
+    })();
     // `child` is dropped without waiting: the reaper owns waiting.
     drop(child);
+    let (out, err, input) = stdio.inspect_err(|_| {
+        // Nobody could talk to it: do not leave it running.
+        let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+    })?;
     Ok(Spawned {
         pid,
         exit,

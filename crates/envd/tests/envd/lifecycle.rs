@@ -106,3 +106,44 @@ async fn idle_envd_is_small() {
     assert!(rss < 4 * 1024, "idle envd uses {rss} KiB");
     assert_eq!(threads, 1, "idle envd keeps threads");
 }
+
+#[tokio::test]
+async fn client_errors_name_the_socket_and_wait_ready_gives_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("absent.sock");
+    let client = EnvdClient::new(&socket);
+    let err = client.health().await.unwrap_err();
+    assert!(matches!(err, hangar_envd_client::Error::Connect { .. }));
+    assert!(err.to_string().contains("absent.sock"), "{err}");
+    assert_eq!(err.code(), None);
+    let started = Instant::now();
+    let err = client
+        .wait_ready(Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, hangar_envd_client::Error::NotReady { .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn wait_ready_succeeds_once_envd_comes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("late.sock");
+    let client = EnvdClient::new(&socket);
+    let waiting = tokio::spawn(async move { client.wait_ready(Duration::from_secs(10)).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_envd"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--root")
+        .arg(dir.path())
+        .spawn()
+        .unwrap();
+    let health = waiting.await.unwrap().unwrap();
+    assert_eq!(health.pid, child.id());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
