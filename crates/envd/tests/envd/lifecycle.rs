@@ -147,3 +147,58 @@ async fn wait_ready_succeeds_once_envd_comes_up() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn as_pid_1_envd_reaps_orphans_and_sigterm_kills_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("envd.sock");
+    let mut unshare = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(env!("CARGO_BIN_EXE_envd"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--root")
+        .arg(dir.path())
+        .spawn()
+        .expect("this test needs unshare(1) from util-linux and root");
+    let client = EnvdClient::new(&socket);
+    let health = client.wait_ready(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(health.pid, 1, "envd should be pid 1 in its pid namespace");
+    let envd_pid = children_of(unshare.id())[0];
+
+    // Orphans reparent to pid 1 and must not stay zombies.
+    for _ in 0..5 {
+        client
+            .output(sh("(sleep 0.1 >/dev/null 2>&1 &); echo ok"), 64)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(crate::support::zombie_children(envd_pid).is_empty());
+
+    // A background process outlives its command, as a child of envd.
+    client
+        .output(sh("sleep 60 >/dev/null 2>&1 &"), 64)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let survivors = children_of(envd_pid);
+    assert_eq!(survivors.len(), 1, "{survivors:?}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(envd_pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = unshare.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(gone_within(survivors[0], Duration::from_secs(3)));
+}
