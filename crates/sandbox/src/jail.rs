@@ -156,6 +156,12 @@ fn run(cfg: &JailConfig, report: &mut File) -> JailResult<i32> {
     let userns = new_user_namespace(cfg.uid_base, cfg.uid_count)?;
     let rootfs = cfg.dir.join("rootfs");
     mount_layers(cfg, &userns, &rootfs)?;
+    stage_host_files(cfg)?;
+    // From here on init works relative to its working directory: inside the user namespace
+    // it may not traverse the host directories above the sandbox's (a data directory of
+    // mode 0700, say). unshare(CLONE_NEWNS) carries the working directory over into the
+    // new namespace's copy of the mount.
+    std::env::set_current_dir(&rootfs).map_err(ctx(|| "chdir to the rootfs".into()))?;
 
     setns(userns.as_fd(), CloneFlags::CLONE_NEWUSER)
         .map_err(ctx(|| "entering the sandbox user namespace".into()))?;
@@ -178,7 +184,7 @@ fn run(cfg: &JailConfig, report: &mut File) -> JailResult<i32> {
     // SAFETY: the jail is single-threaded, so the child may run arbitrary code after fork.
     match unsafe { fork() }.map_err(ctx(|| "fork".into()))? {
         ForkResult::Child => {
-            let err = init(cfg, &rootfs).unwrap_err();
+            let err = init(cfg).unwrap_err();
             let _ = report.write_all(format!("E{}\n", err.replace('\n', " ")).as_bytes());
             // SAFETY: _exit skips atexit handlers and buffers the parent owns.
             unsafe { libc::_exit(1) }
@@ -266,6 +272,29 @@ fn new_user_namespace(base: u32, count: u32) -> JailResult<OwnedFd> {
             result
         }
     }
+}
+
+/// Host files init binds into the sandbox (envd, `files`), staged as bind mounts in the
+/// sandbox directory (`envd`, `file-N`) while the jail is still host root, so init finds
+/// them at `../envd` and `../file-N` from the rootfs without looking at host paths.
+fn stage_host_files(cfg: &JailConfig) -> JailResult<()> {
+    let staged = std::iter::once((&cfg.envd, cfg.dir.join("envd"))).chain(
+        cfg.files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (&f.source, cfg.dir.join(format!("file-{i}")))),
+    );
+    for (source, target) in staged {
+        File::create(&target).map_err(ctx(|| format!("creating {}", target.display())))?;
+        mnt(
+            Some(&source.display().to_string()),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 /// Mounts each layer (id-mapped where asked) under `dir/lower/N` and the overlay at `rootfs`.
@@ -411,20 +440,23 @@ fn mnt(
 }
 
 /// Runs as the sandbox's pid 1 until it execs envd; returns only on failure.
-fn init(cfg: &JailConfig, rootfs: &Path) -> JailResult<std::convert::Infallible> {
+fn init(cfg: &JailConfig) -> JailResult<std::convert::Infallible> {
     nix::unistd::sethostname(&cfg.id).map_err(ctx(|| "sethostname".into()))?;
     loopback_up()?;
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
 
     // Mounts inherited from the jail's namespace are locked, and pivot_root refuses a
-    // locked new root, so the root is bound onto itself first.
+    // locked new root, so the root is bound onto itself first and entered again through
+    // its parent (the sandbox directory, mode 0711) to land on the new mount.
     mnt(
-        Some(&rootfs.display().to_string()),
-        rootfs,
+        Some("."),
+        Path::new("."),
         None,
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
     )?;
+    std::env::set_current_dir("../rootfs").map_err(ctx(|| "entering the rootfs".into()))?;
+    let rootfs = Path::new(".");
     let at = |p: &str| rootfs.join(p.trim_start_matches('/'));
 
     mkdir_p(&at("/proc"))?;
@@ -546,7 +578,7 @@ fn init(cfg: &JailConfig, rootfs: &Path) -> JailResult<std::convert::Infallible>
         }
     }
 
-    for bind in &cfg.files {
+    for (i, bind) in cfg.files.iter().enumerate() {
         let target = rootfs.join(bind.target.strip_prefix("/").unwrap_or(&bind.target));
         if let Some(parent) = target.parent() {
             mkdir_p(parent)?;
@@ -555,7 +587,7 @@ fn init(cfg: &JailConfig, rootfs: &Path) -> JailResult<std::convert::Infallible>
             File::create(&target).map_err(ctx(|| format!("creating {}", target.display())))?;
         }
         mnt(
-            Some(&bind.source.display().to_string()),
+            Some(&format!("../file-{i}")),
             &target,
             None,
             MsFlags::MS_BIND,
@@ -582,13 +614,7 @@ fn init(cfg: &JailConfig, rootfs: &Path) -> JailResult<std::convert::Infallible>
     )?;
     let envd = hangar.join("envd");
     File::create(&envd).map_err(ctx(|| "creating the envd mount point".into()))?;
-    mnt(
-        Some(&cfg.envd.display().to_string()),
-        &envd,
-        None,
-        MsFlags::MS_BIND,
-        None,
-    )?;
+    mnt(Some("../envd"), &envd, None, MsFlags::MS_BIND, None)?;
     mnt(
         None,
         &envd,
@@ -602,7 +628,7 @@ fn init(cfg: &JailConfig, rootfs: &Path) -> JailResult<std::convert::Infallible>
     )?;
     mkdir_p(&hangar.join("run"))?;
     mnt(
-        Some(&cfg.dir.join("run").display().to_string()),
+        Some("../run"),
         &hangar.join("run"),
         None,
         MsFlags::MS_BIND,
@@ -616,7 +642,6 @@ fn init(cfg: &JailConfig, rootfs: &Path) -> JailResult<std::convert::Infallible>
         Some("mode=755,size=16k"),
     )?;
 
-    std::env::set_current_dir(rootfs).map_err(ctx(|| "chdir to rootfs".into()))?;
     pivot_root(".", ".").map_err(ctx(|| "pivot_root".into()))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(ctx(|| "detaching the old root".into()))?;
     std::env::set_current_dir("/").map_err(ctx(|| "chdir /".into()))?;

@@ -332,3 +332,15 @@ async fn a_rootfs_without_a_shell_fails_to_exec_with_enoent_not_a_panic() {
     assert_eq!(err.code(), Some("not_found"), "{err}");
     f.rt.destroy(&sb.id).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_data_dir_only_root_can_enter_works() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    for dir in [f.dir.path(), f.config.data_dir.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let sb = f.host_sandbox().await;
+    assert_eq!(stdout(&f.sh(&sb.id, "echo ok").await).trim(), "ok");
+    f.rt.destroy(&sb.id).await.unwrap();
+}
