@@ -56,6 +56,14 @@ const BASE_ENV: &[(&str, &str)] = &[
     ("HOME", "/root"),
 ];
 
+/// Variables from `--env`, set once at start-up.
+static EXTRA_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Adds `--env` variables to the base environment of every exec (first call wins).
+pub(crate) fn set_base_environment(extra: &[(String, String)]) {
+    let _ = EXTRA_ENV.set(extra.to_vec());
+}
+
 /// The argv to run: the request's, or `/bin/sh -c` with its shell line.
 pub(crate) fn command_line(req: &ExecRequest) -> Result<Vec<String>, OpError> {
     match (&req.shell, req.argv.is_empty()) {
@@ -83,6 +91,7 @@ pub(crate) fn environment(req: &ExecRequest) -> Result<BTreeMap<String, String>,
     let mut env: BTreeMap<String, String> = BASE_ENV
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain(EXTRA_ENV.get().into_iter().flatten().cloned())
         .collect();
     if req.pty.is_some() {
         env.insert("TERM".into(), "xterm-256color".into());
@@ -186,6 +195,17 @@ fn spawn(root: &Root, reaper: &Reaper, req: &ExecRequest) -> Result<Spawned, OpE
             }
             if libc::fchdir(cwd_raw) < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // envd itself is shielded from the OOM killer by the sandbox runtime; what it
+            // runs is not. Raising one's own score needs no privilege; failure (no /proc)
+            // leaves the inherited score.
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
             }
             Ok(())
         });

@@ -19,4 +19,4 @@ mod server;
 mod watch;
 
 pub use files::Root;
-pub use server::{Config, ConfigError, USAGE, run};
+pub use server::{Config, ConfigError, Listen, USAGE, run};

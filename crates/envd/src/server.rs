@@ -19,8 +19,8 @@ use crate::reaper::Reaper;
 /// envd's settings, from its command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Where to listen (`--socket`); a stale socket file there is replaced.
-    pub socket: PathBuf,
+    /// Where to listen.
+    pub listen: Listen,
     /// The directory that stands for `/` in paths and is the default working directory
     /// (`--root`, default `/`).
     pub root: PathBuf,
@@ -29,6 +29,20 @@ pub struct Config {
     /// How long a new connection may take to send its request before it is refused
     /// (`--request-timeout-ms`, default 10 s).
     pub request_timeout: Duration,
+    /// Variables added to the base environment of everything envd runs (`--env K=V`),
+    /// e.g. where the sandbox's CA bundle is.
+    pub env: Vec<(String, String)>,
+}
+
+/// Where envd accepts connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A socket envd creates (`--socket PATH`); a stale socket file there is replaced.
+    Socket(PathBuf),
+    /// A listening socket handed over already bound (`--listen-fd N`). The sandbox
+    /// runtime uses this so the socket's file lives only on the host, out of the
+    /// sandbox's reach.
+    Fd(RawFd),
 }
 
 /// A command line envd cannot run with.
@@ -44,8 +58,15 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The usage line printed with a [`ConfigError`].
-pub const USAGE: &str =
-    "usage: envd --socket PATH [--root DIR] [--ready-fd N] [--request-timeout-ms N]";
+pub const USAGE: &str = "usage: envd (--socket PATH | --listen-fd N) [--root DIR] [--ready-fd N] [--env K=V]... [--request-timeout-ms N]";
+
+fn parse_fd(flag: &str, v: &OsString) -> Result<RawFd, ConfigError> {
+    v.to_string_lossy()
+        .parse()
+        .ok()
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(|| ConfigError(format!("{flag} {v:?} is not a descriptor number")))
+}
 
 impl Config {
     /// Parses envd's arguments (without the program name).
@@ -54,6 +75,8 @@ impl Config {
         let mut root = PathBuf::from("/");
         let mut ready_fd = None;
         let mut request_timeout = Duration::from_secs(10);
+        let mut listen_fd = None;
+        let mut env = Vec::new();
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let flag = arg.to_string_lossy().into_owned();
@@ -70,17 +93,16 @@ impl Config {
             match name.as_str() {
                 "--socket" => socket = Some(PathBuf::from(value()?)),
                 "--root" => root = PathBuf::from(value()?),
-                "--ready-fd" => {
-                    let v = value()?;
-                    let fd: RawFd = v
-                        .to_string_lossy()
-                        .parse()
-                        .ok()
-                        .filter(|fd| *fd >= 0)
-                        .ok_or_else(|| {
-                            ConfigError(format!("--ready-fd {v:?} is not a descriptor number"))
-                        })?;
-                    ready_fd = Some(fd);
+                "--ready-fd" => ready_fd = Some(parse_fd("--ready-fd", &value()?)?),
+                "--listen-fd" => listen_fd = Some(parse_fd("--listen-fd", &value()?)?),
+                "--env" => {
+                    let v = value()?.to_string_lossy().into_owned();
+                    match v.split_once('=') {
+                        Some((k, val)) if !k.is_empty() => {
+                            env.push((k.to_string(), val.to_string()))
+                        }
+                        _ => return Err(ConfigError(format!("--env {v:?} is not KEY=VALUE"))),
+                    }
                 }
                 "--request-timeout-ms" => {
                     let v = value()?;
@@ -92,12 +114,21 @@ impl Config {
                 other => return Err(ConfigError(format!("unknown argument {other:?}"))),
             }
         }
-        let socket = socket.ok_or_else(|| ConfigError("--socket is required".into()))?;
+        let listen = match (socket, listen_fd) {
+            (Some(path), None) => Listen::Socket(path),
+            (None, Some(fd)) => Listen::Fd(fd),
+            _ => {
+                return Err(ConfigError(
+                    "exactly one of --socket and --listen-fd is required".into(),
+                ));
+            }
+        };
         Ok(Config {
-            socket,
+            listen,
             root,
             ready_fd,
             request_timeout,
+            env,
         })
     }
 }
@@ -130,18 +161,32 @@ async fn serve(config: Config, started: Instant) -> std::io::Result<()> {
             format!("cannot open root {}: {e}", config.root.display()),
         )
     })?;
-    // A socket file left by an earlier envd would make bind fail.
-    match std::fs::remove_file(&config.socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(&config.socket).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {}: {e}", config.socket.display()),
-        )
-    })?;
+    let listener = match &config.listen {
+        Listen::Socket(path) => {
+            // A socket file left by an earlier envd would make bind fail.
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            UnixListener::bind(path).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {}: {e}", path.display()),
+                )
+            })?
+        }
+        Listen::Fd(fd) => {
+            // SAFETY: the caller handed this listening socket to envd for exactly this
+            // use; nothing else in envd owns it.
+            let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(*fd) };
+            std_listener.set_nonblocking(true)?;
+            UnixListener::from_std(std_listener).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on descriptor {fd}: {e}"))
+            })?
+        }
+    };
+    crate::exec::set_base_environment(&config.env);
     let is_init = std::process::id() == 1;
     if !is_init {
         // Orphans of our children should still come to us to be reaped.
@@ -191,7 +236,9 @@ async fn serve(config: Config, started: Instant) -> std::io::Result<()> {
     } else {
         crate::exec::kill_all(&state.reaper);
     }
-    let _ = std::fs::remove_file(&config.socket);
+    if let Listen::Socket(path) = &config.listen {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
 }
 
@@ -285,12 +332,19 @@ mod tests {
             "3",
         ]))
         .unwrap();
-        assert_eq!(c.socket, PathBuf::from("/run/envd.sock"));
+        assert_eq!(c.listen, Listen::Socket(PathBuf::from("/run/envd.sock")));
         assert_eq!(c.root, PathBuf::from("/r"));
         assert_eq!(c.ready_fd, Some(3));
         let d = Config::from_args(args(&["--socket", "s"])).unwrap();
         assert_eq!(d.root, PathBuf::from("/"));
         assert_eq!(d.ready_fd, None);
+        let e =
+            Config::from_args(args(&["--listen-fd", "4", "--env", "A=b=c", "--env=X="])).unwrap();
+        assert_eq!(e.listen, Listen::Fd(4));
+        assert_eq!(
+            e.env,
+            vec![("A".into(), "b=c".into()), ("X".into(), String::new())]
+        );
     }
 
     #[test]
@@ -299,5 +353,9 @@ mod tests {
         assert!(Config::from_args(args(&["--socket", "s", "--verbose"])).is_err());
         assert!(Config::from_args(args(&["--socket", "s", "--ready-fd", "-1"])).is_err());
         assert!(Config::from_args(args(&["--socket"])).is_err());
+        assert!(Config::from_args(args(&["--socket", "s", "--listen-fd", "4"])).is_err());
+        assert!(Config::from_args(args(&["--listen-fd", "x"])).is_err());
+        assert!(Config::from_args(args(&["--socket", "s", "--env", "=v"])).is_err());
+        assert!(Config::from_args(args(&["--socket", "s", "--env", "novalue"])).is_err());
     }
 }

@@ -36,6 +36,14 @@ use crate::policy;
 /// The fd on which the jail reports progress to the runtime.
 pub const REPORT_FD: RawFd = 3;
 
+/// The fd on which envd finds its listening socket.
+const LISTEN_FD: RawFd = 4;
+
+/// envd's socket, in the sandbox directory on the host. The jail binds it as host root
+/// and hands envd the listening descriptor, so the socket's file is never inside the
+/// sandbox: nothing in it can replace the socket or reach another sandbox's.
+pub const SOCKET_NAME: &str = "envd.sock";
+
 /// Where envd and its socket directory appear inside the sandbox.
 pub const ENVD_DIR: &str = "/.hangar";
 
@@ -153,6 +161,17 @@ fn run(cfg: &JailConfig, report: &mut File) -> JailResult<i32> {
     )
     .map_err(ctx(|| "making / private".into()))?;
 
+    // envd, the sandbox's init, should be the last thing the OOM killer picks inside the
+    // sandbox (its children reset their score to 0). Only host root may lower a score, and
+    // some kernels refuse even that, so this is best effort.
+    let _ = fs::write("/proc/self/oom_score_adj", "-999");
+    let socket = cfg.dir.join(SOCKET_NAME);
+    let _ = fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket)
+        .map_err(ctx(|| format!("binding {}", socket.display())))?;
+    fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(ctx(|| format!("chmod {}", socket.display())))?;
+
     let userns = new_user_namespace(cfg.uid_base, cfg.uid_count)?;
     let rootfs = cfg.dir.join("rootfs");
     mount_layers(cfg, &userns, &rootfs)?;
@@ -184,12 +203,13 @@ fn run(cfg: &JailConfig, report: &mut File) -> JailResult<i32> {
     // SAFETY: the jail is single-threaded, so the child may run arbitrary code after fork.
     match unsafe { fork() }.map_err(ctx(|| "fork".into()))? {
         ForkResult::Child => {
-            let err = init(cfg).unwrap_err();
+            let err = init(cfg, listener.as_raw_fd()).unwrap_err();
             let _ = report.write_all(format!("E{}\n", err.replace('\n', " ")).as_bytes());
             // SAFETY: _exit skips atexit handlers and buffers the parent owns.
             unsafe { libc::_exit(1) }
         }
         ForkResult::Parent { child } => {
+            drop(listener);
             report
                 .write_all(format!("P{child}\n").as_bytes())
                 .map_err(ctx(|| "reporting the init pid".into()))?;
@@ -440,7 +460,7 @@ fn mnt(
 }
 
 /// Runs as the sandbox's pid 1 until it execs envd; returns only on failure.
-fn init(cfg: &JailConfig) -> JailResult<std::convert::Infallible> {
+fn init(cfg: &JailConfig, listener: RawFd) -> JailResult<std::convert::Infallible> {
     nix::unistd::sethostname(&cfg.id).map_err(ctx(|| "sethostname".into()))?;
     loopback_up()?;
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -602,7 +622,7 @@ fn init(cfg: &JailConfig) -> JailResult<std::convert::Infallible> {
         )?;
     }
 
-    // envd and its socket directory, behind a read-only tmpfs.
+    // envd, behind a read-only tmpfs.
     let hangar = at(ENVD_DIR);
     mkdir_p(&hangar)?;
     mnt(
@@ -626,14 +646,6 @@ fn init(cfg: &JailConfig) -> JailResult<std::convert::Infallible> {
             | MsFlags::MS_NODEV,
         None,
     )?;
-    mkdir_p(&hangar.join("run"))?;
-    mnt(
-        Some("../run"),
-        &hangar.join("run"),
-        None,
-        MsFlags::MS_BIND,
-        None,
-    )?;
     mnt(
         None,
         &hangar,
@@ -647,25 +659,35 @@ fn init(cfg: &JailConfig) -> JailResult<std::convert::Infallible> {
     std::env::set_current_dir("/").map_err(ctx(|| "chdir /".into()))?;
 
     drop_privileges()?;
-    close_fds_except(&[0, 1, 2, REPORT_FD]);
+    // dup2 leaves the new descriptor without close-on-exec, so envd inherits it.
+    // SAFETY: both are plain descriptor numbers; LISTEN_FD is free (fds beyond the report
+    // pipe are closed right after) and `listener` is open.
+    if listener != LISTEN_FD && unsafe { libc::dup2(listener, LISTEN_FD) } < 0 {
+        return Err(format!(
+            "dup2 of the listener: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    close_fds_except(&[0, 1, 2, REPORT_FD, LISTEN_FD]);
     let stdin = File::open("/dev/null").map_err(ctx(|| "/dev/null".into()))?;
     nix::unistd::dup2_stdin(stdin.as_fd()).map_err(ctx(|| "dup2".into()))?;
 
     let prog = c_path(&envd_in_sandbox())?;
-    let args = [
+    let mut args = vec![
         CString::from(c"envd"),
-        CString::from(c"--socket"),
-        c_path(&Path::new(ENVD_DIR).join("run/envd.sock"))?,
+        CString::from(c"--listen-fd"),
+        CString::new(LISTEN_FD.to_string()).map_err(|e| e.to_string())?,
         CString::from(c"--ready-fd"),
         CString::new(REPORT_FD.to_string()).map_err(|e| e.to_string())?,
     ];
-    let mut env = vec![
+    for (k, v) in &cfg.env {
+        args.push(CString::from(c"--env"));
+        args.push(CString::new(format!("{k}={v}")).map_err(|e| format!("environment {k}: {e}"))?);
+    }
+    let env = [
         CString::from(c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
         CString::from(c"HOME=/root"),
     ];
-    for (k, v) in &cfg.env {
-        env.push(CString::new(format!("{k}={v}")).map_err(|e| format!("environment {k}: {e}"))?);
-    }
     let seccomp = policy::seccomp_filters().map_err(|e| e.to_string())?;
     for f in &seccomp {
         seccompiler::apply_filter(f).map_err(ctx(|| "applying the seccomp filter".into()))?;

@@ -6,7 +6,8 @@
 //! upper/ work/   overlayfs upper and work directories (the sandbox's writes)
 //! lower/N/       mount points of the read-only layers (mounted only inside the sandbox)
 //! rootfs/        mount point of the overlay (likewise)
-//! run/           envd's socket directory, bind-mounted at /.hangar/run
+//! envd.sock      envd's socket (bound by the jail; envd gets the listening descriptor)
+//! envd, file-N   host files staged for binding into the sandbox
 //! exit.json      how init ended, written by the jail
 //! jail.log       the jail's and envd's stderr
 //! ```
@@ -339,7 +340,7 @@ impl LocalRuntime {
             }
         };
         Sandbox {
-            socket: self.sandbox_dir(&r.id).join("run/envd.sock"),
+            socket: self.sandbox_dir(&r.id).join(crate::jail::SOCKET_NAME),
             init_pid: (r.state == RecordState::Running)
                 .then(|| r.init.map(|p| p.pid))
                 .flatten(),
@@ -557,7 +558,6 @@ impl LocalRuntime {
             ("work", 0o700, false),
             ("lower", 0o700, false),
             ("rootfs", 0o755, false),
-            ("run", 0o700, true),
         ] {
             let p = dir.join(sub);
             fs::DirBuilder::new()
@@ -810,7 +810,9 @@ impl Runtime for LocalRuntime {
                 state,
             });
         }
-        Ok(EnvdClient::new(self.sandbox_dir(id).join("run/envd.sock")))
+        Ok(EnvdClient::new(
+            self.sandbox_dir(id).join(crate::jail::SOCKET_NAME),
+        ))
     }
 
     async fn stop(&self, id: &str) -> Result<(), SandboxError> {

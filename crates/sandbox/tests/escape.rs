@@ -174,9 +174,17 @@ async fn cannot_reach_another_sandboxs_envd() {
         "err 2",
         "{b_socket} is not visible"
     );
-    // Its own envd socket is the only one it has.
-    let out = f.sh(&a.id, "ls /.hangar/run").await;
-    assert_eq!(stdout(&out).trim(), "envd.sock");
+    // Not even its own envd's socket is inside it: envd got the listening descriptor.
+    let out = f
+        .sh(
+            &a.id,
+            "ls -A /.hangar; find / -xdev -type s 2>/dev/null | wc -l",
+        )
+        .await;
+    assert_eq!(
+        stdout(&out).split_whitespace().collect::<Vec<_>>(),
+        ["envd", "0"]
+    );
     f.rt.destroy(&a.id).await.unwrap();
     f.rt.destroy(&b.id).await.unwrap();
 }
