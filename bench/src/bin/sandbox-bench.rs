@@ -93,7 +93,7 @@ async fn run(args: &Args) -> Result<Value> {
 async fn bench(args: &Args, rt: &LocalRuntime, scratch: &Path) -> Result<Value> {
     let tarball = match &args.rootfs {
         Some(p) => p.clone(),
-        None => bullseye_tarball()?,
+        None => hangar_testkit::bullseye_tarball().map_err(anyhow::Error::msg)?,
     };
     eprintln!("unpacking {}", tarball.display());
     let rootfs = rt
@@ -146,35 +146,6 @@ async fn bench(args: &Args, rt: &LocalRuntime, scratch: &Path) -> Result<Value> 
         "start": start,
         "density": density,
     }))
-}
-
-/// The test suite's Debian bullseye rootfs tarball (see `crates/sandbox/tests/lifecycle.rs`),
-/// built with mmdebstrap when it is not cached yet.
-fn bullseye_tarball() -> Result<PathBuf> {
-    let cache = PathBuf::from("/var/cache/hangar-test");
-    let tar = cache.join("bullseye.tar");
-    if tar.is_file() {
-        return Ok(tar);
-    }
-    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
-    let partial = cache.join(format!("bullseye.{}.tar", std::process::id()));
-    eprintln!("building {} with mmdebstrap", tar.display());
-    let status = std::process::Command::new("mmdebstrap")
-        .args([
-            "--quiet",
-            "--variant=minbase",
-            "--include=python3",
-            "bullseye",
-        ])
-        .arg(&partial)
-        .stdout(Stdio::null())
-        .status()
-        .context("running mmdebstrap (apt-get install mmdebstrap)")?;
-    if !status.success() {
-        bail!("mmdebstrap bullseye failed ({status})");
-    }
-    std::fs::rename(&partial, &tar).with_context(|| format!("renaming {}", partial.display()))?;
-    Ok(tar)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

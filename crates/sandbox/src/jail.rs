@@ -555,19 +555,11 @@ fn init(cfg: &JailConfig, listener: RawFd) -> JailResult<std::convert::Infallibl
     for p in policy::READONLY_PATHS {
         let target = at(p);
         if target.exists() {
-            mnt(
-                Some(&target.display().to_string()),
+            bind_read_only(
+                &target.display().to_string(),
                 &target,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None,
-            )?;
-            mnt(
-                None,
-                &target,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid,
-                None,
+                MsFlags::MS_REC,
+                nosuid,
             )?;
         }
     }
@@ -606,20 +598,7 @@ fn init(cfg: &JailConfig, listener: RawFd) -> JailResult<std::convert::Infallibl
         if fs::symlink_metadata(&target).is_err() {
             File::create(&target).map_err(ctx(|| format!("creating {}", target.display())))?;
         }
-        mnt(
-            Some(&format!("../file-{i}")),
-            &target,
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )?;
-        mnt(
-            None,
-            &target,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid,
-            None,
-        )?;
+        bind_read_only(&format!("../file-{i}"), &target, MsFlags::empty(), nosuid)?;
     }
 
     // envd, behind a read-only tmpfs.
@@ -634,17 +613,11 @@ fn init(cfg: &JailConfig, listener: RawFd) -> JailResult<std::convert::Infallibl
     )?;
     let envd = hangar.join("envd");
     File::create(&envd).map_err(ctx(|| "creating the envd mount point".into()))?;
-    mnt(Some("../envd"), &envd, None, MsFlags::MS_BIND, None)?;
-    mnt(
-        None,
+    bind_read_only(
+        "../envd",
         &envd,
-        None,
-        MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV,
-        None,
+        MsFlags::empty(),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     mnt(
         None,
@@ -699,6 +672,14 @@ fn init(cfg: &JailConfig, listener: RawFd) -> JailResult<std::convert::Infallibl
 /// envd's path inside the sandbox.
 pub fn envd_in_sandbox() -> PathBuf {
     Path::new(ENVD_DIR).join("envd")
+}
+
+/// Binds `source` at `target`, then makes that mount read-only with `flags` (a bind mount
+/// takes its read-only flag only on remount).
+fn bind_read_only(source: &str, target: &Path, rec: MsFlags, flags: MsFlags) -> JailResult<()> {
+    mnt(Some(source), target, None, MsFlags::MS_BIND | rec, None)?;
+    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags;
+    mnt(None, target, None, ro, None)
 }
 
 fn mask(target: &Path, dev_null: &Path) -> JailResult<()> {

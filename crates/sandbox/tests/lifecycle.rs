@@ -6,40 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{Fixture, stdout};
 use hangar_sandbox::{Limits, LocalRuntime, Rootfs, Runtime, SandboxError, SandboxSpec, Status};
-
-/// A Debian bullseye rootfs tarball (glibc 2.31, Python 3.9), built once with mmdebstrap
-/// and cached; building needs the Debian mirror.
-fn bullseye_tarball() -> PathBuf {
-    let cache = PathBuf::from(
-        std::env::var_os("HANGAR_TEST_CACHE").unwrap_or_else(|| "/var/cache/hangar-test".into()),
-    );
-    let tar = cache.join("bullseye.tar");
-    if tar.is_file() {
-        return tar;
-    }
-    std::fs::create_dir_all(&cache).unwrap();
-    let partial = cache.join(format!("bullseye.{}.tar", std::process::id()));
-    let status = Command::new("mmdebstrap")
-        .args([
-            "--quiet",
-            "--variant=minbase",
-            "--include=python3",
-            "bullseye",
-        ])
-        .arg(&partial)
-        .status()
-        .expect(
-            "mmdebstrap is needed to build the bullseye test rootfs (apt-get install mmdebstrap)",
-        );
-    assert!(status.success(), "mmdebstrap bullseye failed");
-    std::fs::rename(&partial, &tar).unwrap();
-    tar
-}
 
 fn host_mounts_mentioning(dir: &Path) -> Vec<String> {
     let needle = dir.display().to_string();
@@ -113,8 +83,13 @@ async fn destroy_leaves_no_process_mount_cgroup_or_file() {
 async fn bullseye_rootfs_runs_envd_and_python_39_with_shifted_owners() {
     let f = Fixture::new();
     let rootfs =
-        f.rt.prepare_rootfs(bullseye_tarball().to_str().unwrap())
-            .unwrap();
+        f.rt.prepare_rootfs(
+            hangar_testkit::bullseye_tarball()
+                .unwrap()
+                .to_str()
+                .unwrap(),
+        )
+        .unwrap();
     let sb = f.create(rootfs, f.limits()).await;
     let out = f.sh(&sb.id, "python3 --version; ldd --version | head -1; stat -c %u:%g /etc/passwd; echo x > /etc/written && cat /etc/written").await;
     let text = stdout(&out);

@@ -4,6 +4,7 @@
 //!   operation and prints `ok` or `err <errno>`, so escape tests assert on the kernel's
 //!   answer rather than on what some shell tool printed.
 //! - [`scratch_dir`]: test working directories on a fast filesystem.
+//! - [`bullseye_tarball`]: a Debian bullseye rootfs (glibc 2.31, Python 3.9), built once.
 
 use std::path::{Path, PathBuf};
 
@@ -53,4 +54,36 @@ pub fn require_root() {
         euid, 0,
         "this test needs root (namespaces, mounts, cgroups); run the suite as root"
     );
+}
+
+/// A Debian bullseye rootfs tarball (glibc 2.31, Python 3.9), built with mmdebstrap on first
+/// use and cached in `$HANGAR_TEST_CACHE` (default `/var/cache/hangar-test`); building needs
+/// the Debian mirror.
+pub fn bullseye_tarball() -> Result<PathBuf, String> {
+    let cache = std::env::var_os("HANGAR_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/hangar-test"));
+    let tar = cache.join("bullseye.tar");
+    if tar.is_file() {
+        return Ok(tar);
+    }
+    std::fs::create_dir_all(&cache).map_err(|e| format!("creating {}: {e}", cache.display()))?;
+    let partial = cache.join(format!("bullseye.{}.tar", std::process::id()));
+    eprintln!("building {} with mmdebstrap", tar.display());
+    let status = std::process::Command::new("mmdebstrap")
+        .args([
+            "--quiet",
+            "--variant=minbase",
+            "--include=python3",
+            "bullseye",
+        ])
+        .arg(&partial)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("running mmdebstrap (apt-get install mmdebstrap): {e}"))?;
+    if !status.success() {
+        return Err(format!("mmdebstrap bullseye failed ({status})"));
+    }
+    std::fs::rename(&partial, &tar).map_err(|e| format!("renaming {}: {e}", partial.display()))?;
+    Ok(tar)
 }
