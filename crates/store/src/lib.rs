@@ -1,6 +1,8 @@
-//! The index database: one SQLite file (`<data dir>/index.db`, WAL mode) holding users and
-//! API tokens, and later repositories, sessions, images and metrics. Session event logs
-//! live in their own files, not here (see DESIGN.md), so no session can slow another.
+//! The index database: one SQLite file (`<data dir>/index.db`, WAL mode) holding users, API
+//! tokens, sessions, participants and share links, and later repositories, images and
+//! metrics. Session event logs live in their own files, not here (see DESIGN.md), so no
+//! session can slow another. Share links are scoped tokens (`hgs_…`, `view` or `prompt`,
+//! one session each), stored hashed like API tokens and revocable.
 //!
 //! The schema evolves by numbered migrations recorded in SQLite's `user_version` pragma;
 //! a database written by a newer Hangar is refused rather than guessed at.
@@ -50,7 +52,39 @@ const MIGRATIONS: &[&str] = &[
         revoked_at INTEGER
     );
     CREATE INDEX api_tokens_user ON api_tokens(user_id);",
+    // 2: sessions, their participants and share links. A session's events live in its own
+    // file; this is the index that lists sessions and authorises access to them.
+    "CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        repo TEXT NOT NULL,
+        title TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_by INTEGER NOT NULL REFERENCES users(id),
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX sessions_status ON sessions(status);
+    CREATE TABLE participants (
+        session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        joined_at INTEGER NOT NULL,
+        PRIMARY KEY (session_id, user_id)
+    );
+    CREATE TABLE share_links (
+        id INTEGER PRIMARY KEY,
+        session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        scope TEXT NOT NULL,
+        token_sha256 BLOB NOT NULL UNIQUE,
+        created_by INTEGER NOT NULL REFERENCES users(id),
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE INDEX share_links_session ON share_links(session_id);",
 ];
+
+/// The prefix of share-link tokens, distinct from API tokens so each is checked only where
+/// it may be used.
+pub const SHARE_TOKEN_PREFIX: &str = "hgs_";
 
 /// A person (or a bot) who can use Hangar.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -165,6 +199,9 @@ pub enum StoreError {
         /// The id asked for.
         id: i64,
     },
+    /// No such session.
+    #[error("no session with id {0}")]
+    SessionNotFound(String),
     /// The system's random source failed.
     #[error("cannot generate a token: {0}")]
     Random(String),
@@ -205,15 +242,22 @@ fn sha256(token: &str) -> Vec<u8> {
 }
 
 fn new_secret() -> Result<TokenSecret, StoreError> {
+    new_secret_with(TOKEN_PREFIX)
+}
+
+fn new_secret_with(prefix: &str) -> Result<TokenSecret, StoreError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| StoreError::Random(e.to_string()))?;
-    let mut s = String::with_capacity(TOKEN_PREFIX.len() + 64);
-    s.push_str(TOKEN_PREFIX);
+    let mut s = String::with_capacity(prefix.len() + 64);
+    s.push_str(prefix);
     for b in bytes {
         s.push_str(&format!("{b:02x}"));
     }
     Ok(TokenSecret(s))
 }
+
+mod sessions;
+pub use sessions::{NewSession, SessionRecord, ShareLink, ShareScope};
 
 fn is_sqlite_code(e: &rusqlite::Error, code: rusqlite::ErrorCode) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == code)
@@ -675,6 +719,6 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
-        assert_eq!(Store::schema_version(), 1);
+        assert_eq!(Store::schema_version(), 2);
     }
 }
