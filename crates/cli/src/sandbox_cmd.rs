@@ -222,10 +222,16 @@ async fn exec(rt: &LocalRuntime, a: ExecArgs) -> anyhow::Result<ExitCode> {
         timeout_ms: a.timeout.map(|t| (t * 1000.0) as u64),
         pty,
     };
-    let status = crate::sandbox_cmd::stream_exec(&envd, req, a.tty)
+    let oom_before = rt.stats(&a.id).await.map(|u| u.oom_kills).unwrap_or(0);
+    let status = stream_exec(&envd, req, a.tty)
         .await
         .with_context(|| format!("running {} in {}", a.command[0], a.id))?;
     let _ = std::io::stdout().flush();
+    // SIGKILL alone does not say why; the sandbox's OOM counter does.
+    let oom_after = rt.stats(&a.id).await.map(|u| u.oom_kills).unwrap_or(0);
+    if status == 128 + libc::SIGKILL && oom_after > oom_before {
+        eprintln!("hangar: the command was killed: out of memory (the sandbox's memory limit)");
+    }
     Ok(ExitCode::from(status.clamp(0, 255) as u8))
 }
 

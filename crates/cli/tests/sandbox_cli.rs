@@ -132,6 +132,29 @@ fn exec_stdin_and_timeout() {
 }
 
 #[test]
+fn a_command_killed_for_memory_is_reported_as_out_of_memory() {
+    let cli = Cli::new();
+    let out = cli.run(&["sandbox", "create", "--memory", "32MiB"]);
+    let id = text(&out.stdout).trim().to_string();
+    let out = cli.run(&[
+        "sandbox",
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "x=a; while :; do x=$x$x; done",
+    ]);
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("out of memory"),
+        "{}",
+        text(&out.stderr)
+    );
+    cli.run(&["sandbox", "rm", &id]);
+}
+
+#[test]
 fn bad_input_gets_one_clear_line() {
     let cli = Cli::new();
     assert_one_line_error(
