@@ -1,0 +1,299 @@
+//! The tool loop: send the conversation, stream the answer, run the tools it asks for (in
+//! parallel, through envd), send their results, until the model ends its turn, the turn
+//! budget is spent, or the prompt is stopped. Plugins see and may change every tool call.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{Block, Message, ModelEvent, ModelRequest, Role, StopReason, Usage};
+use crate::plugin::{Decision, Plugin, ToolCall};
+use crate::provider::{Provider, ProviderError};
+use crate::tools::{MODEL_OUTPUT_LIMIT, ToolOutcome, Tools, truncate_for_model};
+
+/// What the agent reports while it works, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentEvent {
+    /// More of the model's text.
+    TextDelta(String),
+    /// A tool is about to run (after plugins had their say).
+    ToolStarted {
+        /// The call's id.
+        id: String,
+        /// The tool.
+        name: String,
+        /// Its arguments.
+        input: Value,
+    },
+    /// Output of a running tool, as it comes.
+    ToolOutput {
+        /// The call's id.
+        id: String,
+        /// The bytes, as text.
+        data: String,
+    },
+    /// A tool finished.
+    ToolFinished {
+        /// The call's id.
+        id: String,
+        /// The tool.
+        name: String,
+        /// Its whole output.
+        output: String,
+        /// True when it failed or was blocked.
+        is_error: bool,
+    },
+    /// Token counts of the last model response.
+    Usage(Usage),
+}
+
+/// How a prompt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The model ended its turn.
+    Finished,
+    /// It was stopped; the conversation is consistent (pending calls got a result).
+    Stopped,
+    /// It used up the turn budget.
+    TurnLimit,
+    /// The model stopped for another reason (e.g. max tokens).
+    ModelStopped(StopReason),
+}
+
+/// Why a prompt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The model request failed (after retries).
+    #[error(transparent)]
+    Model(#[from] ProviderError),
+}
+
+/// An agent: a model, the tools of one sandbox, and plugins.
+pub struct Agent {
+    provider: Provider,
+    tools: Tools,
+    plugins: Vec<Arc<dyn Plugin>>,
+    system: String,
+    /// Most tokens per model response.
+    pub max_tokens: u32,
+    /// Most model round trips per prompt.
+    pub max_turns: usize,
+}
+
+impl Agent {
+    /// An agent with `system` as its system prompt.
+    pub fn new(provider: Provider, tools: Tools, system: String) -> Agent {
+        Agent {
+            provider,
+            tools,
+            plugins: Vec::new(),
+            system,
+            max_tokens: 8192,
+            max_turns: 100,
+        }
+    }
+
+    /// Adds a plugin; plugins run in the order added.
+    pub fn with_plugin(mut self, plugin: Arc<dyn Plugin>) -> Agent {
+        self.plugins.push(plugin);
+        self
+    }
+
+    /// Runs one prompt to its end, appending to `conversation`.
+    pub async fn run(
+        &self,
+        conversation: &mut Vec<Message>,
+        prompt: &str,
+        events: &UnboundedSender<AgentEvent>,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, AgentError> {
+        conversation.push(Message::text(Role::User, prompt));
+        let mut system = self.system.clone();
+        for plugin in &self.plugins {
+            if let Some(extra) = plugin.context().await {
+                system.push_str("\n\n");
+                system.push_str(&extra);
+            }
+        }
+        for _ in 0..self.max_turns {
+            let request = ModelRequest {
+                system: system.clone(),
+                messages: conversation.clone(),
+                tools: Tools::specs(),
+                max_tokens: self.max_tokens,
+            };
+            let mut stream = self.provider.stream(&request);
+            let mut text = String::new();
+            let mut calls: Vec<(String, String, Result<Value, String>)> = Vec::new();
+            let mut stop = None;
+            loop {
+                let next = tokio::select! {
+                    _ = cancel.cancelled() => {
+                        drop(stream);
+                        if !text.is_empty() {
+                            conversation.push(Message::text(Role::Assistant, text));
+                        }
+                        return Ok(Outcome::Stopped);
+                    }
+                    next = stream.next() => next,
+                };
+                match next {
+                    Some(Ok(ModelEvent::TextDelta(t))) => {
+                        let _ = events.send(AgentEvent::TextDelta(t.clone()));
+                        text.push_str(&t);
+                    }
+                    Some(Ok(ModelEvent::ToolCall { id, name, input })) => {
+                        calls.push((id, name, input))
+                    }
+                    Some(Ok(ModelEvent::Usage(u))) => {
+                        let _ = events.send(AgentEvent::Usage(u));
+                    }
+                    Some(Ok(ModelEvent::Done(reason))) => {
+                        stop = Some(reason);
+                        break;
+                    }
+                    Some(Ok(
+                        ModelEvent::ToolCallStarted { .. } | ModelEvent::ToolCallDelta { .. },
+                    )) => {}
+                    Some(Err(e)) => {
+                        if !text.is_empty() {
+                            conversation.push(Message::text(Role::Assistant, text));
+                        }
+                        return Err(e.into());
+                    }
+                    None => break,
+                }
+            }
+            let mut content = Vec::new();
+            if !text.is_empty() {
+                content.push(Block::Text { text });
+            }
+            for (id, name, input) in &calls {
+                // A call whose arguments were malformed is kept with empty arguments, so the
+                // conversation stays valid; its result tells the model what went wrong.
+                let input = input
+                    .clone()
+                    .unwrap_or_else(|_| Value::Object(Default::default()));
+                content.push(Block::ToolUse {
+                    id: id.clone(),
+                    name: name.clone(),
+                    input,
+                });
+            }
+            if !content.is_empty() {
+                conversation.push(Message {
+                    role: Role::Assistant,
+                    content,
+                });
+            }
+            if calls.is_empty() {
+                return Ok(match stop {
+                    Some(StopReason::EndTurn) | None => Outcome::Finished,
+                    Some(other) => Outcome::ModelStopped(other),
+                });
+            }
+            let runs = calls
+                .iter()
+                .map(|(id, name, input)| self.call(id, name, input, events));
+            let results = tokio::select! {
+                _ = cancel.cancelled() => None,
+                results = futures_util::future::join_all(runs) => Some(results),
+            };
+            let stopped = results.is_none();
+            let results = results.unwrap_or_else(|| {
+                calls
+                    .iter()
+                    .map(|_| ToolOutcome {
+                        output: "stopped by the user before it finished".into(),
+                        is_error: true,
+                    })
+                    .collect()
+            });
+            let blocks = calls
+                .iter()
+                .zip(results)
+                .map(|((id, _, _), r)| Block::ToolResult {
+                    tool_use_id: id.clone(),
+                    content: truncate_for_model(&r.output, MODEL_OUTPUT_LIMIT),
+                    is_error: r.is_error,
+                })
+                .collect();
+            conversation.push(Message {
+                role: Role::User,
+                content: blocks,
+            });
+            if stopped {
+                return Ok(Outcome::Stopped);
+            }
+        }
+        Ok(Outcome::TurnLimit)
+    }
+
+    /// One tool call: plugins before, the tool, plugins after.
+    async fn call(
+        &self,
+        id: &str,
+        name: &str,
+        input: &Result<Value, String>,
+        events: &UnboundedSender<AgentEvent>,
+    ) -> ToolOutcome {
+        let finish = |outcome: ToolOutcome| {
+            let _ = events.send(AgentEvent::ToolFinished {
+                id: id.to_string(),
+                name: name.to_string(),
+                output: outcome.output.clone(),
+                is_error: outcome.is_error,
+            });
+            outcome
+        };
+        let mut call = match input {
+            Ok(v) => ToolCall {
+                id: id.to_string(),
+                name: name.to_string(),
+                input: v.clone(),
+            },
+            Err(e) => {
+                return finish(ToolOutcome {
+                    output: e.clone(),
+                    is_error: true,
+                });
+            }
+        };
+        for plugin in &self.plugins {
+            match plugin.before_tool(&call).await {
+                Decision::Allow => {}
+                Decision::Block(reason) => {
+                    return finish(ToolOutcome {
+                        output: format!("blocked by plugin {}: {reason}", plugin.name()),
+                        is_error: true,
+                    });
+                }
+                Decision::Rewrite(input) => call.input = input,
+            }
+        }
+        let _ = events.send(AgentEvent::ToolStarted {
+            id: call.id.clone(),
+            name: call.name.clone(),
+            input: call.input.clone(),
+        });
+        let sink = events.clone();
+        let call_id = call.id.clone();
+        let mut on_output = move |bytes: &[u8]| {
+            let _ = sink.send(AgentEvent::ToolOutput {
+                id: call_id.clone(),
+                data: String::from_utf8_lossy(bytes).into_owned(),
+            });
+        };
+        let mut outcome = self
+            .tools
+            .run(&call.name, &call.input, &mut on_output)
+            .await;
+        for plugin in &self.plugins {
+            plugin.after_tool(&call, &mut outcome).await;
+        }
+        finish(outcome)
+    }
+}
