@@ -1,5 +1,5 @@
-//! The tool loop: send the conversation, stream the answer, run the tools it asks for (in
-//! parallel, through envd), send their results, until the model ends its turn, the turn
+//! The tool loop: send the conversation, stream the answer, run the tools it asks for
+//! (through envd; reads side by side, writes in order), send their results, until the model ends its turn, the turn
 //! budget is spent, or the prompt is stopped. Plugins see and may change every tool call.
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::model::{Block, Message, ModelEvent, ModelRequest, Role, StopReason, Usage};
 use crate::plugin::{Decision, Plugin, ToolCall};
 use crate::provider::{Provider, ProviderError};
-use crate::tools::{MODEL_OUTPUT_LIMIT, ToolOutcome, Tools, truncate_for_model};
+use crate::tools::{MODEL_OUTPUT_LIMIT, ToolOutcome, Tools, is_read_only, truncate_for_model};
 
 /// What the agent reports while it works, in order.
 #[derive(Clone, Debug, PartialEq)]
@@ -195,12 +195,9 @@ impl Agent {
                     Some(other) => Outcome::ModelStopped(other),
                 });
             }
-            let runs = calls
-                .iter()
-                .map(|(id, name, input)| self.call(id, name, input, events));
             let results = tokio::select! {
                 _ = cancel.cancelled() => None,
-                results = futures_util::future::join_all(runs) => Some(results),
+                results = self.run_calls(&calls, events) => Some(results),
             };
             let stopped = results.is_none();
             let results = results.unwrap_or_else(|| {
@@ -230,6 +227,33 @@ impl Agent {
             }
         }
         Ok(Outcome::TurnLimit)
+    }
+
+    /// Runs a response's tool calls in the order given; consecutive calls that only read
+    /// run concurrently, a call that writes runs alone, so the model's order is respected.
+    async fn run_calls(
+        &self,
+        calls: &[(String, String, Result<Value, String>)],
+        events: &UnboundedSender<AgentEvent>,
+    ) -> Vec<ToolOutcome> {
+        let reads = |c: &(String, String, Result<Value, String>)| {
+            c.2.as_ref().is_ok_and(|input| is_read_only(&c.1, input))
+        };
+        let mut results = Vec::with_capacity(calls.len());
+        let mut i = 0;
+        while i < calls.len() {
+            let end = if reads(&calls[i]) {
+                i + calls[i..].iter().take_while(|c| reads(c)).count()
+            } else {
+                i + 1
+            };
+            let batch = calls[i..end]
+                .iter()
+                .map(|(id, name, input)| self.call(id, name, input, events));
+            results.extend(futures_util::future::join_all(batch).await);
+            i = end;
+        }
+        results
     }
 
     /// One tool call: plugins before, the tool, plugins after.

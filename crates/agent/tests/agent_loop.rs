@@ -1,0 +1,342 @@
+//! The tool loop end to end: a fake model drives real tools in a real sandbox.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hangar_agent::{
+    Agent, AgentEvent, Block, Decision, Outcome, Plugin, Provider, ProviderConfig, ProviderKind,
+    Role, ToolCall, Tools,
+};
+use hangar_protocol::envd::ExecRequest;
+use hangar_sandbox::{LocalRuntime, Network, Rootfs, Runtime, SandboxSpec};
+use serde_json::json;
+use support::{FakeModel, Reply, anthropic, openai};
+use tokio_util::sync::CancellationToken;
+
+struct Sandbox {
+    _dir: tempfile::TempDir,
+    config: hangar_config::Config,
+    id: String,
+    envd: hangar_envd_client::EnvdClient,
+}
+
+impl Sandbox {
+    async fn new() -> Sandbox {
+        hangar_testkit::require_root();
+        let dir = hangar_testkit::scratch_dir();
+        let mut config = hangar_config::Config {
+            data_dir: dir.path().join("data"),
+            ..Default::default()
+        };
+        config.sandbox.tools_dir = Some(hangar_testkit::bin_dir());
+        let rt = LocalRuntime::open(&config).unwrap();
+        let limits = rt.default_limits();
+        let sb = rt
+            .create(SandboxSpec {
+                rootfs: Rootfs::HostRoot,
+                limits,
+                network: Network::None,
+            })
+            .await
+            .unwrap();
+        let envd = rt.envd(&sb.id).await.unwrap();
+        envd.output(
+            ExecRequest {
+                shell: Some("mkdir -p /tmp/repo && printf 'one\\ntwo\\n' > /tmp/repo/a.txt".into()),
+                ..Default::default()
+            },
+            1024,
+        )
+        .await
+        .unwrap();
+        Sandbox {
+            _dir: dir,
+            config,
+            id: sb.id,
+            envd,
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let (config, id) = (self.config.clone(), self.id.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = LocalRuntime::open(&config).unwrap();
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            tokio.block_on(async { rt.destroy(&id).await.ok() });
+        })
+        .join();
+    }
+}
+
+fn provider(kind: ProviderKind, url: String) -> Provider {
+    Provider::new(ProviderConfig {
+        kind,
+        base_url: url,
+        model: "test-model".into(),
+        api_key: Some("k".into()),
+        max_retries: 0,
+        initial_backoff: Duration::from_millis(1),
+    })
+    .unwrap()
+}
+
+fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<AgentEvent>) -> Vec<AgentEvent> {
+    let mut out = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        out.push(e);
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_model_edits_files_and_runs_commands_in_the_sandbox() {
+    let sb = Sandbox::new().await;
+    let fake = FakeModel::start(vec![
+        // Turn 1: two calls in parallel.
+        Reply::sse(anthropic(
+            &["I will write and list."],
+            &[
+                (
+                    "t1",
+                    "write_file",
+                    &[r#"{"path": "b.txt", "content": "hello\n"}"#],
+                ),
+                (
+                    "t2",
+                    "shell",
+                    &[r#"{"command": "echo out; echo err >&2; ls"}"#],
+                ),
+            ],
+            "tool_use",
+        )),
+        // Turn 2: an ambiguous edit is refused, a precise one works.
+        Reply::sse(anthropic(
+            &[],
+            &[
+                (
+                    "t3",
+                    "edit",
+                    &[r#"{"path": "a.txt", "old_string": "o", "new_string": "0"}"#],
+                ),
+                (
+                    "t4",
+                    "edit",
+                    &[r#"{"path": "a.txt", "old_string": "two", "new_string": "2"}"#],
+                ),
+                (
+                    "t5",
+                    "read_file",
+                    &[r#"{"path": "a.txt", "start_line": 2}"#],
+                ),
+            ],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Done."], &[], "end_turn")),
+    ])
+    .await;
+    let agent = Agent::new(
+        provider(ProviderKind::Anthropic, fake.url()),
+        Tools::new(sb.envd.clone(), "/tmp/repo"),
+        "sys".into(),
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut conversation = Vec::new();
+    let outcome = agent
+        .run(&mut conversation, "please", &tx, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Finished);
+    assert_eq!(
+        sb.envd.read_to_end("/tmp/repo/b.txt").await.unwrap(),
+        b"hello\n"
+    );
+    assert_eq!(
+        sb.envd.read_to_end("/tmp/repo/a.txt").await.unwrap(),
+        b"one\n2\n"
+    );
+
+    // What the model was told, turn by turn.
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 3);
+    let results = &reqs[1].body["messages"][2]["content"];
+    assert_eq!(results[0]["tool_use_id"], "t1");
+    assert_eq!(results[1]["tool_use_id"], "t2");
+    let shell_out = results[1]["content"].as_str().unwrap();
+    assert!(
+        shell_out.contains("out") && shell_out.contains("err") && shell_out.contains("b.txt"),
+        "{shell_out}"
+    );
+    let results = &reqs[2].body["messages"][4]["content"];
+    assert_eq!(results[0]["is_error"], true, "ambiguous edit refused");
+    assert!(
+        results[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("occurs 2 times")
+    );
+    assert_eq!(results[1]["is_error"], false);
+    assert_eq!(results[2]["content"], "     2\t2\n");
+
+    let events = drain(&mut rx);
+    assert!(matches!(&events[0], AgentEvent::TextDelta(t) if t == "I will write and list."));
+    assert!(events.iter().any(
+        |e| matches!(e, AgentEvent::ToolOutput { id, data } if id == "t2" && data.contains("out"))
+    ));
+    let finished: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(e, AgentEvent::ToolFinished { .. }))
+        .collect();
+    assert_eq!(finished.len(), 5);
+    let last_text = events.iter().rev().find_map(|e| match e {
+        AgentEvent::TextDelta(t) => Some(t.as_str()),
+        _ => None,
+    });
+    assert_eq!(last_text, Some("Done."));
+    assert_eq!(
+        conversation.len(),
+        6,
+        "user, assistant, results, assistant, results, assistant"
+    );
+}
+
+struct NoShell;
+
+#[async_trait]
+impl Plugin for NoShell {
+    fn name(&self) -> &str {
+        "no-shell"
+    }
+    async fn before_tool(&self, call: &ToolCall) -> Decision {
+        match call.name.as_str() {
+            "shell" => Decision::Block("shell is disabled here".into()),
+            "read_file" => Decision::Rewrite(json!({"path": "a.txt"})),
+            _ => Decision::Allow,
+        }
+    }
+    async fn context(&self) -> Option<String> {
+        Some("Repository facts: a.txt holds two lines.".into())
+    }
+}
+
+#[tokio::test]
+async fn plugins_block_rewrite_and_add_context_over_openai() {
+    let sb = Sandbox::new().await;
+    let fake = FakeModel::start(vec![
+        Reply::sse(openai(
+            &[],
+            &[
+                ("c1", "shell", &[r#"{"command":"rm -rf /tmp/repo"}"#]),
+                ("c2", "read_file", &[r#"{"path":"nope.txt"}"#]),
+            ],
+            "tool_calls",
+        )),
+        Reply::sse(openai(&["ok"], &[], "stop")),
+    ])
+    .await;
+    let agent = Agent::new(
+        provider(ProviderKind::OpenAi, fake.url()),
+        Tools::new(sb.envd.clone(), "/tmp/repo"),
+        "sys".into(),
+    )
+    .with_plugin(Arc::new(NoShell));
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut conversation = Vec::new();
+    agent
+        .run(&mut conversation, "go", &tx, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(
+        sb.envd.stat("/tmp/repo/a.txt").await.is_ok(),
+        "the blocked command did not run"
+    );
+    let reqs = fake.requests();
+    assert!(
+        reqs[0].body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Repository facts")
+    );
+    let msgs = reqs[1].body["messages"].as_array().unwrap();
+    let tool_msgs: Vec<_> = msgs.iter().filter(|m| m["role"] == "tool").collect();
+    assert!(
+        tool_msgs[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("blocked by plugin no-shell: shell is disabled here")
+    );
+    assert!(
+        tool_msgs[1]["content"].as_str().unwrap().contains("one"),
+        "the rewritten read ran"
+    );
+}
+
+#[tokio::test]
+async fn stop_kills_the_running_command_and_leaves_the_conversation_consistent() {
+    let sb = Sandbox::new().await;
+    let fake = FakeModel::start(vec![Reply::sse(anthropic(
+        &[],
+        &[("t1", "shell", &[r#"{"command": "echo started; sleep 30"}"#])],
+        "tool_use",
+    ))])
+    .await;
+    let agent = Agent::new(
+        provider(ProviderKind::Anthropic, fake.url()),
+        Tools::new(sb.envd.clone(), "/tmp/repo"),
+        "sys".into(),
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let stopper = cancel.clone();
+    tokio::spawn(async move {
+        // Stop once the command has printed.
+        while let Some(e) = rx.recv().await {
+            if matches!(e, AgentEvent::ToolOutput { .. }) {
+                stopper.cancel();
+            }
+        }
+    });
+    let mut conversation = Vec::new();
+    let started = std::time::Instant::now();
+    let outcome = agent
+        .run(&mut conversation, "go", &tx, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Stopped);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped at once"
+    );
+    // Every tool call has its result, so the next prompt can continue the conversation.
+    let last = conversation.last().unwrap();
+    assert_eq!(last.role, Role::User);
+    assert!(
+        matches!(&last.content[0], Block::ToolResult { tool_use_id, is_error: true, .. } if tool_use_id == "t1")
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ps = sb
+        .envd
+        .output(
+            ExecRequest {
+                shell: Some("ps -eo args | grep -c '^sleep 30' || true".into()),
+                ..Default::default()
+            },
+            1024,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ps.stdout).trim(),
+        "0",
+        "the command was killed"
+    );
+}
