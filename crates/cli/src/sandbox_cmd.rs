@@ -156,7 +156,8 @@ fn status_word(s: &Status) -> String {
 fn rootfs_word(sb: &Sandbox) -> String {
     match &sb.spec.rootfs {
         hangar_sandbox::Rootfs::HostRoot => "host".into(),
-        hangar_sandbox::Rootfs::Layers { layers } => layers
+        hangar_sandbox::Rootfs::Layers { layers }
+        | hangar_sandbox::Rootfs::LayersOverHost { layers } => layers
             .iter()
             .map(|l| l.display().to_string())
             .collect::<Vec<_>>()

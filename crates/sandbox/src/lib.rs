@@ -36,6 +36,14 @@ pub enum Rootfs {
         /// Host directories.
         layers: Vec<PathBuf>,
     },
+    /// Read-only directory layers (top-most first, id-mapped like [`Rootfs::Layers`]) over
+    /// the host's root as the bottom layer: an image built on the host base. The host
+    /// root keeps [`Rootfs::HostRoot`]'s rules (not id-mapped, secrets hidden, fresh
+    /// scratch directories).
+    LayersOverHost {
+        /// Host directories.
+        layers: Vec<PathBuf>,
+    },
 }
 
 /// Resource limits, enforced by cgroups.

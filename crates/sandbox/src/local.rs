@@ -234,6 +234,19 @@ impl LocalRuntime {
         })
     }
 
+    /// The upper directory of a sandbox that is not running (stopped or dead): its
+    /// writes, with owners in the host uid range starting at `sandbox.uid_base` and
+    /// deletions as overlay whiteouts. Used to seal a snapshot or a build step.
+    pub fn upper_dir(&self, id: &str) -> Result<PathBuf, SandboxError> {
+        let r = self.settle(self.read_record(id)?)?;
+        if matches!(r.state, RecordState::Running | RecordState::Creating) {
+            return Err(SandboxError::InvalidSpec(format!(
+                "sandbox {id} is still running; stop it before reading its upper directory"
+            )));
+        }
+        Ok(self.sandbox_dir(id).join("upper"))
+    }
+
     /// Which cgroup hierarchy serves each controller, e.g. `memory=v1 pids=v1 cpu=v1`.
     pub fn cgroup_layout(&self) -> String {
         self.hierarchies.describe()
@@ -439,14 +452,25 @@ impl LocalRuntime {
 
     fn jail_config(&self, id: &str, spec: &SandboxSpec, cg: &SandboxCgroup) -> JailConfig {
         let (layers, hide, scratch) = match &spec.rootfs {
-            Rootfs::HostRoot => {
+            Rootfs::HostRoot | Rootfs::LayersOverHost { .. } => {
                 let mut hide = self.config.hidden_host_paths.clone();
                 hide.push(self.data_dir.clone());
+                let mut layers: Vec<LayerMount> = match &spec.rootfs {
+                    Rootfs::LayersOverHost { layers } => layers
+                        .iter()
+                        .map(|p| LayerMount {
+                            path: p.clone(),
+                            idmap: true,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                layers.push(LayerMount {
+                    path: "/".into(),
+                    idmap: false,
+                });
                 (
-                    vec![LayerMount {
-                        path: "/".into(),
-                        idmap: false,
-                    }],
+                    layers,
                     hide,
                     HOST_SCRATCH.iter().map(PathBuf::from).collect(),
                 )
@@ -508,8 +532,8 @@ impl LocalRuntime {
     }
 
     fn validate(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
-        if let Rootfs::Layers { layers } = &spec.rootfs {
-            if layers.is_empty() {
+        if let Rootfs::Layers { layers } | Rootfs::LayersOverHost { layers } = &spec.rootfs {
+            if layers.is_empty() && matches!(spec.rootfs, Rootfs::Layers { .. }) {
                 return Err(SandboxError::InvalidSpec(
                     "a rootfs needs at least one layer".into(),
                 ));

@@ -216,7 +216,7 @@ fn network_word(n: Network) -> String {
 fn rootfs_word(spec: &SandboxSpec) -> String {
     match &spec.rootfs {
         Rootfs::HostRoot => "host".into(),
-        Rootfs::Layers { layers } => layers
+        Rootfs::Layers { layers } | Rootfs::LayersOverHost { layers } => layers
             .iter()
             .map(|l| l.display().to_string())
             .collect::<Vec<_>>()

@@ -1,0 +1,359 @@
+//! Git on the host, through the `git` CLI: resolve a ref to a commit, fetch a commit into
+//! a directory, list file hashes. Credentials come from a pluggable [`Credentials`]
+//! source and reach git only through its askpass mechanism: a small script that prints
+//! values from environment variables set on that one git process. They are never put in
+//! a URL, a file, an argument, a layer or an error message.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+/// A username and password (or token) for one remote.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GitCredential {
+    /// The username (`x-access-token` for GitHub App installation tokens).
+    pub username: String,
+    /// The password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for GitCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitCredential")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Where credentials for a remote come from (a GitHub App, a user's OAuth token, ...).
+pub trait Credentials: Send + Sync {
+    /// The credential for `url`, or `None` to try without one.
+    fn credential(&self, url: &str) -> Result<Option<GitCredential>, String>;
+}
+
+/// No credentials: public and local repositories.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoCredentials;
+
+impl Credentials for NoCredentials {
+    fn credential(&self, _url: &str) -> Result<Option<GitCredential>, String> {
+        Ok(None)
+    }
+}
+
+/// The same credential for every HTTPS remote.
+#[derive(Clone, Debug)]
+pub struct StaticCredential(pub GitCredential);
+
+impl Credentials for StaticCredential {
+    fn credential(&self, url: &str) -> Result<Option<GitCredential>, String> {
+        Ok(url.starts_with("https://").then(|| self.0.clone()))
+    }
+}
+
+/// A git operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    /// The repository argument is unusable.
+    #[error("{0}")]
+    BadRepo(String),
+    /// git could not be run.
+    #[error("running git: {0}; install git (scripts/install-deps.sh)")]
+    Spawn(std::io::Error),
+    /// git failed.
+    #[error("git {what} failed: {stderr}")]
+    Failed {
+        /// Which operation.
+        what: String,
+        /// git's message, with any credential removed.
+        stderr: String,
+    },
+    /// The ref does not exist.
+    #[error("{repo} has no ref {reference}")]
+    NoSuchRef {
+        /// The repository.
+        repo: String,
+        /// The ref.
+        reference: String,
+    },
+    /// The credential source failed.
+    #[error("credentials for {url}: {message}")]
+    Credentials {
+        /// The remote.
+        url: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A remote: a local path (made absolute), `file://` or `https://` URL. Credentials in
+/// the URL itself are refused: they would end up in `.git/config` and in logs.
+pub fn normalize_repo(repo: &str) -> Result<String, GitError> {
+    if let Some(rest) = repo
+        .strip_prefix("https://")
+        .or_else(|| repo.strip_prefix("http://"))
+    {
+        let host = rest.split('/').next().unwrap_or("");
+        if host.contains('@') {
+            return Err(GitError::BadRepo(format!(
+                "{repo}: put no credentials in the URL; Hangar supplies them from its credential source"
+            )));
+        }
+        return Ok(repo.to_string());
+    }
+    if repo.starts_with("file://") || repo.starts_with("ssh://") || repo.starts_with("git@") {
+        return Ok(repo.to_string());
+    }
+    let p = std::fs::canonicalize(repo)
+        .map_err(|e| GitError::BadRepo(format!("repository {repo}: {e}")))?;
+    Ok(p.display().to_string())
+}
+
+/// The askpass helper: prints the username or password from the environment of the git
+/// process that runs it, so neither is ever written anywhere.
+const ASKPASS: &str = "#!/bin/sh\ncase \"$1\" in\n  Username*) printf '%s\\n' \"$HANGAR_GIT_USERNAME\" ;;\n  *) printf '%s\\n' \"$HANGAR_GIT_PASSWORD\" ;;\nesac\n";
+
+/// Runs git commands for one remote.
+pub struct Git {
+    url: String,
+    credential: Option<GitCredential>,
+    askpass: PathBuf,
+}
+
+impl std::fmt::Debug for Git {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Git")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Git {
+    /// Prepares git for `url`; `scratch` is a private directory for the askpass helper.
+    pub fn new(url: &str, credentials: &dyn Credentials, scratch: &Path) -> Result<Git, GitError> {
+        let credential = credentials
+            .credential(url)
+            .map_err(|message| GitError::Credentials {
+                url: url.to_string(),
+                message,
+            })?;
+        let askpass = scratch.join("askpass");
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o700)
+                .open(&askpass)
+                .map_err(GitError::Spawn)?;
+            f.write_all(ASKPASS.as_bytes()).map_err(GitError::Spawn)?;
+        }
+        Ok(Git {
+            url: url.to_string(),
+            credential,
+            askpass,
+        })
+    }
+
+    /// The remote.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn command(&self, dir: Option<&Path>) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("git");
+        if let Some(d) = dir {
+            c.arg("-C").arg(d);
+        }
+        // No credential helpers or prompts from the host's configuration; a local source
+        // repository owned by someone else is still readable.
+        c.args([
+            "-c",
+            "credential.helper=",
+            "-c",
+            "safe.directory=*",
+            "-c",
+            "protocol.file.allow=always",
+        ])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", &self.askpass)
+        .env_remove("SSH_ASKPASS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+        if let Some(cred) = &self.credential {
+            c.env("HANGAR_GIT_USERNAME", &cred.username)
+                .env("HANGAR_GIT_PASSWORD", &cred.password);
+        }
+        c
+    }
+
+    async fn run(&self, what: &str, mut cmd: tokio::process::Command) -> Result<String, GitError> {
+        let out = cmd.output().await.map_err(GitError::Spawn)?;
+        if !out.status.success() {
+            return Err(GitError::Failed {
+                what: what.to_string(),
+                stderr: self.scrub(String::from_utf8_lossy(&out.stderr).trim()),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Removes the password from text that may be shown or logged.
+    fn scrub(&self, text: &str) -> String {
+        match &self.credential {
+            Some(c) if !c.password.is_empty() => text.replace(&c.password, "<redacted>"),
+            _ => text.to_string(),
+        }
+    }
+
+    /// The commit `reference` names on the remote (`HEAD` when `None`). A full commit id
+    /// is taken as it is.
+    pub async fn resolve(&self, reference: Option<&str>) -> Result<String, GitError> {
+        let r = reference.unwrap_or("HEAD");
+        if r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(r.to_ascii_lowercase());
+        }
+        let mut cmd = self.command(None);
+        cmd.arg("ls-remote").arg("--").arg(&self.url).arg(r);
+        let out = self.run("ls-remote", cmd).await?;
+        let refs: Vec<(&str, &str)> = out.lines().filter_map(|l| l.split_once('\t')).collect();
+        let find = |name: String| {
+            refs.iter()
+                .find(|(_, n)| **n == name)
+                .map(|(c, _)| c.to_string())
+        };
+        find(format!("refs/tags/{r}^{{}}"))
+            .or_else(|| find(r.to_string()))
+            .or_else(|| find(format!("refs/heads/{r}")))
+            .or_else(|| find(format!("refs/tags/{r}")))
+            .ok_or_else(|| GitError::NoSuchRef {
+                repo: self.url.clone(),
+                reference: r.to_string(),
+            })
+    }
+
+    /// Fetches `commit` (shallow when the remote allows it) into a new repository at
+    /// `dest` and checks it out, detached. `origin` points at the remote, without
+    /// credentials.
+    pub async fn checkout(
+        &self,
+        commit: &str,
+        reference: Option<&str>,
+        dest: &Path,
+    ) -> Result<(), GitError> {
+        std::fs::create_dir_all(dest).map_err(GitError::Spawn)?;
+        let mut c = self.command(Some(dest));
+        c.args(["init", "-q"]);
+        self.run("init", c).await?;
+        let mut c = self.command(Some(dest));
+        c.args(["remote", "add", "origin", "--"]).arg(&self.url);
+        self.run("remote add", c).await?;
+        let mut c = self.command(Some(dest));
+        c.args(["fetch", "-q", "--depth=1", "origin", commit]);
+        if self.run("fetch", c).await.is_err() {
+            // Servers that refuse fetching by commit id: fetch the ref, then find it.
+            let mut c = self.command(Some(dest));
+            c.args(["fetch", "-q", "origin", reference.unwrap_or("HEAD")]);
+            self.run("fetch", c).await?;
+        }
+        let mut c = self.command(Some(dest));
+        c.args(["checkout", "-q", "--detach", commit]);
+        self.run("checkout", c).await?;
+        Ok(())
+    }
+
+    /// A file's content at `commit` in the repository at `dir`, `None` when absent.
+    pub async fn show(
+        &self,
+        dir: &Path,
+        commit: &str,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, GitError> {
+        let mut c = self.command(Some(dir));
+        c.arg("cat-file")
+            .arg("blob")
+            .arg(format!("{commit}:{path}"));
+        let out = c.output().await.map_err(GitError::Spawn)?;
+        Ok(out.status.success().then_some(out.stdout))
+    }
+
+    /// `(mode, object id, path)` of every file at or below `paths` at `commit`.
+    pub async fn ls_tree(
+        &self,
+        dir: &Path,
+        commit: &str,
+        paths: &[String],
+    ) -> Result<Vec<(String, String, String)>, GitError> {
+        let mut c = self.command(Some(dir));
+        c.args(["ls-tree", "-r", "-z", "--full-tree", commit, "--"])
+            .args(paths);
+        let out = self.run("ls-tree", c).await?;
+        Ok(out
+            .split('\0')
+            .filter_map(|rec| {
+                let (meta, path) = rec.split_once('\t')?;
+                let mut it = meta.split(' ');
+                let mode = it.next()?.to_string();
+                let _kind = it.next()?;
+                let oid = it.next()?.to_string();
+                Some((mode, oid, path.to_string()))
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_refused() {
+        let e = normalize_repo("https://user:tok@example.com/r.git").unwrap_err();
+        assert!(e.to_string().contains("no credentials in the URL"), "{e}");
+        assert_eq!(
+            normalize_repo("https://example.com/r.git").unwrap(),
+            "https://example.com/r.git"
+        );
+        assert!(normalize_repo("/definitely/not/here").is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let c = GitCredential {
+            username: "x-access-token".into(),
+            password: "ghs_secret".into(),
+        };
+        assert!(!format!("{c:?}").contains("ghs_secret"));
+    }
+
+    #[tokio::test]
+    async fn askpass_hands_the_token_over_the_environment_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cred = StaticCredential(GitCredential {
+            username: "x-access-token".into(),
+            password: "s3cret-token".into(),
+        });
+        let git = Git::new("https://example.invalid/r.git", &cred, dir.path()).unwrap();
+        let script = std::fs::read_to_string(dir.path().join("askpass")).unwrap();
+        assert!(!script.contains("s3cret"), "the script holds no secret");
+        let out = git.command(None).arg("--version").output().await.unwrap();
+        assert!(out.status.success());
+        // What git would get when it asks.
+        let pw = tokio::process::Command::new(&git.askpass)
+            .arg("Password for 'https://x-access-token@example.invalid': ")
+            .env("HANGAR_GIT_PASSWORD", "s3cret-token")
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&pw.stdout).trim(), "s3cret-token");
+        assert_eq!(
+            git.scrub("fatal: s3cret-token rejected"),
+            "fatal: <redacted> rejected"
+        );
+    }
+}

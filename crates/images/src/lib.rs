@@ -1,0 +1,21 @@
+//! Images: the recipe format (`hangar.toml`), the layer store (an OCI image layout with
+//! an unpacked directory per layer for overlayfs), sealing a sandbox's writes into a
+//! layer, and the builder that turns a repository at a commit into an image, step by
+//! step, reusing cached layers.
+//!
+//! Builds run in sandboxes of `hangar-sandbox` and reach them only through envd; this
+//! crate never makes namespace or mount calls. Git runs on the host (`git` CLI) with
+//! credentials handed over through the environment only, so tokens never enter a
+//! sandbox, a layer or a log.
+
+pub mod build;
+pub mod git;
+pub mod layer;
+pub mod recipe;
+pub mod store;
+
+pub use build::{BuildError, BuildEvent, BuildOutcome, BuildRequest, Builder};
+pub use git::{Credentials, GitCredential, NoCredentials};
+pub use layer::Owners;
+pub use recipe::{Base, Recipe, RecipeError};
+pub use store::{GcReport, ImageInfo, ImageMeta, Layer, Store, StoreError};
