@@ -1,12 +1,14 @@
 //! `hangar up` / `hangar serve`: the server on this machine with the local sandbox backend.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use hangar_config::Config;
 use hangar_sandbox::LocalRuntime;
 use hangar_server::{AppState, Backend};
+use hangar_session::{Durability, ScriptedExecutor, Sessions, SessionsConfig};
 use hangar_store::Store;
 
 #[derive(Args)]
@@ -55,14 +57,44 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
             token = token.expose(),
         );
     }
+    let store = Arc::new(store);
+    let sessions = open_sessions(config, Arc::clone(&store))?;
+    let interrupted = sessions
+        .recover()
+        .await
+        .context("recovering sessions left running by an earlier run")?;
+    if !interrupted.is_empty() {
+        eprintln!(
+            "hangar: marked {} session(s) interrupted by the last stop: {}",
+            interrupted.len(),
+            interrupted.join(", ")
+        );
+    }
     let state =
-        AppState::new(Backend::local(runtime), Arc::new(store)).context("setting up metrics")?;
+        AppState::new(Backend::local(runtime), store, sessions).context("setting up metrics")?;
     println!("hangar listening on {url}");
     hangar_server::serve(state, listener, shutdown_signal())
         .await
         .context("serving HTTP")?;
     eprintln!("hangar: stopped (sandboxes keep running; the next start adopts them)");
     Ok(())
+}
+
+/// The session service, driven by the scripted stand-in agent until the agent runtime
+/// lands.
+fn open_sessions(config: &Config, store: Arc<Store>) -> anyhow::Result<Sessions> {
+    let settings = &config.sessions;
+    let mut sessions_config = SessionsConfig::new(config.data_dir.join("sessions"));
+    sessions_config.idle_unload = Duration::from_millis(settings.idle_unload_ms);
+    sessions_config.live_buffer = settings.live_buffer;
+    sessions_config.durability = match settings.durability.as_str() {
+        "full" => Durability::Full,
+        _ => Durability::Process,
+    };
+    let executor = Arc::new(ScriptedExecutor {
+        delay: Duration::from_millis(settings.scripted_delay_ms),
+    });
+    Ok(Sessions::new(sessions_config, store, executor)?)
 }
 
 /// Completes on SIGINT or SIGTERM.

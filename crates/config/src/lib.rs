@@ -16,6 +16,12 @@
 //! pids = 1024
 //! cpus = 2.0
 //! hidden_host_paths = ["/root", "/home"]   # hidden when the host root is the rootfs
+//!
+//! [sessions]
+//! idle_unload_ms = 300000          # hibernate a session after this long without activity
+//! durability = "process"           # "process": commits survive kill -9; "full": fsync each
+//! live_buffer = 4096               # live events buffered per session before a client resyncs
+//! scripted_delay_ms = 20           # pause between the stand-in agent's events
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -32,6 +38,36 @@ pub struct Config {
     pub listen: String,
     /// Sandbox defaults.
     pub sandbox: SandboxConfig,
+    /// Session service settings.
+    pub sessions: SessionsSettings,
+}
+
+/// Session service settings.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsSettings {
+    /// A session with nothing running, nobody connected and no request for this long is
+    /// unloaded (hibernated); the next request loads it again.
+    pub idle_unload_ms: u64,
+    /// `process` (WAL, synchronous=NORMAL: a commit survives the process being killed) or
+    /// `full` (an fsync per commit: also survives power loss).
+    pub durability: String,
+    /// Live events buffered per session; a client further behind is resynced from the log.
+    pub live_buffer: usize,
+    /// Pause between the events of the stand-in (scripted) agent, until the agent runtime
+    /// drives sessions.
+    pub scripted_delay_ms: u64,
+}
+
+impl Default for SessionsSettings {
+    fn default() -> Self {
+        SessionsSettings {
+            idle_unload_ms: 300_000,
+            durability: "process".into(),
+            live_buffer: 4096,
+            scripted_delay_ms: 20,
+        }
+    }
 }
 
 /// Sandbox runtime settings.
@@ -67,6 +103,7 @@ impl Default for Config {
             data_dir: PathBuf::from("/var/lib/hangar"),
             listen: "127.0.0.1:7070".into(),
             sandbox: SandboxConfig::default(),
+            sessions: SessionsSettings::default(),
         }
     }
 }
@@ -209,6 +246,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "sandbox.cpus",
                 message: "must be a positive number".into(),
+            });
+        }
+        if !matches!(self.sessions.durability.as_str(), "process" | "full") {
+            return Err(ConfigError::Invalid {
+                key: "sessions.durability",
+                message: format!(
+                    "must be \"process\" or \"full\", got {:?}",
+                    self.sessions.durability
+                ),
             });
         }
         if !self.data_dir.is_absolute() {

@@ -19,7 +19,7 @@ pub struct Caller {
 }
 
 /// The token from `Authorization: Bearer TOKEN`, or why there is none.
-fn bearer(req: &Request) -> Result<&str, ApiError> {
+pub(crate) fn bearer(req: &Request) -> Result<&str, ApiError> {
     let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
         ApiError::unauthorized("send an API token as `Authorization: Bearer TOKEN`")
     })?;

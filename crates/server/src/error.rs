@@ -60,6 +60,11 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 403: authenticated, but not allowed to do this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
@@ -85,6 +90,7 @@ impl ApiError {
             }
             StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
             StatusCode::UNAUTHORIZED => ("unauthorized", "authentication required"),
+            StatusCode::FORBIDDEN => ("forbidden", "not allowed"),
             s if s.is_server_error() => ("internal", "internal server error"),
             _ => ("bad_request", "the request was not understood"),
         };

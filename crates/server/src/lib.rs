@@ -1,6 +1,7 @@
 //! The session server's HTTP API: health, Prometheus metrics, the OpenAPI document, bearer
-//! token auth, and the sandbox endpoints. Sessions, WebSocket streaming and the web UI are
-//! added as further route modules next to [`routes`].
+//! token auth, the sandbox endpoints ([`routes`]), and sessions: REST (`session_routes`),
+//! the WebSocket stream (`session_ws`) and share links. The web UI will be a further route
+//! module.
 //!
 //! **API boundary:** HTTP stops here. Handlers decode and validate requests ([`api`]), call
 //! the sandbox [`Runtime`] or the [`Store`], and turn every failure into
@@ -15,6 +16,9 @@ pub mod error;
 mod extract;
 mod metrics;
 mod routes;
+pub mod session_api;
+mod session_routes;
+mod session_ws;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +28,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hangar_sandbox::{Limits, LocalRuntime, Rootfs, Runtime, SandboxError};
+use hangar_session::Sessions;
 use hangar_store::Store;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
@@ -79,15 +84,21 @@ impl Backend {
 pub struct AppState {
     backend: Backend,
     store: Arc<Store>,
+    sessions: Sessions,
     metrics: Metrics,
 }
 
 impl AppState {
-    /// The state of one server.
-    pub fn new(backend: Backend, store: Arc<Store>) -> Result<AppState, prometheus::Error> {
+    /// The state of one server. `sessions` records its sessions in the same `store`.
+    pub fn new(
+        backend: Backend,
+        store: Arc<Store>,
+        sessions: Sessions,
+    ) -> Result<AppState, prometheus::Error> {
         Ok(AppState {
             backend,
             store,
+            sessions,
             metrics: Metrics::new()?,
         })
     }
@@ -119,11 +130,15 @@ impl utoipa::Modify for BearerAuth {
 
 /// The OpenAPI document of this server, generated from the handlers.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    parts().2
+    parts().3
 }
 
-/// The public routes, the routes that need a token, and the document describing both.
-fn parts() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+/// The routes of one part of the API.
+type Part = Router<AppState>;
+
+/// The public routes, the routes that need an API token, the session routes (an API token
+/// or a share link's token), and the document describing them all.
+fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
     let (public, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(routes::healthz))
         .routes(routes!(routes::metrics))
@@ -135,12 +150,31 @@ fn parts() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::exec))
         .split_for_parts();
     doc.merge(api_doc);
-    (public, api, doc)
+    let (sessions, sessions_doc) = OpenApiRouter::new()
+        .routes(routes!(
+            session_routes::list_sessions,
+            session_routes::create_session
+        ))
+        .routes(routes!(session_routes::get_session))
+        .routes(routes!(session_routes::create_prompt))
+        .routes(routes!(session_routes::get_queue))
+        .routes(routes!(
+            session_routes::edit_prompt,
+            session_routes::cancel_prompt
+        ))
+        .routes(routes!(session_routes::stop_session))
+        .routes(routes!(session_routes::get_events))
+        .routes(routes!(session_routes::create_share))
+        .routes(routes!(session_routes::delete_share))
+        .routes(routes!(session_ws::session_ws))
+        .split_for_parts();
+    doc.merge(sessions_doc);
+    (public, api, sessions, doc)
 }
 
 /// The whole HTTP application, ready to serve or to call in-process.
 pub fn app(state: AppState) -> Router {
-    let (public, api, doc) = parts();
+    let (public, api, sessions, doc) = parts();
     let doc_json = Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into()));
     let public = public.route(
         "/openapi.json",
@@ -153,8 +187,13 @@ pub fn app(state: AppState) -> Router {
         state.clone(),
         auth::require_token,
     ));
+    let sessions = sessions.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        session_routes::require_access,
+    ));
     public
         .merge(api)
+        .merge(sessions)
         .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)

@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use hangar_protocol::session::Author;
 use hangar_sandbox::{
     EnvdClient, Limits, Rootfs, Runtime, Sandbox, SandboxError, SandboxSpec, Status, Usage,
 };
 use hangar_server::{AppState, Backend};
+use hangar_session::{ScriptedExecutor, Sessions, SessionsConfig};
 use hangar_store::Store;
 use http_body_util::BodyExt;
 use proptest::prelude::*;
@@ -106,12 +108,40 @@ struct Harness {
     app: axum::Router,
     token: String,
     rt: tokio::runtime::Runtime,
+    /// A session that exists, with a prompt queued behind a long-running one.
+    session: String,
+    _dir: tempfile::TempDir,
 }
 
 impl Harness {
     fn new() -> Harness {
-        let store = Store::open_in_memory().unwrap();
-        let (_, token) = store.ensure_admin().unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let (admin, token) = store.ensure_admin().unwrap().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sessions = Sessions::new(
+            SessionsConfig::new(dir.path().join("sessions")),
+            Arc::clone(&store),
+            Arc::new(ScriptedExecutor::default()),
+        )
+        .unwrap();
+        let session = rt.block_on(async {
+            let s = sessions.create(admin.id, "acme/app", "t").await.unwrap();
+            let me = Author {
+                user_id: Some(admin.id),
+                login: admin.login.clone(),
+                share_id: None,
+            };
+            sessions
+                .prompt(&s.id, me.clone(), "deltas=1000000 delay_ms=60000".into())
+                .await
+                .unwrap();
+            sessions.prompt(&s.id, me, "queued".into()).await.unwrap();
+            s.id
+        });
         let backend = Backend::new(
             Arc::new(FakeRuntime::with_known()),
             DEFAULTS,
@@ -122,19 +152,24 @@ impl Harness {
                 ))),
             }),
         );
-        let state = AppState::new(backend, Arc::new(store)).unwrap();
+        let state = AppState::new(backend, store, sessions).unwrap();
         Harness {
             app: hangar_server::app(state),
             token: token.expose().to_string(),
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
+            rt,
+            session,
+            _dir: dir,
         }
     }
 
     fn post(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
-        let req = Request::post(path)
+        self.send("POST", path, body)
+    }
+
+    fn send(&self, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
             .body(Body::from(body))
@@ -241,6 +276,66 @@ proptest! {
             prop_assert!(got.0 == StatusCode::NOT_FOUND || got.0 == StatusCode::BAD_REQUEST
                 || got.0 == StatusCode::UNPROCESSABLE_ENTITY, "{path}: {got:?}");
         }
+        assert_answered_well(&path, got);
+    }
+}
+
+const SESSION_KEYS: &[&str] = &["repo", "title", "prompt"];
+const PROMPT_KEYS: &[&str] = &["text"];
+const SHARE_KEYS: &[&str] = &["scope"];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn create_session_bodies_never_cause_server_errors(body in body_bytes(SESSION_KEYS)) {
+        let h = HARNESS.with(|h| h.clone());
+        assert_answered_well("POST /api/sessions", h.post("/api/sessions", body));
+    }
+
+    #[test]
+    fn prompt_bodies_never_cause_server_errors(
+        body in body_bytes(PROMPT_KEYS),
+        known in any::<bool>(),
+        id in "[a-z0-9%.-]{0,20}",
+    ) {
+        let h = HARNESS.with(|h| h.clone());
+        let id = if known { h.session.clone() } else { id };
+        let path = format!("/api/sessions/{id}/prompts");
+        let got = h.post(&path, body);
+        if !known {
+            prop_assert!(got.0 == StatusCode::NOT_FOUND || got.0 == StatusCode::BAD_REQUEST
+                || got.0 == StatusCode::UNPROCESSABLE_ENTITY, "{path}: {got:?}");
+        }
+        assert_answered_well(&path, got);
+    }
+
+    #[test]
+    fn queue_edits_never_cause_server_errors(
+        body in body_bytes(PROMPT_KEYS),
+        prompt_id in prop_oneof![Just("2".to_string()), "[a-z0-9%.-]{0,12}"],
+        method in prop::sample::select(vec!["PATCH", "DELETE"]),
+    ) {
+        let h = HARNESS.with(|h| h.clone());
+        let path = format!("/api/sessions/{}/queue/{prompt_id}", h.session);
+        // Never cancel the one queued prompt: other cases edit it.
+        let method = if prompt_id == "2" { "PATCH" } else { method };
+        assert_answered_well(&path, h.send(method, &path, body));
+    }
+
+    #[test]
+    fn share_bodies_never_cause_server_errors(body in body_bytes(SHARE_KEYS)) {
+        let h = HARNESS.with(|h| h.clone());
+        let path = format!("/api/sessions/{}/shares", h.session);
+        assert_answered_well(&path, h.post(&path, body));
+    }
+
+    #[test]
+    fn event_queries_never_cause_server_errors(query in "[a-z_=&0-9%-]{0,40}") {
+        let h = HARNESS.with(|h| h.clone());
+        let path = format!("/api/sessions/{}/events?{query}", h.session);
+        let got = h.send("GET", &path, Vec::new());
+        assert!(got.0 == StatusCode::OK || got.0 == StatusCode::BAD_REQUEST, "{path}: {got:?}");
         assert_answered_well(&path, got);
     }
 }

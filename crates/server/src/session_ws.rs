@@ -1,0 +1,248 @@
+//! `GET /api/sessions/{id}/ws?after_seq=N`: the session's events over a WebSocket.
+//!
+//! Order of work: subscribe to the live broadcast first, then send the backlog (events
+//! after N) from the log, then live events, skipping any seq already sent; so the client
+//! gets every event after N exactly once, in order. A client that falls behind the
+//! session's bounded live buffer is resynced from the log; one that stops reading for
+//! [`SEND_TIMEOUT`] is closed with code 4008 and a reason. The session never waits for a
+//! client.
+//!
+//! Client messages are JSON text frames (`hangar_protocol::session::ClientMessage`). A
+//! binary frame is closed with 1003, undecodable text with 1007, a prompt from a view-only
+//! share link with 1008, a frame over [`MAX_CLIENT_FRAME`] with 1009. A prompt the session
+//! refuses (empty, too long) is answered with `{"type": "error", "error": {"code",
+//! "message"}}` and the connection stays open.
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use hangar_protocol::session::{ClientMessage, MAX_PRESENCE_STATE};
+use hangar_session::{Live, MAX_EVENTS_PAGE, Sessions, Subscription};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::error::ErrorResponse;
+use crate::session_api::{Access, Need, check_after_seq, events_query};
+use crate::{ApiError, AppState};
+
+/// Largest client frame accepted.
+pub const MAX_CLIENT_FRAME: usize = 128 * 1024;
+/// How long one send may wait for a client that does not read.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Close code: the client did not read its events in time.
+pub const CLOSE_TOO_SLOW: u16 = 4008;
+
+/// Streams a session's events: the backlog after `after_seq`, then live events and
+/// presence. Authenticate with `Authorization: Bearer` or `?token=` (an API token or a
+/// share link's token).
+#[utoipa::path(get, path = "/api/sessions/{id}/ws", tag = "sessions", security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "Session id"),
+        ("after_seq" = Option<u64>, Query, description = "Send events with a larger seq (default 0)"),
+        ("token" = Option<String>, Query, description = "The token, for clients that cannot set headers")),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Bad after_seq, or not a WebSocket request", body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 403, body = ErrorResponse),
+        (status = 404, body = ErrorResponse)))]
+pub async fn session_ws(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    access.check(Some(&id), Need::View)?;
+    let (after, _, _) = events_query(query.as_deref(), MAX_EVENTS_PAGE)?;
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::bad_request(format!(
+            "this route speaks WebSocket only: {}",
+            e.body_text()
+        ))
+    })?;
+    // Subscribing before the upgrade turns an unknown session or a bad after_seq into an
+    // HTTP error the client can read.
+    let sub = state.sessions.subscribe(&id, access.author()).await?;
+    check_after_seq(after, sub.last_seq)?;
+    let sessions = state.sessions.clone();
+    Ok(upgrade
+        .max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| async move {
+            Connection {
+                socket,
+                sessions,
+                id,
+                access,
+                sent: after,
+            }
+            .serve(sub)
+            .await
+        }))
+}
+
+struct Connection {
+    socket: WebSocket,
+    sessions: Sessions,
+    id: String,
+    access: Access,
+    /// The last seq sent.
+    sent: u64,
+}
+
+/// Why a connection ends.
+enum End {
+    /// The client left or the socket failed: nothing more to say.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, String),
+}
+
+impl Connection {
+    async fn serve(mut self, mut sub: Subscription) {
+        let end = match self.run(&mut sub).await {
+            Ok(()) => End::Gone,
+            Err(end) => end,
+        };
+        if let End::Close(code, reason) = end {
+            let frame = Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from(truncate(reason)),
+            }));
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.send(frame)).await;
+        }
+        // Dropping the subscription tells the session this connection left.
+        drop(sub);
+    }
+
+    async fn send(&mut self, text: &str) -> Result<(), End> {
+        match tokio::time::timeout(
+            SEND_TIMEOUT,
+            self.socket.send(Message::Text(Utf8Bytes::from(text))),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(End::Close(
+                CLOSE_TOO_SLOW,
+                "client too slow: events were not read in time; reconnect with after_seq".into(),
+            )),
+        }
+    }
+
+    /// Sends everything the log has after `self.sent`.
+    async fn catch_up(&mut self) -> Result<(), End> {
+        loop {
+            let page = self
+                .sessions
+                .events(&self.id, self.sent, MAX_EVENTS_PAGE)
+                .await
+                .map_err(|e| End::Close(1011, format!("reading the session's log: {e}")))?;
+            let full = page.len() == MAX_EVENTS_PAGE;
+            for e in page {
+                self.send(&e.json).await?;
+                self.sent = e.seq;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn run(&mut self, sub: &mut Subscription) -> Result<(), End> {
+        self.catch_up().await?;
+        loop {
+            tokio::select! {
+                live = sub.receiver.recv() => match live {
+                    Ok(Live::Event(e)) => {
+                        if e.seq <= self.sent {
+                            continue;
+                        }
+                        if e.seq != self.sent + 1 {
+                            // Never skip: fill the hole from the log.
+                            self.catch_up().await?;
+                            if e.seq <= self.sent {
+                                continue;
+                            }
+                        }
+                        self.send(&e.json).await?;
+                        self.sent = e.seq;
+                    }
+                    Ok(Live::Presence(p)) => self.send(&p).await?,
+                    Err(RecvError::Lagged(_)) => self.catch_up().await?,
+                    Err(RecvError::Closed) => {
+                        return Err(End::Close(1012, "the session was unloaded; reconnect with after_seq".into()));
+                    }
+                },
+                incoming = self.socket.recv() => match incoming {
+                    None | Some(Err(_)) => return Ok(()),
+                    Some(Ok(msg)) => self.handle(msg, sub).await?,
+                },
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: Message, sub: &Subscription) -> Result<(), End> {
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                return Err(End::Close(
+                    1003,
+                    "binary frames are not accepted; send JSON text".into(),
+                ));
+            }
+            Message::Close(_) => return Err(End::Gone),
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+        };
+        let parsed: ClientMessage = serde_json::from_str(text.as_str()).map_err(|e| {
+            End::Close(
+                1007,
+                truncate(format!(
+                    "not a client message ({e}); send {{\"type\": \"typing\" | \"presence\" | \"prompt\"}}"
+                )),
+            )
+        })?;
+        let who = sub.who().clone();
+        let result = match parsed {
+            ClientMessage::Typing {} => self.sessions.typing(&self.id, who).await,
+            ClientMessage::Presence { state } => {
+                if state.as_ref().is_some_and(|s| s.len() > MAX_PRESENCE_STATE) {
+                    return Err(End::Close(
+                        1007,
+                        format!("presence state is longer than {MAX_PRESENCE_STATE} bytes"),
+                    ));
+                }
+                self.sessions.presence(&self.id, who, state).await
+            }
+            ClientMessage::Prompt { text } => {
+                if let Err(e) = self.access.check(Some(&self.id), Need::Prompt) {
+                    return Err(End::Close(1008, e.message));
+                }
+                self.sessions.prompt(&self.id, who, text).await.map(|_| ())
+            }
+        };
+        if let Err(e) = result {
+            let e = ApiError::from(e);
+            let body = serde_json::json!({"type": "error", "error": {"code": e.code, "message": e.message}});
+            self.send(&body.to_string()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Close reasons must fit a control frame (123 bytes).
+fn truncate(mut s: String) -> String {
+    if s.len() > 120 {
+        let mut cut = 120;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
