@@ -5,12 +5,14 @@
 //!   cancellation. Credentials stay here: they are never logged and never reach a sandbox.
 //! - [`model`]: the conversation as the agent keeps it, provider-neutral.
 //! - [`tools`]: the agent's tools, run inside the sandbox through envd.
-//! - [`agent`]: the tool loop; [`plugin`]: hooks around every tool call.
+//! - [`agent`]: the tool loop; [`plugin`]: hooks around every tool call; [`external`]:
+//!   plugins as processes speaking newline-delimited JSON.
 //!
 //! The agent's tools run inside the sandbox through envd; sessions drive the loop and
 //! persist what it produces.
 
 pub mod agent;
+pub mod external;
 pub mod model;
 pub mod plugin;
 pub mod provider;

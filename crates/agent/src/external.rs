@@ -1,0 +1,266 @@
+//! External plugins: a process per plugin speaking newline-delimited JSON over its stdin
+//! and stdout (documented in `docs/plugins.md`). Requests carry an `id` the answer echoes;
+//! event notifications carry none and get no answer.
+//!
+//! A `tool.execute.before` hook that does not answer in time, or a plugin that died,
+//! blocks the call (fail closed): a policy plugin that is down must not let everything
+//! through.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{Mutex, oneshot};
+
+use crate::plugin::{Decision, Plugin, ToolCall};
+use crate::tools::ToolOutcome;
+
+/// Version of the plugin protocol, sent in `hello`.
+pub const PLUGIN_PROTOCOL: u32 = 1;
+
+/// Longest line a plugin may send.
+const MAX_LINE: usize = 4 << 20;
+
+type Pending = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+/// A running external plugin.
+pub struct ProcessPlugin {
+    name: String,
+    hooks: Vec<String>,
+    stdin: Mutex<ChildStdin>,
+    pending: Pending,
+    next_id: AtomicU64,
+    timeout: Duration,
+    _child: Child,
+}
+
+/// Why a plugin could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The program could not be run.
+    #[error("cannot start plugin {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It did not answer `hello` properly.
+    #[error("plugin {program} did not answer hello: {message}")]
+    Handshake {
+        /// The program.
+        program: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl ProcessPlugin {
+    /// Starts `program` with `args` and exchanges `hello`.
+    pub async fn start(
+        program: PathBuf,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<ProcessPlugin, PluginError> {
+        let mut child = Command::new(&program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Its own process group, so whatever it starts goes when it goes.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| PluginError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
+        let handshake = |message: &str| PluginError::Handshake {
+            program: program.clone(),
+            message: message.into(),
+        };
+        let stdin = child.stdin.take().ok_or_else(|| handshake("no stdin"))?;
+        let stdout = child.stdout.take().ok_or_else(|| handshake("no stdout"))?;
+        let pending: Pending = Arc::default();
+        let reader_pending = pending.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match lines.read_line(&mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) if n > MAX_LINE => break,
+                    Ok(_) => {}
+                }
+                let Ok(msg) = serde_json::from_str::<Value>(&line) else {
+                    tracing::warn!("plugin sent a line that is not JSON; ignored");
+                    continue;
+                };
+                let id = msg.get("id").and_then(Value::as_u64);
+                let waiter = id.and_then(|id| reader_pending.lock().ok()?.remove(&id));
+                if let Some(tx) = waiter {
+                    let _ = tx.send(msg);
+                }
+            }
+            // The plugin is gone: fail every waiting request.
+            if let Ok(mut p) = reader_pending.lock() {
+                p.clear();
+            }
+        });
+        let mut plugin = ProcessPlugin {
+            name: program.display().to_string(),
+            hooks: Vec::new(),
+            stdin: Mutex::new(stdin),
+            pending,
+            next_id: AtomicU64::new(1),
+            timeout,
+            _child: child,
+        };
+        let hello = plugin
+            .request(json!({"hook": "hello", "protocol": PLUGIN_PROTOCOL}))
+            .await
+            .ok_or_else(|| handshake("no answer"))?;
+        if let Some(name) = hello.get("name").and_then(Value::as_str) {
+            plugin.name = name.to_string();
+        }
+        plugin.hooks = hello
+            .get("hooks")
+            .and_then(Value::as_array)
+            .map(|h| {
+                h.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(plugin)
+    }
+
+    fn wants(&self, hook: &str) -> bool {
+        self.hooks.iter().any(|h| h == hook)
+    }
+
+    /// Sends a request and waits for its answer; `None` when the plugin did not answer.
+    async fn request(&self, mut msg: Value) -> Option<Value> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        msg["id"] = json!(id);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().ok()?.insert(id, tx);
+        let mut line = msg.to_string();
+        line.push('\n');
+        {
+            let mut stdin = self.stdin.lock().await;
+            if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
+                self.pending.lock().ok()?.remove(&id);
+                return None;
+            }
+        }
+        let answer = tokio::time::timeout(self.timeout, rx).await.ok()?.ok();
+        if answer.is_none()
+            && let Ok(mut p) = self.pending.lock()
+        {
+            p.remove(&id);
+        }
+        answer
+    }
+
+    /// Sends an event notification (no answer expected).
+    pub async fn notify(&self, event: Value) {
+        if !self.wants("event") {
+            return;
+        }
+        let line = format!("{}\n", json!({"hook": "event", "event": event}));
+        let mut stdin = self.stdin.lock().await;
+        let _ = stdin.write_all(line.as_bytes()).await;
+    }
+}
+
+impl Drop for ProcessPlugin {
+    fn drop(&mut self) {
+        if let Some(pid) = self._child.id() {
+            // SAFETY: kill has no memory effects; the group is the plugin's own.
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+        }
+    }
+}
+
+fn call_json(call: &ToolCall) -> Value {
+    json!({"id": call.id, "name": call.name, "input": call.input})
+}
+
+#[async_trait]
+impl Plugin for ProcessPlugin {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn before_tool(&self, call: &ToolCall) -> Decision {
+        if !self.wants("tool.execute.before") {
+            return Decision::Allow;
+        }
+        let Some(answer) = self
+            .request(json!({"hook": "tool.execute.before", "call": call_json(call)}))
+            .await
+        else {
+            return Decision::Block("the plugin did not answer in time".into());
+        };
+        match answer.get("decision").and_then(Value::as_str) {
+            Some("allow") | None => Decision::Allow,
+            Some("block") => Decision::Block(
+                answer
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given")
+                    .to_string(),
+            ),
+            Some("rewrite") => match answer.get("input") {
+                Some(input) if input.is_object() => Decision::Rewrite(input.clone()),
+                _ => Decision::Block("the plugin's rewrite had no object `input`".into()),
+            },
+            Some(other) => {
+                Decision::Block(format!("the plugin answered an unknown decision {other:?}"))
+            }
+        }
+    }
+
+    async fn after_tool(&self, call: &ToolCall, outcome: &mut ToolOutcome) {
+        if !self.wants("tool.execute.after") {
+            return;
+        }
+        let msg = json!({
+            "hook": "tool.execute.after",
+            "call": call_json(call),
+            "result": {"output": outcome.output, "is_error": outcome.is_error},
+        });
+        let Some(answer) = self.request(msg).await else {
+            return;
+        };
+        if let Some(result) = answer.get("result") {
+            if let Some(output) = result.get("output").and_then(Value::as_str) {
+                outcome.output = output.to_string();
+            }
+            if let Some(is_error) = result.get("is_error").and_then(Value::as_bool) {
+                outcome.is_error = is_error;
+            }
+        }
+    }
+
+    async fn context(&self) -> Option<String> {
+        if !self.wants("context") {
+            return None;
+        }
+        let answer = self.request(json!({"hook": "context"})).await?;
+        answer
+            .get("context")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+}
