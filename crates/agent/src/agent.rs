@@ -81,7 +81,15 @@ pub struct Agent {
     pub max_tokens: u32,
     /// Most model round trips per prompt.
     pub max_turns: usize,
+    /// The model's context window in tokens; the conversation is compacted by summarising
+    /// once a request used more than 80% of it.
+    pub context_limit: u64,
 }
+
+/// Asked of the model when the conversation must shrink.
+const SUMMARY_REQUEST: &str = "The conversation is getting long. Summarise it for yourself so the work can continue \
+from the summary alone: the task and who asked, decisions made, files read and changed (with paths), \
+commands run and their results, what is left to do. Be complete but terse.";
 
 impl Agent {
     /// An agent with `system` as its system prompt.
@@ -93,6 +101,7 @@ impl Agent {
             system,
             max_tokens: 8192,
             max_turns: 100,
+            context_limit: 200_000,
         }
     }
 
@@ -118,7 +127,12 @@ impl Agent {
                 system.push_str(&extra);
             }
         }
+        let mut last_input_tokens = 0u64;
         for _ in 0..self.max_turns {
+            if last_input_tokens > self.context_limit / 10 * 8 {
+                self.compact(conversation, &system, cancel).await?;
+                last_input_tokens = 0;
+            }
             let request = ModelRequest {
                 system: system.clone(),
                 messages: conversation.clone(),
@@ -149,6 +163,7 @@ impl Agent {
                         calls.push((id, name, input))
                     }
                     Some(Ok(ModelEvent::Usage(u))) => {
+                        last_input_tokens = u.input_tokens;
                         let _ = events.send(AgentEvent::Usage(u));
                     }
                     Some(Ok(ModelEvent::Done(reason))) => {
@@ -227,6 +242,62 @@ impl Agent {
             }
         }
         Ok(Outcome::TurnLimit)
+    }
+
+    /// Replaces all but the last exchange (the assistant's tool calls and their results,
+    /// which must stay paired) with the model's own summary, so the next request fits.
+    async fn compact(
+        &self,
+        conversation: &mut Vec<Message>,
+        system: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), AgentError> {
+        let keep = if conversation.len() >= 3 { 2 } else { 0 };
+        let split = conversation.len() - keep;
+        let mut messages = conversation[..split].to_vec();
+        // The summary request must follow an assistant turn or be merged into a user one.
+        match messages.last_mut() {
+            Some(m) if m.role == Role::User => m.content.push(Block::Text {
+                text: SUMMARY_REQUEST.into(),
+            }),
+            _ => messages.push(Message::text(Role::User, SUMMARY_REQUEST)),
+        }
+        let request = ModelRequest {
+            system: system.to_string(),
+            messages,
+            tools: Vec::new(),
+            max_tokens: self.max_tokens,
+        };
+        let mut stream = self.provider.stream(&request);
+        let mut summary = String::new();
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                next = stream.next() => next,
+            };
+            match next {
+                Some(Ok(ModelEvent::TextDelta(t))) => summary.push_str(&t),
+                Some(Ok(ModelEvent::Done(_))) | None => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+        let tail = conversation.split_off(split);
+        conversation.clear();
+        conversation.push(Message::text(
+            Role::User,
+            format!("Summary of the work so far:\n\n{summary}"),
+        ));
+        if tail.first().is_some_and(|m| m.role == Role::User) {
+            // Keep alternation: fold the kept user turn into the summary turn.
+            conversation[0]
+                .content
+                .extend(tail.into_iter().flat_map(|m| m.content));
+        } else {
+            conversation.extend(tail);
+        }
+        tracing::info!(messages = conversation.len(), "conversation compacted");
+        Ok(())
     }
 
     /// Runs a response's tool calls in the order given; consecutive calls that only read

@@ -48,3 +48,81 @@ pub trait Plugin: Send + Sync {
         None
     }
 }
+
+/// Built-in: puts the repository's instructions for agents (`AGENTS.md`, and `CLAUDE.md`
+/// where present) and a few facts (branch, last commit, top-level entries) into the system
+/// prompt, read fresh from the sandbox at each prompt.
+pub struct RepoContext {
+    envd: hangar_envd_client::EnvdClient,
+    workdir: String,
+}
+
+/// Most bytes of each instructions file put into the prompt.
+const INSTRUCTIONS_LIMIT: u64 = 32 * 1024;
+
+impl RepoContext {
+    /// Context of the repository checked out at `workdir` in the sandbox behind `envd`.
+    pub fn new(envd: hangar_envd_client::EnvdClient, workdir: impl Into<String>) -> RepoContext {
+        RepoContext {
+            envd,
+            workdir: workdir.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Plugin for RepoContext {
+    fn name(&self) -> &str {
+        "repo-context"
+    }
+
+    async fn context(&self) -> Option<String> {
+        let root = self.workdir.trim_end_matches('/');
+        let mut out = format!("The repository is checked out at {root}.");
+        let facts = self
+            .envd
+            .output(
+                hangar_protocol::envd::ExecRequest {
+                    argv: vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        "git -C \"$1\" rev-parse --abbrev-ref HEAD 2>/dev/null; git -C \"$1\" log -1 --format='%h %s' 2>/dev/null; ls -A \"$1\" | head -n 50 | tr '\\n' ' '"
+                            .into(),
+                        "sh".into(),
+                        root.to_string(),
+                    ],
+                    timeout_ms: Some(10_000),
+                    ..Default::default()
+                },
+                16 * 1024,
+            )
+            .await;
+        if let Ok(facts) = facts {
+            let text = String::from_utf8_lossy(&facts.stdout);
+            let mut lines = text.lines();
+            if let (Some(branch), Some(commit)) = (lines.next(), lines.next()) {
+                out.push_str(&format!(" Branch {branch}, last commit {commit}."));
+            }
+            if let Some(entries) = lines.next() {
+                out.push_str(&format!(" Top-level entries: {}.", entries.trim()));
+            }
+        }
+        for name in ["AGENTS.md", "CLAUDE.md"] {
+            let path = format!("{root}/{name}");
+            if let Ok(data) = self
+                .envd
+                .read_file(&path, 0, Some(INSTRUCTIONS_LIMIT))
+                .await
+            {
+                out.push_str(&format!(
+                    "\n\nInstructions from the repository's {name}:\n{}",
+                    String::from_utf8_lossy(&data.data)
+                ));
+                if !data.eof {
+                    out.push_str("\n[truncated]");
+                }
+            }
+        }
+        Some(out)
+    }
+}

@@ -340,3 +340,108 @@ async fn stop_kills_the_running_command_and_leaves_the_conversation_consistent()
         "the command was killed"
     );
 }
+
+#[tokio::test]
+async fn a_long_conversation_is_compacted_by_summarising() {
+    let sb = Sandbox::new().await;
+    // Turn 1 reports a huge prompt; the agent then asks for a summary before turn 2.
+    let mut turn1 = anthropic(
+        &[],
+        &[("t1", "read_file", &[r#"{"path": "a.txt"}"#])],
+        "tool_use",
+    );
+    for (_, data) in turn1.iter_mut() {
+        *data = data.replace("\"input_tokens\":25", "\"input_tokens\":190000");
+    }
+    let fake = FakeModel::start(vec![
+        Reply::sse(turn1),
+        Reply::sse(anthropic(
+            &["Task: read a.txt. It holds one and two."],
+            &[],
+            "end_turn",
+        )),
+        Reply::sse(anthropic(&["All done."], &[], "end_turn")),
+    ])
+    .await;
+    let mut agent = Agent::new(
+        provider(ProviderKind::Anthropic, fake.url()),
+        Tools::new(sb.envd.clone(), "/tmp/repo"),
+        "sys".into(),
+    );
+    agent.context_limit = 200_000;
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut conversation = vec![
+        hangar_agent::Message::text(Role::User, "earlier prompt"),
+        hangar_agent::Message::text(Role::Assistant, "earlier answer"),
+    ];
+    let outcome = agent
+        .run(&mut conversation, "read it", &tx, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Finished);
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 3);
+    // The summary request: no tools, ends by asking for a summary.
+    assert!(reqs[1].body.get("tools").is_none());
+    let last = reqs[1].body["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert!(
+        last.to_string().contains("Summarise it for yourself"),
+        "{last}"
+    );
+    // The next turn starts from the summary and keeps the pending call with its result.
+    let msgs = reqs[2].body["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    assert!(
+        msgs[0]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Summary of the work so far:")
+    );
+    assert_eq!(msgs[1]["content"][0]["type"], "tool_use");
+    assert_eq!(msgs[2]["content"][0]["type"], "tool_result");
+    assert!(!reqs[2].body.to_string().contains("earlier prompt"));
+}
+
+#[tokio::test]
+async fn agents_md_and_repo_facts_reach_the_system_prompt() {
+    let sb = Sandbox::new().await;
+    sb.envd
+        .output(
+            ExecRequest {
+                shell: Some("cd /tmp/repo && git init -q -b main && echo 'Use tabs.' > AGENTS.md && echo 'Be kind.' > CLAUDE.md && git add -A && git -c user.name=t -c user.email=t@e commit -qm 'first commit'".into()),
+                ..Default::default()
+            },
+            4096,
+        )
+        .await
+        .unwrap();
+    let fake = FakeModel::start(vec![Reply::sse(anthropic(&["ok"], &[], "end_turn"))]).await;
+    let agent = Agent::new(
+        provider(ProviderKind::Anthropic, fake.url()),
+        Tools::new(sb.envd.clone(), "/tmp/repo"),
+        "base".into(),
+    )
+    .with_plugin(Arc::new(hangar_agent::RepoContext::new(
+        sb.envd.clone(),
+        "/tmp/repo",
+    )));
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    agent
+        .run(&mut Vec::new(), "hi", &tx, &CancellationToken::new())
+        .await
+        .unwrap();
+    let system = fake.requests()[0].body["system"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(system.starts_with("base"), "{system}");
+    assert!(system.contains("Branch main, last commit"), "{system}");
+    assert!(system.contains("first commit"), "{system}");
+    assert!(system.contains("AGENTS.md:\nUse tabs."), "{system}");
+    assert!(system.contains("CLAUDE.md:\nBe kind."), "{system}");
+}
