@@ -40,6 +40,73 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     /// Session service settings.
     pub sessions: SessionsSettings,
+    /// The model the agent uses; without one, prompts are refused with a clear error.
+    pub model: Option<ModelSettings>,
+}
+
+/// How to reach the agent's model. The key never appears in the file itself: it is read
+/// from the environment variable or the file named here, and never logged.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// `anthropic` (Messages API) or `openai` (Chat Completions, also Ollama, vLLM,
+    /// llama.cpp's server).
+    pub provider: String,
+    /// API base, e.g. `https://api.anthropic.com` or `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Model name.
+    pub model: String,
+    /// Environment variable holding the API key, e.g. `ANTHROPIC_API_KEY`.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// File holding the API key (its first line).
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// The model's context window in tokens.
+    #[serde(default = "default_context_limit")]
+    pub context_limit: u64,
+    /// Most tokens per response.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+}
+
+fn default_context_limit() -> u64 {
+    200_000
+}
+
+fn default_max_tokens() -> u32 {
+    8192
+}
+
+impl ModelSettings {
+    /// The API key, from the file or the environment variable configured (none configured:
+    /// no key, as local servers such as Ollama need none).
+    pub fn api_key(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(path) = &self.api_key_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let key = text.lines().next().unwrap_or("").trim().to_string();
+            if key.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "model.api_key_file",
+                    message: format!("{} is empty", path.display()),
+                });
+            }
+            return Ok(Some(key));
+        }
+        match &self.api_key_env {
+            Some(var) => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
+                _ => Err(ConfigError::Invalid {
+                    key: "model.api_key_env",
+                    message: format!("the environment variable {var} is not set"),
+                }),
+            },
+            None => Ok(None),
+        }
+    }
 }
 
 /// Session service settings.
@@ -104,6 +171,7 @@ impl Default for Config {
             listen: "127.0.0.1:7070".into(),
             sandbox: SandboxConfig::default(),
             sessions: SessionsSettings::default(),
+            model: None,
         }
     }
 }
@@ -225,6 +293,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(m) = &self.model
+            && !matches!(m.provider.as_str(), "anthropic" | "openai")
+        {
+            return Err(ConfigError::Invalid {
+                key: "model.provider",
+                message: format!("{:?} is not one of \"anthropic\", \"openai\"", m.provider),
+            });
+        }
         let s = &self.sandbox;
         if s.uid_base == 0 {
             return Err(ConfigError::Invalid {
@@ -363,6 +439,51 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("cannot read")
+        );
+    }
+
+    #[test]
+    fn model_keys_come_from_a_file_or_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "sk-from-file\n").unwrap();
+        let text = format!(
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"http://m\"\nmodel = \"c\"\napi_key_file = {:?}\n",
+            key_file
+        );
+        let c = Config::parse(&text, Path::new("x")).unwrap();
+        let m = c.model.unwrap();
+        assert_eq!(m.api_key().unwrap().as_deref(), Some("sk-from-file"));
+        assert_eq!(m.context_limit, 200_000);
+        let missing = ModelSettings {
+            api_key_file: None,
+            api_key_env: Some("HANGAR_TEST_SURELY_UNSET_KEY".into()),
+            ..m.clone()
+        };
+        assert!(
+            missing
+                .api_key()
+                .unwrap_err()
+                .to_string()
+                .contains("HANGAR_TEST_SURELY_UNSET_KEY")
+        );
+        let none = ModelSettings {
+            api_key_file: None,
+            api_key_env: None,
+            ..m
+        };
+        assert_eq!(none.api_key().unwrap(), None);
+        let bad = "[model]\nprovider = \"gemini\"\nbase_url = \"x\"\nmodel = \"m\"\n";
+        std::fs::write(dir.path().join("c.toml"), bad).unwrap();
+        let env = Env {
+            config: Some(dir.path().join("c.toml")),
+            ..Env::default()
+        };
+        assert!(
+            Config::load(&env, None)
+                .unwrap_err()
+                .to_string()
+                .contains("model.provider")
         );
     }
 
