@@ -2,6 +2,7 @@
 //! configuration and hands off to the library crates; errors become one line on stderr
 //! and a non-zero exit.
 
+mod image_cmd;
 mod login_cmd;
 mod sandbox_cmd;
 mod server_cmd;
@@ -40,6 +41,9 @@ enum Command {
     /// Create, use and remove sandboxes on this machine.
     #[command(subcommand)]
     Sandbox(sandbox_cmd::SandboxCommand),
+    /// Build, list, export and import images (this machine's layer store).
+    #[command(subcommand)]
+    Image(image_cmd::ImageCommand),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
             }
             Command::Login(_) => Ok(ExitCode::SUCCESS),
             Command::Sandbox(cmd) => sandbox_cmd::run(cmd, &config).await,
+            Command::Image(cmd) => image_cmd::run(cmd, &config).await,
         }
     });
     match result {

@@ -508,6 +508,19 @@ impl Builder {
                 NetworkMode::Egress => "egress".into(),
             }),
         };
+        // Nothing changed since the current image: keep it rather than minting an
+        // identical image that differs only in its creation time.
+        if let Some(current) = self.store.current(url)?
+            && current.layers == layers
+            && current.meta == meta
+        {
+            return Ok(BuildOutcome {
+                image: current,
+                repo: url.to_string(),
+                commit,
+                steps: reports,
+            });
+        }
         let image = self.store.add_image(&layers, &meta)?;
         self.store.set_current(url, &image)?;
         Ok(BuildOutcome {

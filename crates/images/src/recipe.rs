@@ -567,6 +567,18 @@ session = "egress"
     }
 
     #[test]
+    fn every_example_in_the_docs_parses() {
+        let doc = include_str!("../../../docs/recipes.md");
+        let mut n = 0;
+        for block in doc.split("```toml").skip(1) {
+            let text = block.split("```").next().unwrap();
+            Recipe::parse(text, Some("docs/recipes.md")).unwrap();
+            n += 1;
+        }
+        assert_eq!(n, 4, "the reference and the Python, Rust and Node examples");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
