@@ -2,8 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +12,8 @@ use hangar_agent::{
 };
 use hangar_protocol::envd::ExecRequest;
 use hangar_sandbox::{LocalRuntime, Network, Rootfs, Runtime, SandboxSpec};
+use hangar_testkit::fake_model::{FakeModel, Reply, anthropic, openai};
 use serde_json::json;
-use support::{FakeModel, Reply, anthropic, openai};
 use tokio_util::sync::CancellationToken;
 
 struct Sandbox {

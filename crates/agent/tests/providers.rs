@@ -2,8 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -11,8 +9,8 @@ use hangar_agent::{
     Message, ModelEvent, ModelRequest, Provider, ProviderConfig, ProviderError, ProviderKind, Role,
     StopReason, ToolSpec,
 };
+use hangar_testkit::fake_model::{FakeModel, Reply, anthropic, anthropic_error, openai};
 use serde_json::json;
-use support::{FakeModel, Reply, anthropic, anthropic_error, openai};
 
 fn provider(kind: ProviderKind, url: String) -> Provider {
     Provider::new(ProviderConfig {

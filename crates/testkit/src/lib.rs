@@ -4,7 +4,10 @@
 //!   operation and prints `ok` or `err <errno>`, so escape tests assert on the kernel's
 //!   answer rather than on what some shell tool printed.
 //! - [`scratch_dir`]: test working directories on a fast filesystem.
+//! - [`fake_model`]: a model server speaking the Anthropic and OpenAI streaming formats.
 //! - [`bullseye_tarball`]: a Debian bullseye rootfs (glibc 2.31, Python 3.9), built once.
+
+pub mod fake_model;
 
 use std::path::{Path, PathBuf};
 

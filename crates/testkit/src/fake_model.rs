@@ -1,8 +1,8 @@
-//! A fake model server for tests: it speaks the Anthropic Messages and OpenAI Chat
+//! A fake model server for tests (never part of the product): it speaks the Anthropic Messages and OpenAI Chat
 //! Completions streaming formats exactly (SSE event names, JSON shapes, status codes,
 //! `retry-after`), replays scripted replies in order and records every request.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -22,20 +22,28 @@ pub enum Reply {
     /// the first after `ttft`, then one every `gap`. With `cut_after`, the connection is
     /// dropped after that many events.
     Sse {
+        /// `(event name, data)` pairs.
         events: Vec<(Option<String>, String)>,
+        /// Time to the first event.
         ttft: Duration,
+        /// Time between events.
         gap: Duration,
+        /// Drop the connection after this many events.
         cut_after: Option<usize>,
     },
     /// An error status with a JSON body and maybe `retry-after`.
     Status {
+        /// HTTP status.
         code: u16,
+        /// The `retry-after` header.
         retry_after: Option<String>,
+        /// The JSON body.
         body: String,
     },
 }
 
 impl Reply {
+    /// An event stream sent at once.
     pub fn sse(events: Vec<(Option<String>, String)>) -> Reply {
         Reply::Sse {
             events,
@@ -49,8 +57,11 @@ impl Reply {
 /// A request as the server saw it.
 #[derive(Clone, Debug)]
 pub struct Recorded {
+    /// The request path.
     pub path: String,
+    /// Its headers.
     pub headers: HeaderMap,
+    /// Its JSON body (null when not JSON).
     pub body: Value,
 }
 
@@ -61,12 +72,15 @@ struct Shared {
     open_streams: Arc<AtomicUsize>,
 }
 
+/// A running fake model server.
 pub struct FakeModel {
+    /// Where it listens.
     pub addr: SocketAddr,
     shared: Shared,
 }
 
 impl FakeModel {
+    /// Starts a server that answers requests with `replies`, in order.
     pub async fn start(replies: Vec<Reply>) -> FakeModel {
         let shared = Shared {
             replies: Arc::new(Mutex::new(replies.into())),
@@ -82,10 +96,12 @@ impl FakeModel {
         FakeModel { addr, shared }
     }
 
+    /// Its base URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
+    /// Every request so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.requests.lock().unwrap().clone()
     }
@@ -95,6 +111,7 @@ impl FakeModel {
         self.shared.open_streams.load(Ordering::SeqCst)
     }
 
+    /// Adds a reply at the end of the script.
     pub fn push(&self, reply: Reply) {
         self.shared.replies.lock().unwrap().push_back(reply);
     }
@@ -216,6 +233,7 @@ pub fn anthropic(
     out
 }
 
+/// Anthropic: an `error` event.
 pub fn anthropic_error(kind: &str, message: &str) -> Vec<(Option<String>, String)> {
     vec![ev(
         "error",

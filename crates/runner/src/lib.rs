@@ -1,0 +1,216 @@
+//! Runs session prompts with the agent: [`AgentExecutor`] implements the session crate's
+//! `Executor`. Each session gets a sandbox on its first prompt (kept for its next ones) and
+//! a conversation that lives across prompts; the agent's events go into the session's log.
+//!
+//! This crate is the glue between `hangar-session` (which knows nothing of agents or
+//! sandboxes) and `hangar-agent` (which knows nothing of sessions). Stopping a prompt
+//! aborts the run; a drop guard then cancels the agent, which ends its model stream and
+//! kills its running command, and every pending tool call gets a result, so the
+//! conversation stays valid for the next prompt.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use hangar_agent::{Agent, AgentEvent, Message, Provider, RepoContext, Tools};
+use hangar_protocol::session::{EventBody, OutputStream};
+use hangar_sandbox::{Runtime, SandboxSpec};
+use hangar_session::{Executor, PromptRun, RunFuture};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+/// The agent's standing instructions.
+pub const SYSTEM_PROMPT: &str = "You are a coding agent working in an isolated sandbox on a \
+checkout of the user's repository. Read before you change; keep changes small and focused; \
+run the project's tests before you say you are done; say plainly what you changed and what \
+you could not do.";
+
+/// One session's agent state.
+#[derive(Default)]
+struct SessionState {
+    sandbox: Option<String>,
+    conversation: Arc<Mutex<Vec<Message>>>,
+}
+
+struct Inner {
+    runtime: Arc<dyn Runtime>,
+    provider: Provider,
+    spec: SandboxSpec,
+    workdir: String,
+    max_tokens: u32,
+    context_limit: u64,
+    sessions: Mutex<HashMap<String, SessionState>>,
+}
+
+/// Drives prompts with the agent in a sandbox per session.
+#[derive(Clone)]
+pub struct AgentExecutor {
+    inner: Arc<Inner>,
+}
+
+impl AgentExecutor {
+    /// An executor creating session sandboxes from `spec` through `runtime`, with the
+    /// repository at `workdir` inside them.
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        provider: Provider,
+        spec: SandboxSpec,
+        workdir: impl Into<String>,
+    ) -> AgentExecutor {
+        AgentExecutor {
+            inner: Arc::new(Inner {
+                runtime,
+                provider,
+                spec,
+                workdir: workdir.into(),
+                max_tokens: 8192,
+                context_limit: 200_000,
+                sessions: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Sets the model's limits.
+    pub fn with_limits(self, max_tokens: u32, context_limit: u64) -> AgentExecutor {
+        let inner = match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.max_tokens = max_tokens;
+                inner.context_limit = context_limit;
+                inner
+            }
+            Err(shared) => return AgentExecutor { inner: shared },
+        };
+        AgentExecutor {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The sandbox of `session`, if it has one.
+    pub async fn sandbox_of(&self, session: &str) -> Option<String> {
+        self.inner
+            .sessions
+            .lock()
+            .await
+            .get(session)
+            .and_then(|s| s.sandbox.clone())
+    }
+}
+
+impl Inner {
+    /// The session's sandbox (created on first use) and conversation.
+    async fn session(&self, id: &str) -> Result<(String, Arc<Mutex<Vec<Message>>>), String> {
+        let mut sessions = self.sessions.lock().await;
+        let state = sessions.entry(id.to_string()).or_default();
+        let conversation = state.conversation.clone();
+        if let Some(sb) = &state.sandbox {
+            let alive = matches!(
+                self.runtime.get(sb).await.map(|s| s.status),
+                Ok(hangar_sandbox::Status::Running)
+            );
+            if alive {
+                return Ok((sb.clone(), conversation));
+            }
+        }
+        let sandbox = self
+            .runtime
+            .create(self.spec.clone())
+            .await
+            .map_err(|e| format!("could not start the session's sandbox: {e}"))?;
+        let envd = self
+            .runtime
+            .envd(&sandbox.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        envd.mkdir(&self.workdir, true)
+            .await
+            .map_err(|e| format!("could not create {} in the sandbox: {e}", self.workdir))?;
+        state.sandbox = Some(sandbox.id.clone());
+        Ok((sandbox.id, conversation))
+    }
+}
+
+impl Executor for AgentExecutor {
+    fn run(&self, run: PromptRun) -> RunFuture {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let (sandbox, conversation) = inner.session(&run.session_id).await?;
+            let envd = inner
+                .runtime
+                .envd(&sandbox)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut agent = Agent::new(
+                inner.provider.clone(),
+                Tools::new(envd.clone(), inner.workdir.clone()),
+                SYSTEM_PROMPT.to_string(),
+            )
+            .with_plugin(Arc::new(RepoContext::new(envd, inner.workdir.clone())));
+            agent.max_tokens = inner.max_tokens;
+            agent.context_limit = inner.context_limit;
+
+            // If this run is aborted (stop), the guard cancels the agent, which then ends
+            // cleanly in its own task.
+            let cancel = CancellationToken::new();
+            let _stop_on_abort = cancel.clone().drop_guard();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let text = run.prompt.text.clone();
+            let task = tokio::spawn(async move {
+                let mut conversation = conversation.lock().await;
+                agent.run(&mut conversation, &text, &tx, &cancel).await
+            });
+
+            let prompt_id = run.prompt.id;
+            let call_id = |id: &str| format!("p{prompt_id}-{id}");
+            let mut streamed: HashSet<String> = HashSet::new();
+            while let Some(event) = rx.recv().await {
+                let bodies = match event {
+                    AgentEvent::TextDelta(text) => vec![EventBody::ModelDelta { prompt_id, text }],
+                    AgentEvent::ToolStarted { id, name, input } => vec![EventBody::ToolStarted {
+                        prompt_id,
+                        call_id: call_id(&id),
+                        tool: name,
+                        input,
+                    }],
+                    AgentEvent::ToolOutput { id, data } => {
+                        streamed.insert(id.clone());
+                        vec![EventBody::ToolOutput {
+                            call_id: call_id(&id),
+                            stream: OutputStream::Stdout,
+                            text: data,
+                        }]
+                    }
+                    AgentEvent::ToolFinished {
+                        id,
+                        output,
+                        is_error,
+                        ..
+                    } => {
+                        let mut out = Vec::new();
+                        // Tools that do not stream still leave their whole output in the log.
+                        if !streamed.contains(&id) && !output.is_empty() {
+                            out.push(EventBody::ToolOutput {
+                                call_id: call_id(&id),
+                                stream: OutputStream::Stdout,
+                                text: output,
+                            });
+                        }
+                        out.push(EventBody::ToolFinished {
+                            call_id: call_id(&id),
+                            ok: !is_error,
+                            exit_code: None,
+                        });
+                        out
+                    }
+                    AgentEvent::Usage(_) => Vec::new(),
+                };
+                for body in bodies {
+                    run.events.emit(body).await.map_err(|e| e.to_string())?;
+                }
+            }
+            match task.await {
+                Ok(Ok(_outcome)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("the agent failed: {e}")),
+            }
+        })
+    }
+}

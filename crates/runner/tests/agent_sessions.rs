@@ -1,0 +1,287 @@
+//! Sessions driven by the agent end to end: a session's prompts run the agent (a fake
+//! model) with tools in a real sandbox; the session log records the model's text and every
+//! tool call with its output; a second prompt continues the same conversation in the same
+//! sandbox; stop ends a running command and the next prompt still works.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hangar_agent::{Provider, ProviderConfig, ProviderKind};
+use hangar_protocol::session::Author;
+use hangar_runner::AgentExecutor;
+use hangar_sandbox::{LocalRuntime, Network, Rootfs, Runtime, SandboxSpec};
+use hangar_session::{Sessions, SessionsConfig};
+use hangar_store::{NewUser, Store};
+use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+use serde_json::Value;
+
+struct World {
+    _dir: tempfile::TempDir,
+    config: hangar_config::Config,
+    sessions: Sessions,
+    executor: AgentExecutor,
+    alice: Author,
+}
+
+impl World {
+    fn new(fake: &FakeModel) -> World {
+        hangar_testkit::require_root();
+        let dir = hangar_testkit::scratch_dir();
+        let mut config = hangar_config::Config {
+            data_dir: dir.path().join("data"),
+            ..Default::default()
+        };
+        config.sandbox.tools_dir = Some(hangar_testkit::bin_dir());
+        let runtime = LocalRuntime::open(&config).unwrap();
+        let limits = runtime.default_limits();
+        let spec = SandboxSpec {
+            rootfs: Rootfs::HostRoot,
+            limits,
+            network: Network::None,
+        };
+        let provider = Provider::new(ProviderConfig {
+            kind: ProviderKind::Anthropic,
+            base_url: fake.url(),
+            model: "test".into(),
+            api_key: Some("k".into()),
+            max_retries: 0,
+            initial_backoff: Duration::from_millis(1),
+        })
+        .unwrap();
+        let executor = AgentExecutor::new(Arc::new(runtime), provider, spec, "/workspace");
+        let store = Arc::new(Store::open(&dir.path().join("index.db")).unwrap());
+        let user = store
+            .create_user(&NewUser {
+                login: "alice".into(),
+                name: "Alice".into(),
+                ..NewUser::default()
+            })
+            .unwrap();
+        let alice = Author {
+            user_id: Some(user.id),
+            login: "alice".into(),
+            share_id: None,
+        };
+        let sessions = Sessions::new(
+            SessionsConfig::new(dir.path().join("sessions")),
+            store,
+            Arc::new(executor.clone()),
+        )
+        .unwrap();
+        World {
+            _dir: dir,
+            config,
+            sessions,
+            executor,
+            alice,
+        }
+    }
+
+    /// Waits until `n` prompts have finished and returns the session's events.
+    async fn events_after_finished(&self, id: &str, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let events: Vec<Value> = self
+                .sessions
+                .events(id, 0, 1000)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| serde_json::from_str(&e.json).unwrap())
+                .collect();
+            let finished = events
+                .iter()
+                .filter(|e| e["type"] == "prompt.finished")
+                .count();
+            if finished >= n || Instant::now() > deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let config = self.config.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = LocalRuntime::open(&config).unwrap();
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            tokio.block_on(async {
+                for sb in rt.list().await.unwrap_or_default() {
+                    let _ = rt.destroy(&sb.id).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn prompts_run_the_agent_in_the_sessions_sandbox_and_log_everything() {
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &["Creating it."],
+            &[(
+                "t1",
+                "write_file",
+                &[r#"{"path": "notes.txt", "content": "alpha\n"}"#],
+            )],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Done."], &[], "end_turn")),
+        // The second prompt, in the same conversation and sandbox.
+        Reply::sse(anthropic(
+            &[],
+            &[("t2", "shell", &[r#"{"command": "cat notes.txt; pwd"}"#])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["It says alpha."], &[], "end_turn")),
+    ])
+    .await;
+    let w = World::new(&fake);
+    let s = w
+        .sessions
+        .create(w.alice.user_id.unwrap(), "demo", "notes")
+        .await
+        .unwrap();
+    w.sessions
+        .prompt(&s.id, w.alice.clone(), "write notes".into())
+        .await
+        .unwrap();
+    let events = w.events_after_finished(&s.id, 1).await;
+    let sandbox = w
+        .executor
+        .sandbox_of(&s.id)
+        .await
+        .expect("the session got a sandbox");
+    w.sessions
+        .prompt(&s.id, w.alice.clone(), "what do they say?".into())
+        .await
+        .unwrap();
+    let events2 = w.events_after_finished(&s.id, 2).await;
+    assert_eq!(
+        w.executor.sandbox_of(&s.id).await.as_deref(),
+        Some(sandbox.as_str()),
+        "same sandbox"
+    );
+
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let expected = [
+        "prompt.queued",
+        "prompt.started",
+        "model.delta",
+        "tool.started",
+        "tool.output",
+        "tool.finished",
+        "model.delta",
+        "prompt.finished",
+    ];
+    let filtered: Vec<&str> = types
+        .iter()
+        .copied()
+        .filter(|t| expected.contains(t))
+        .collect();
+    assert_eq!(filtered, expected, "{types:?}");
+    let finished = events
+        .iter()
+        .find(|e| e["type"] == "prompt.finished")
+        .unwrap();
+    assert_eq!(finished["data"]["outcome"], "done", "{finished}");
+
+    let output: String = events2
+        .iter()
+        .filter(|e| {
+            e["type"] == "tool.output" && e["data"]["call_id"].as_str().unwrap().ends_with("t2")
+        })
+        .map(|e| e["data"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(output, "alpha\n/workspace\n");
+    // The model saw the whole conversation on the second prompt.
+    let req = &fake.requests()[2].body;
+    let msgs = req["messages"].as_array().unwrap();
+    assert_eq!(
+        msgs.len(),
+        5,
+        "user, assistant+call, result, assistant, new user: {msgs:?}"
+    );
+    assert_eq!(msgs[4]["content"][0]["text"], "what do they say?");
+}
+
+#[tokio::test]
+async fn stop_ends_the_running_command_and_the_session_goes_on() {
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &[],
+            &[("t1", "shell", &[r#"{"command": "echo begun; sleep 60"}"#])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Back."], &[], "end_turn")),
+    ])
+    .await;
+    let w = World::new(&fake);
+    let s = w
+        .sessions
+        .create(w.alice.user_id.unwrap(), "demo", "stop")
+        .await
+        .unwrap();
+    w.sessions
+        .prompt(&s.id, w.alice.clone(), "long job".into())
+        .await
+        .unwrap();
+    // Wait for the command to be running.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = w.sessions.events(&s.id, 0, 1000).await.unwrap();
+        if events.iter().any(|e| e.json.contains("begun")) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped_at = Instant::now();
+    w.sessions.stop(&s.id).await.unwrap();
+    let events = w.events_after_finished(&s.id, 1).await;
+    assert!(stopped_at.elapsed() < Duration::from_secs(5));
+    let finished = events
+        .iter()
+        .find(|e| e["type"] == "prompt.finished")
+        .unwrap();
+    assert_eq!(finished["data"]["outcome"], "stopped", "{finished}");
+    // The command is gone from the sandbox.
+    let sandbox = w.executor.sandbox_of(&s.id).await.unwrap();
+    let rt = LocalRuntime::open(&w.config).unwrap();
+    let envd = rt.envd(&sandbox).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ps = envd
+        .output(
+            hangar_protocol::envd::ExecRequest {
+                shell: Some("ps -eo args | grep -c '^sleep 60' || true".into()),
+                ..Default::default()
+            },
+            1024,
+        )
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), "0");
+    // The conversation is still valid: the next prompt gets an answer.
+    w.sessions
+        .prompt(&s.id, w.alice.clone(), "continue".into())
+        .await
+        .unwrap();
+    let events = w.events_after_finished(&s.id, 2).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "model.delta" && e["data"]["text"] == "Back.")
+    );
+    let req = &fake.requests()[1].body;
+    let msgs = req["messages"].as_array().unwrap();
+    let last_result = &msgs[2]["content"][0];
+    assert_eq!(last_result["type"], "tool_result");
+    assert_eq!(last_result["is_error"], true);
+}
