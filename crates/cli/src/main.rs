@@ -6,6 +6,7 @@ mod image_cmd;
 mod login_cmd;
 mod sandbox_cmd;
 mod server_cmd;
+mod user_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ enum Command {
     /// Build, list, export and import images (this machine's layer store).
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
+    /// Add and list users on this machine's server (its data directory).
+    #[command(subcommand)]
+    User(user_cmd::UserCommand),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
             Command::Login(_) => Ok(ExitCode::SUCCESS),
             Command::Sandbox(cmd) => sandbox_cmd::run(cmd, &config).await,
             Command::Image(cmd) => image_cmd::run(cmd, &config).await,
+            Command::User(cmd) => user_cmd::run(cmd, &config).map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

@@ -12,6 +12,7 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     sandboxes: IntGaugeVec,
+    sessions: IntGaugeVec,
 }
 
 impl Metrics {
@@ -39,11 +40,20 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(sandboxes.clone()))?;
+        let sessions = IntGaugeVec::new(
+            Opts::new(
+                "hangar_sessions",
+                "Sessions loaded now, and loads and unloads (hibernations) since start",
+            ),
+            &["what"],
+        )?;
+        registry.register(Box::new(sessions.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
             http_duration,
             sandboxes,
+            sessions,
         })
     }
 
@@ -63,6 +73,17 @@ impl Metrics {
         self.sandboxes.reset();
         for (state, n) in counts {
             self.sandboxes.with_label_values(&[state]).set(*n);
+        }
+    }
+
+    /// Sets the session gauges: loaded now, loads and unloads since start.
+    pub fn set_sessions(&self, loaded: usize, loads: u64, unloads: u64) {
+        for (what, n) in [
+            ("loaded", loaded as i64),
+            ("loads", loads as i64),
+            ("unloads", unloads as i64),
+        ] {
+            self.sessions.with_label_values(&[what]).set(n);
         }
     }
 

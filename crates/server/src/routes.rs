@@ -63,6 +63,10 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         counts[i].1 += 1;
     }
     state.metrics.set_sandboxes(&counts);
+    let (loads, unloads) = state.sessions.load_counts();
+    state
+        .metrics
+        .set_sessions(state.sessions.loaded(), loads, unloads);
     let text = state.metrics.render().map_err(ApiError::internal)?;
     Ok((
         [(

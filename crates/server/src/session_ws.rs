@@ -9,9 +9,10 @@
 //!
 //! Client messages are JSON text frames (`hangar_protocol::session::ClientMessage`). A
 //! binary frame is closed with 1003, undecodable text with 1007, a prompt from a view-only
-//! share link with 1008, a frame over [`MAX_CLIENT_FRAME`] with 1009. A prompt the session
-//! refuses (empty, too long) is answered with `{"type": "error", "error": {"code",
-//! "message"}}` and the connection stays open.
+//! share link with 1008, a frame over [`MAX_CLIENT_FRAME`] with 1009 (beyond 1 MiB the
+//! socket refuses to read it at all). A prompt the session refuses (empty, too long) is
+//! answered with `{"type": "error", "error": {"code", "message"}}` and the connection
+//! stays open.
 
 use std::time::Duration;
 
@@ -70,8 +71,8 @@ pub async fn session_ws(
     check_after_seq(after, sub.last_seq)?;
     let sessions = state.sessions.clone();
     Ok(upgrade
-        .max_message_size(MAX_CLIENT_FRAME)
-        .max_frame_size(MAX_CLIENT_FRAME)
+        .max_message_size(crate::BODY_LIMIT)
+        .max_frame_size(crate::BODY_LIMIT)
         .on_upgrade(move |socket| async move {
             Connection {
                 socket,
@@ -180,7 +181,10 @@ impl Connection {
                     }
                 },
                 incoming = self.socket.recv() => match incoming {
-                    None | Some(Err(_)) => return Ok(()),
+                    None => return Ok(()),
+                    // Beyond the socket's own limit the frame is not even read; say why
+                    // if the socket still lets us.
+                    Some(Err(e)) => return Err(End::Close(1009, format!("frame refused: {e}"))),
                     Some(Ok(msg)) => self.handle(msg, sub).await?,
                 },
             }
@@ -188,6 +192,14 @@ impl Connection {
     }
 
     async fn handle(&mut self, msg: Message, sub: &Subscription) -> Result<(), End> {
+        if let Message::Text(t) = &msg
+            && t.len() > MAX_CLIENT_FRAME
+        {
+            return Err(End::Close(
+                1009,
+                format!("frames may be at most {MAX_CLIENT_FRAME} bytes"),
+            ));
+        }
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(_) => {

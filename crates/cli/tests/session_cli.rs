@@ -1,0 +1,869 @@
+//! Sessions end to end: the real `hangar serve`, real sockets, real WebSocket clients, the
+//! scripted stand-in agent, and `kill -9` of the server during heavy event traffic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// A running `hangar serve` on a data directory.
+struct Server {
+    child: Child,
+    url: String,
+    admin_token: Option<String>,
+    printed: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+fn hangar(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hangar"));
+    cmd.env("HANGAR_DATA_DIR", data_dir)
+        .env_remove("HANGAR_CONFIG")
+        .env_remove("HANGAR_LISTEN");
+    cmd
+}
+
+impl Server {
+    /// Starts the server with `[sessions]` settings written to `<data dir>/hangar.toml`.
+    fn start(data_dir: &Path, sessions_toml: &str) -> Server {
+        std::fs::create_dir_all(data_dir).unwrap();
+        std::fs::write(
+            data_dir.join("hangar.toml"),
+            format!("[sessions]\n{sessions_toml}\n"),
+        )
+        .unwrap();
+        let mut child = hangar(data_dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hangar serve");
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let err = BufReader::new(child.stderr.take().unwrap());
+        let p = printed.clone();
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                let mut p = p.lock().unwrap();
+                p.push_str(&line);
+                p.push('\n');
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut admin_token = None;
+        let url = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                panic!(
+                    "hangar serve exited before listening:\n{}",
+                    printed.lock().unwrap()
+                );
+            };
+            if let Some(rest) = line.trim().strip_prefix("hangar login --server ") {
+                admin_token = Some(rest.split("--token ").nth(1).unwrap().trim().to_string());
+            }
+            if let Some(url) = line.strip_prefix("hangar listening on ") {
+                break url.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            url,
+            admin_token,
+            printed,
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn stderr(&self) -> String {
+        self.printed.lock().unwrap().clone()
+    }
+
+    fn ws_url(&self, id: &str, after: u64) -> String {
+        format!(
+            "{}/api/sessions/{id}/ws?after_seq={after}",
+            self.url.replace("http://", "ws://")
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Creates a user with `hangar user add` and returns their token.
+fn add_user(data_dir: &Path, login: &str) -> String {
+    let out = hangar(data_dir)
+        .args(["user", "add", login, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
+
+#[derive(Clone)]
+struct Api {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Api {
+    fn new(server: &Server, token: &str) -> Api {
+        Api {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            url: server.url.clone(),
+            token: token.to_string(),
+        }
+    }
+
+    async fn raw(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text:?}"))
+        };
+        (status, value)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.raw("GET", path, None).await
+    }
+
+    async fn send(&self, method: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.raw(method, path, Some(body.to_string().into_bytes()))
+            .await
+    }
+
+    async fn create_session(&self) -> String {
+        let (status, s) = self
+            .send("POST", "/api/sessions", json!({"repo": "acme/app"}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{s}");
+        s["id"].as_str().unwrap().to_string()
+    }
+
+    async fn prompt(&self, id: &str, text: &str) -> Value {
+        let (status, p) = self
+            .send(
+                "POST",
+                &format!("/api/sessions/{id}/prompts"),
+                json!({"text": text}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{p}");
+        p
+    }
+
+    /// Every event of a session, paging through the log.
+    async fn all_events(&self, id: &str) -> Vec<Value> {
+        let mut out: Vec<Value> = Vec::new();
+        loop {
+            let after = out.last().map_or(0, |e| e["seq"].as_u64().unwrap());
+            let (status, page) = self
+                .get(&format!("/api/sessions/{id}/events?after_seq={after}"))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            let page = page.as_array().unwrap().clone();
+            if page.is_empty() {
+                return out;
+            }
+            out.extend(page);
+        }
+    }
+
+    async fn wait_idle(&self, id: &str) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, s) = self.get(&format!("/api/sessions/{id}")).await;
+            if s["status"] == "idle" {
+                return self.all_events(id).await;
+            }
+            assert!(Instant::now() < deadline, "never idle: {s}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn assert_error((status, body): (StatusCode, Value), want: StatusCode, code: &str) -> String {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    body["error"]["message"].as_str().unwrap().to_string()
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(server: &Server, token: &str, id: &str, after: u64) -> Socket {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = server.ws_url(id, after).into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws
+}
+
+/// What a client saw: logged events (by arrival) and presence updates.
+#[derive(Default)]
+struct Seen {
+    events: Vec<Value>,
+    raw: BTreeMap<u64, String>,
+    presence: Vec<Value>,
+    close: Option<(u16, String)>,
+}
+
+impl Seen {
+    fn seqs(&self) -> Vec<u64> {
+        self.events
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect()
+    }
+}
+
+/// Reads until `stop` says so for an event, the socket closes, or `limit` passes.
+async fn read_until(ws: &mut Socket, limit: Duration, stop: impl Fn(&Value) -> bool) -> Seen {
+    let mut seen = Seen::default();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return seen,
+            Ok(None) | Ok(Some(Err(_))) => return seen,
+            Ok(Some(Ok(m))) => m,
+        };
+        match msg {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "presence" {
+                    assert!(v.get("seq").is_none(), "presence has no seq: {v}");
+                    seen.presence.push(v);
+                    continue;
+                }
+                let seq = v["seq"].as_u64().unwrap_or_else(|| panic!("no seq: {v}"));
+                seen.raw.insert(seq, t.as_str().to_string());
+                let done = stop(&v);
+                seen.events.push(v);
+                if done {
+                    return seen;
+                }
+            }
+            Message::Close(frame) => {
+                seen.close = frame.map(|f| (u16::from(f.code), f.reason.as_str().to_string()));
+                return seen;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn is_idle(v: &Value) -> bool {
+    v["type"] == "status" && v["data"]["status"] == "idle"
+}
+
+fn assert_contiguous(seqs: &[u64], from: u64) {
+    for (i, s) in seqs.iter().enumerate() {
+        assert_eq!(*s, from + i as u64, "gap or duplicate at {i}: {seqs:?}");
+    }
+}
+
+fn scratch() -> (tempfile::TempDir, PathBuf) {
+    hangar_testkit::require_root();
+    let dir = hangar_testkit::scratch_dir();
+    let data = dir.path().join("data");
+    (dir, data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_see_the_same_events_in_order_and_a_second_prompt_queues_under_its_author() {
+    let (_dir, data) = scratch();
+    let server = Server::start(&data, "scripted_delay_ms = 5");
+    let alice_token = server.admin_token.clone().unwrap();
+    let bob_token = add_user(&data, "bob");
+    let alice = Api::new(&server, &alice_token);
+    let id = alice.create_session().await;
+
+    let mut ws_a = connect(&server, &alice_token, &id, 0).await;
+    let mut ws_b = connect(&server, &bob_token, &id, 0).await;
+    let first = alice.prompt(&id, "deltas=30 delay_ms=5").await;
+    assert_eq!(first["status"], "running");
+    assert_eq!(first["author"]["login"], "admin");
+    ws_b.send(Message::Text(
+        json!({"type": "prompt", "text": "and add tests deltas=3"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    ws_b.send(Message::Text(json!({"type": "typing"}).to_string().into()))
+        .await
+        .unwrap();
+
+    let limit = Duration::from_secs(30);
+    let (a, b) = tokio::join!(
+        read_until(&mut ws_a, limit, is_idle),
+        read_until(&mut ws_b, limit, is_idle)
+    );
+    let last = *a.seqs().last().unwrap();
+    assert_contiguous(&a.seqs(), 1);
+    assert_contiguous(&b.seqs(), 1);
+    assert_eq!(
+        a.raw, b.raw,
+        "both clients saw the same events, byte for byte"
+    );
+    assert_eq!(
+        alice.all_events(&id).await.len() as u64,
+        last,
+        "and they are the log"
+    );
+
+    // Bob's prompt was queued behind Alice's, under his name, and ran after it.
+    let bobs = a
+        .events
+        .iter()
+        .find(|e| e["type"] == "prompt.queued" && e["data"]["prompt"]["author"]["login"] == "bob")
+        .expect("bob's prompt");
+    let bob_id = bobs["data"]["prompt"]["id"].clone();
+    assert!(
+        a.events.iter().any(|e| e["type"] == "queue.updated"
+            && e["data"]["queue"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["id"] == bob_id && p["author"]["login"] == "bob")),
+        "visible in the queue while Alice's ran"
+    );
+    let order: Vec<&Value> = a
+        .events
+        .iter()
+        .filter(|e| e["type"] == "prompt.started")
+        .map(|e| &e["data"]["author"]["login"])
+        .collect();
+    assert_eq!(order, [&json!("admin"), &json!("bob")]);
+    assert!(
+        a.events.iter().any(
+            |e| e["type"] == "participant.joined" && e["data"]["participant"]["login"] == "bob"
+        )
+    );
+    // Presence is live: Alice saw Bob connected.
+    assert!(a.presence.iter().any(|p| {
+        p["data"]["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["participant"]["login"] == "bob")
+    }));
+
+    // Bob leaves: that is logged, and Alice sees it live.
+    ws_b.close(None).await.unwrap();
+    let left = read_until(&mut ws_a, limit, |e| e["type"] == "participant.left").await;
+    assert_eq!(
+        left.events.last().unwrap()["data"]["participant"]["login"],
+        "bob"
+    );
+    assert_eq!(left.events[0]["seq"].as_u64().unwrap(), last + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_with_after_seq_gets_exactly_the_missed_events() {
+    let (_dir, data) = scratch();
+    let server = Server::start(&data, "scripted_delay_ms = 5");
+    let token = server.admin_token.clone().unwrap();
+    let api = Api::new(&server, &token);
+    let id = api.create_session().await;
+    api.prompt(&id, "deltas=40 delay_ms=10").await;
+
+    let mut ws = connect(&server, &token, &id, 0).await;
+    let part = read_until(&mut ws, Duration::from_secs(10), |e| {
+        e["type"] == "model.delta" && e["seq"].as_u64() > Some(10)
+    })
+    .await;
+    drop(ws);
+    let k = *part.seqs().last().unwrap();
+    assert_contiguous(&part.seqs(), 1);
+    // Missed while away: the rest of this run and a whole second prompt.
+    api.prompt(&id, "more deltas=5").await;
+    let log = api.wait_idle(&id).await;
+
+    let mut ws = connect(&server, &token, &id, k).await;
+    let rest = read_until(&mut ws, Duration::from_secs(10), is_idle).await;
+    assert_eq!(rest.seqs().first(), Some(&(k + 1)));
+    assert_contiguous(&rest.seqs(), k + 1);
+    let from_log: Vec<&Value> = log.iter().skip(k as usize).collect();
+    let got: Vec<&Value> = rest.events.iter().collect();
+    assert_eq!(got.len(), from_log.len());
+    assert_eq!(got, from_log);
+
+    // after_seq at the end: nothing old, then live events.
+    let end = log.len() as u64 + 1; // the reconnect above logged nothing new but may join
+    let (_, s) = api.get(&format!("/api/sessions/{id}")).await;
+    let last = s["last_seq"].as_u64().unwrap();
+    assert!(last >= end - 1);
+    let mut ws2 = connect(&server, &token, &id, last).await;
+    api.prompt(&id, "again deltas=1").await;
+    let live = read_until(&mut ws2, Duration::from_secs(10), is_idle).await;
+    assert_eq!(live.seqs().first(), Some(&(last + 1)));
+    assert_contiguous(&live.seqs(), last + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_prompts_are_edited_and_cancelled_only_by_their_author_and_stop_moves_on() {
+    let (_dir, data) = scratch();
+    let server = Server::start(&data, "scripted_delay_ms = 5");
+    let alice = Api::new(&server, server.admin_token.as_ref().unwrap());
+    let bob = Api::new(&server, &add_user(&data, "bob"));
+    let id = alice.create_session().await;
+    let running = alice.prompt(&id, "deltas=100000 delay_ms=10").await;
+    let bobs = bob.prompt(&id, "bob's first").await;
+    let bobs2 = bob.prompt(&id, "bob's second").await;
+    assert_eq!(bobs["status"], "queued");
+    assert_eq!(bobs["author"]["login"], "bob");
+    let (_, queue) = alice.get(&format!("/api/sessions/{id}/queue")).await;
+    let ids: Vec<&Value> = queue.as_array().unwrap().iter().map(|p| &p["id"]).collect();
+    assert_eq!(ids, [&bobs["id"], &bobs2["id"]]);
+
+    let q = |p: &Value| format!("/api/sessions/{id}/queue/{}", p["id"]);
+    assert_error(
+        alice
+            .send("PATCH", &q(&bobs), json!({"text": "mine now"}))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_error(
+        alice.raw("DELETE", &q(&bobs), None).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let (status, edited) = bob
+        .send(
+            "PATCH",
+            &q(&bobs),
+            json!({"text": "bob's first, edited deltas=2"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{edited}");
+    assert_eq!(edited["text"], "bob's first, edited deltas=2");
+    let (status, cancelled) = bob.raw("DELETE", &q(&bobs2), None).await;
+    assert_eq!(
+        (status, cancelled["status"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
+    assert_error(
+        bob.raw("DELETE", &q(&bobs2), None).await,
+        StatusCode::CONFLICT,
+        "not_queued",
+    );
+    assert_error(
+        alice
+            .send("PATCH", &q(&running), json!({"text": "too late"}))
+            .await,
+        StatusCode::CONFLICT,
+        "not_queued",
+    );
+    assert_error(
+        alice
+            .send(
+                "PATCH",
+                &format!("/api/sessions/{id}/queue/999"),
+                json!({"text": "x"}),
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        bob.send("PATCH", &q(&bobs), json!({"text": "  "})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    );
+
+    // Stop: the running prompt ends at once as stopped, and Bob's (edited) prompt runs.
+    let t = Instant::now();
+    let (status, stop) = bob
+        .send("POST", &format!("/api/sessions/{id}/stop"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{stop}");
+    assert_eq!(stop["stopped"], running["id"]);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let events = alice.wait_idle(&id).await;
+    let finished: Vec<(Value, Value)> = events
+        .iter()
+        .filter(|e| e["type"] == "prompt.finished")
+        .map(|e| (e["data"]["prompt_id"].clone(), e["data"]["outcome"].clone()))
+        .collect();
+    assert_eq!(
+        finished,
+        [
+            (running["id"].clone(), json!("stopped")),
+            (bobs["id"].clone(), json!("done"))
+        ]
+    );
+    let started_bob = events
+        .iter()
+        .find(|e| e["type"] == "prompt.started" && e["data"]["prompt_id"] == bobs["id"])
+        .unwrap();
+    assert_eq!(started_bob["data"]["author"]["login"], "bob");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["type"] == "prompt.started" && e["data"]["prompt_id"] == bobs2["id"])
+    );
+    let (_, stop) = alice
+        .send("POST", &format!("/api/sessions/{id}/stop"), json!({}))
+        .await;
+    assert_eq!(stop["stopped"], Value::Null, "nothing to stop");
+}
+
+async fn metric(api: &Api, what: &str) -> i64 {
+    let text = api
+        .client
+        .get(format!("{}/metrics", api.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let key = format!("hangar_sessions{{what=\"{what}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .unwrap_or_else(|| panic!("{key} missing:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_hibernate_and_come_back_on_the_next_request() {
+    let (_dir, data) = scratch();
+    let server = Server::start(&data, "scripted_delay_ms = 2\nidle_unload_ms = 300");
+    let token = server.admin_token.clone().unwrap();
+    let api = Api::new(&server, &token);
+    let id = api.create_session().await;
+    api.prompt(&id, "deltas=5").await;
+    let before = api.wait_idle(&id).await;
+    assert_eq!(metric(&api, "loaded").await, 1);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(metric(&api, "loaded").await, 0, "hibernated");
+    assert!(metric(&api, "unloads").await >= 1);
+
+    // Transparent: the same events, then a subscription and a prompt on the woken session.
+    assert_eq!(api.all_events(&id).await, before);
+    assert_eq!(metric(&api, "loaded").await, 1);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(metric(&api, "loaded").await, 0);
+    let last = before.len() as u64;
+    let mut ws = connect(&server, &token, &id, last).await;
+    // A connection keeps the session loaded past the idle time.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(metric(&api, "loaded").await, 1);
+    api.prompt(&id, "deltas=2").await;
+    let seen = read_until(&mut ws, Duration::from_secs(10), is_idle).await;
+    assert_eq!(seen.seqs().first(), Some(&(last + 1)));
+    assert_contiguous(&seen.seqs(), last + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_heavy_traffic_loses_nothing_a_client_received() {
+    let (_dir, data) = scratch();
+    let mut server = Server::start(&data, "scripted_delay_ms = 0");
+    let token = server.admin_token.clone().unwrap();
+    let api = Api::new(&server, &token);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = api.create_session().await;
+        api.prompt(&id, "deltas=100000000 tools=0 delay_ms=0").await;
+        ids.push(id);
+    }
+    let mut readers = Vec::new();
+    for id in &ids {
+        let ws = connect(&server, &token, id, 0).await;
+        readers.push(tokio::spawn(async move {
+            let mut ws = ws;
+            read_until(&mut ws, Duration::from_secs(60), |_| false).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill9();
+    let mut received = Vec::new();
+    for r in readers {
+        received.push(r.await.unwrap());
+    }
+    for seen in &received {
+        assert!(
+            seen.events.len() > 100,
+            "heavy traffic: {}",
+            seen.events.len()
+        );
+        assert_contiguous(&seen.seqs(), 1);
+    }
+
+    let server = Server::start(&data, "scripted_delay_ms = 0");
+    assert!(server.admin_token.is_none());
+    assert!(
+        server.stderr().contains("marked 3 session(s) interrupted"),
+        "{}",
+        server.stderr()
+    );
+    let api = Api::new(&server, &token);
+    for (id, seen) in ids.iter().zip(&received) {
+        let (_, s) = api.get(&format!("/api/sessions/{id}")).await;
+        assert_eq!(s["status"], "interrupted", "{s}");
+        let log = api.all_events(id).await;
+        let seqs: Vec<u64> = log.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_contiguous(&seqs, 1);
+        // Every event a client received is in the log, byte for byte.
+        for (seq, raw) in &seen.raw {
+            let logged: Value = serde_json::from_str(raw).unwrap();
+            assert_eq!(log[*seq as usize - 1], logged, "seq {seq}");
+        }
+        eprintln!(
+            "{id}: client received {} events before kill -9, log has {}",
+            seen.events.len(),
+            log.len()
+        );
+        let tail: Vec<&Value> = log.iter().rev().take(2).collect();
+        assert_eq!(tail[0]["type"], "status");
+        assert_eq!(tail[0]["data"]["status"], "interrupted");
+        assert_eq!(tail[1]["type"], "prompt.finished");
+        assert_eq!(tail[1]["data"]["outcome"], "interrupted");
+        let file = data.join("sessions").join(format!("{id}.db"));
+        let check = hangar_session::SessionLog::open(&file, Default::default(), false).unwrap();
+        assert!(check.integrity_ok().unwrap(), "{id} is not corrupt");
+
+        // The client reconnects where it stopped and gets the rest, then live events.
+        let k = *seen.seqs().last().unwrap();
+        let mut ws = connect(&server, &token, id, k).await;
+        let rest = read_until(&mut ws, Duration::from_secs(10), |e| {
+            e["type"] == "status" && e["data"]["status"] == "interrupted"
+        })
+        .await;
+        assert_contiguous(&rest.seqs(), k + 1);
+        assert_eq!(*rest.seqs().last().unwrap(), log.len() as u64);
+    }
+    // An interrupted session resumes with the next prompt.
+    api.prompt(&ids[0], "carry on deltas=2 delay_ms=1").await;
+    api.wait_idle(&ids[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_bad_frames_close_with_a_code() {
+    let (_dir, data) = scratch();
+    let server = Server::start(&data, "scripted_delay_ms = 5");
+    let token = server.admin_token.clone().unwrap();
+    let api = Api::new(&server, &token);
+    let id = api.create_session().await;
+    let other = api.create_session().await;
+
+    // Bodies.
+    assert_error(
+        api.raw(
+            "POST",
+            &format!("/api/sessions/{id}/prompts"),
+            Some(b"{\"text\": ".to_vec()),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        api.send(
+            "POST",
+            &format!("/api/sessions/{id}/prompts"),
+            json!({"text": 5}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    let big = json!({"text": "x".repeat(2 << 20)})
+        .to_string()
+        .into_bytes();
+    assert_error(
+        api.raw("POST", &format!("/api/sessions/{id}/prompts"), Some(big))
+            .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    assert_error(
+        api.send("POST", "/api/sessions", json!({"repo": ""})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    );
+    // Unknown sessions.
+    for path in [
+        "/api/sessions/ses-0000000000000000",
+        "/api/sessions/..%2F..%2Findex/events",
+        "/api/sessions/nope/queue",
+    ] {
+        assert_error(api.get(path).await, StatusCode::NOT_FOUND, "not_found");
+    }
+    // after_seq.
+    for q in ["after_seq=-1", "after_seq=abc", "after_seq=99", "limit=0"] {
+        let msg = assert_error(
+            api.get(&format!("/api/sessions/{id}/events?{q}")).await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        );
+        assert!(msg.contains(q.split('=').next().unwrap()), "{q}: {msg}");
+    }
+    let resp = reqwest::Client::new()
+        .get(format!("{}/api/sessions/{id}/ws?after_seq=99", server.url))
+        .bearer_auth(&token)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("after_seq 99"),
+        "{body}"
+    );
+
+    // Share links: scoped to one session and one scope, revocable.
+    let (status, view) = api
+        .send(
+            "POST",
+            &format!("/api/sessions/{id}/shares"),
+            json!({"scope": "view"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    let (_, prompt_link) = api
+        .send(
+            "POST",
+            &format!("/api/sessions/{id}/shares"),
+            json!({"scope": "prompt"}),
+        )
+        .await;
+    let viewer = Api::new(&server, view["token"].as_str().unwrap());
+    let guest = Api::new(&server, prompt_link["token"].as_str().unwrap());
+    let (status, _) = viewer.get(&format!("/api/sessions/{id}/events")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_error(
+        viewer
+            .send(
+                "POST",
+                &format!("/api/sessions/{id}/prompts"),
+                json!({"text": "hi"}),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_error(
+        guest.get(&format!("/api/sessions/{other}/events")).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_error(
+        guest.get("/api/sessions").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_error(
+        guest.get("/api/sandboxes").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let p = guest.prompt(&id, "from a guest deltas=1").await;
+    assert_eq!(p["author"]["login"], format!("share-{}", prompt_link["id"]));
+    assert_eq!(p["author"]["user_id"], Value::Null);
+    // A browser passes the token in the query, on the WebSocket only.
+    let url = format!(
+        "{}&token={}",
+        server.ws_url(&id, 0),
+        view["token"].as_str().unwrap()
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let first = read_until(&mut ws, Duration::from_secs(5), |_| true).await;
+    assert_eq!(first.seqs(), [1]);
+    // A view link cannot prompt over the WebSocket either: 1008.
+    ws.send(Message::Text(
+        json!({"type": "prompt", "text": "hi"}).to_string().into(),
+    ))
+    .await
+    .unwrap();
+    let closed = read_until(&mut ws, Duration::from_secs(5), |_| false).await;
+    assert_eq!(
+        closed.close.as_ref().map(|c| c.0),
+        Some(1008),
+        "{:?}",
+        closed.close
+    );
+    let (status, revoked) = api
+        .raw("DELETE", &format!("/api/shares/{}", view["id"]), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(revoked["revoked_at_ms"].is_i64());
+    assert_error(
+        viewer.get(&format!("/api/sessions/{id}/events")).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    assert_error(
+        api.raw("DELETE", "/api/shares/9999", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    // Invalid frames close with a code that says why.
+    for (frame, code) in [
+        (Message::Binary(vec![1, 2, 3].into()), 1003),
+        (Message::Text("{not json".into()), 1007),
+        (Message::Text(r#"{"type":"dance"}"#.into()), 1007),
+        (Message::Text(r#"{"type":"prompt"}"#.into()), 1007),
+        (Message::Text("x".repeat(200 * 1024).into()), 1009),
+    ] {
+        let mut ws = connect(&server, &token, &id, 0).await;
+        ws.send(frame).await.unwrap();
+        let seen = read_until(&mut ws, Duration::from_secs(5), |_| false).await;
+        let got = seen.close.as_ref().map(|c| c.0);
+        assert_eq!(got, Some(code), "{:?}", seen.close);
+        assert!(!seen.close.unwrap().1.is_empty());
+    }
+    let _ = CloseCode::Normal;
+}
