@@ -10,7 +10,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{Block, Message, ModelEvent, ModelRequest, Role, StopReason, Usage};
-use crate::plugin::{Decision, Plugin, ToolCall};
+use crate::plugin::{Decision, ExtraTool, Plugin, ToolCall};
 use crate::provider::{Provider, ProviderError};
 use crate::tools::{MODEL_OUTPUT_LIMIT, ToolOutcome, Tools, is_read_only, truncate_for_model};
 
@@ -76,6 +76,7 @@ pub struct Agent {
     provider: Provider,
     tools: Tools,
     plugins: Vec<Arc<dyn Plugin>>,
+    extra_tools: Vec<Arc<dyn ExtraTool>>,
     system: String,
     /// Most tokens per model response.
     pub max_tokens: u32,
@@ -98,6 +99,7 @@ impl Agent {
             provider,
             tools,
             plugins: Vec::new(),
+            extra_tools: Vec::new(),
             system,
             max_tokens: 8192,
             max_turns: 100,
@@ -109,6 +111,16 @@ impl Agent {
     pub fn with_plugin(mut self, plugin: Arc<dyn Plugin>) -> Agent {
         self.plugins.push(plugin);
         self
+    }
+
+    /// Offers the model another tool.
+    pub fn with_tool(mut self, tool: Arc<dyn ExtraTool>) -> Agent {
+        self.extra_tools.push(tool);
+        self
+    }
+
+    fn extra(&self, name: &str) -> Option<&Arc<dyn ExtraTool>> {
+        self.extra_tools.iter().find(|t| t.spec().name == name)
     }
 
     /// Runs one prompt to its end, appending to `conversation`.
@@ -136,7 +148,10 @@ impl Agent {
             let request = ModelRequest {
                 system: system.clone(),
                 messages: conversation.clone(),
-                tools: Tools::specs(),
+                tools: Tools::specs()
+                    .into_iter()
+                    .chain(self.extra_tools.iter().map(|t| t.spec()))
+                    .collect(),
                 max_tokens: self.max_tokens,
             };
             let mut stream = self.provider.stream(&request);
@@ -307,8 +322,9 @@ impl Agent {
         calls: &[(String, String, Result<Value, String>)],
         events: &UnboundedSender<AgentEvent>,
     ) -> Vec<ToolOutcome> {
-        let reads = |c: &(String, String, Result<Value, String>)| {
-            c.2.as_ref().is_ok_and(|input| is_read_only(&c.1, input))
+        let reads = |c: &(String, String, Result<Value, String>)| match self.extra(&c.1) {
+            Some(tool) => tool.read_only(),
+            None => c.2.as_ref().is_ok_and(|input| is_read_only(&c.1, input)),
         };
         let mut results = Vec::with_capacity(calls.len());
         let mut i = 0;
@@ -382,10 +398,14 @@ impl Agent {
                 data: String::from_utf8_lossy(bytes).into_owned(),
             });
         };
-        let mut outcome = self
-            .tools
-            .run(&call.name, &call.input, &mut on_output)
-            .await;
+        let mut outcome = match self.extra(&call.name) {
+            Some(tool) => tool.run(&call.input).await,
+            None => {
+                self.tools
+                    .run(&call.name, &call.input, &mut on_output)
+                    .await
+            }
+        };
         for plugin in &self.plugins {
             plugin.after_tool(&call, &mut outcome).await;
         }

@@ -28,6 +28,22 @@ pub enum Decision {
     Rewrite(Value),
 }
 
+/// A tool added by the embedding service rather than run in the sandbox (e.g. starting
+/// sub-sessions). It goes through the same plugin hooks as the built-in tools.
+#[async_trait]
+pub trait ExtraTool: Send + Sync {
+    /// What the model is told about it.
+    fn spec(&self) -> crate::model::ToolSpec;
+
+    /// True when it changes nothing (it may run beside other reads).
+    fn read_only(&self) -> bool {
+        false
+    }
+
+    /// Runs it.
+    async fn run(&self, input: &Value) -> ToolOutcome;
+}
+
 /// A plugin. Every hook has a default that does nothing.
 #[async_trait]
 pub trait Plugin: Send + Sync {

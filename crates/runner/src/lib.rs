@@ -8,13 +8,16 @@
 //! kills its running command, and every pending tool call gets a result, so the
 //! conversation stays valid for the next prompt.
 
+mod subsessions;
+
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hangar_agent::{Agent, AgentEvent, Message, Provider, RepoContext, Tools};
 use hangar_protocol::session::{EventBody, OutputStream};
 use hangar_sandbox::{Runtime, SandboxSpec};
-use hangar_session::{Executor, PromptRun, RunFuture};
+use hangar_session::{Executor, PromptRun, RunFuture, Sessions};
+pub use subsessions::{SessionReport, SpawnSession};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +42,9 @@ struct Inner {
     max_tokens: u32,
     context_limit: u64,
     sessions: Mutex<HashMap<String, SessionState>>,
+    /// The session service, for sub-sessions (set once it exists: it is built with this
+    /// executor).
+    service: OnceLock<Sessions>,
 }
 
 /// Drives prompts with the agent in a sandbox per session.
@@ -65,6 +71,7 @@ impl AgentExecutor {
                 max_tokens: 8192,
                 context_limit: 200_000,
                 sessions: Mutex::default(),
+                service: OnceLock::new(),
             }),
         }
     }
@@ -82,6 +89,12 @@ impl AgentExecutor {
         AgentExecutor {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Lets agents start and follow sessions of their own (`spawn_session`,
+    /// `session_status`, `session_result`).
+    pub fn enable_sub_sessions(&self, sessions: Sessions) {
+        let _ = self.inner.service.set(sessions);
     }
 
     /// The sandbox of `session`, if it has one.
@@ -144,6 +157,22 @@ impl Executor for AgentExecutor {
                 SYSTEM_PROMPT.to_string(),
             )
             .with_plugin(Arc::new(RepoContext::new(envd, inner.workdir.clone())));
+            if let Some(service) = inner.service.get() {
+                agent = agent
+                    .with_tool(Arc::new(SpawnSession {
+                        sessions: service.clone(),
+                        author: run.prompt.author.clone(),
+                        parent_events: run.events.clone(),
+                    }))
+                    .with_tool(Arc::new(SessionReport {
+                        sessions: service.clone(),
+                        result: false,
+                    }))
+                    .with_tool(Arc::new(SessionReport {
+                        sessions: service.clone(),
+                        result: true,
+                    }));
+            }
             agent.max_tokens = inner.max_tokens;
             agent.context_limit = inner.context_limit;
 

@@ -285,3 +285,80 @@ async fn stop_ends_the_running_command_and_the_session_goes_on() {
     assert_eq!(last_result["type"], "tool_result");
     assert_eq!(last_result["is_error"], true);
 }
+
+#[tokio::test]
+async fn the_agent_spawns_a_sub_session_and_reads_its_result() {
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &[],
+            &[(
+                "t1",
+                "spawn_session",
+                &[r#"{"repo": "docs", "prompt": "research the API"}"#],
+            )],
+            "tool_use",
+        )),
+        // The parent's next turn and the child's first turn, in either order.
+        Reply::sse(anthropic(&["ok"], &[], "end_turn")),
+        Reply::sse(anthropic(&["ok"], &[], "end_turn")),
+    ])
+    .await;
+    let w = World::new(&fake);
+    w.executor.enable_sub_sessions(w.sessions.clone());
+    let parent = w
+        .sessions
+        .create(w.alice.user_id.unwrap(), "app", "parent")
+        .await
+        .unwrap();
+    w.sessions
+        .prompt(&parent.id, w.alice.clone(), "split the work".into())
+        .await
+        .unwrap();
+    let events = w.events_after_finished(&parent.id, 1).await;
+    let spawned = events
+        .iter()
+        .find(|e| e["type"] == "session.spawned")
+        .expect("session.spawned in the parent's log");
+    assert_eq!(spawned["data"]["repo"], "docs");
+    let child = spawned["data"]["session_id"].as_str().unwrap().to_string();
+    let child_events = w.events_after_finished(&child, 1).await;
+    let queued = child_events
+        .iter()
+        .find(|e| e["type"] == "prompt.queued")
+        .unwrap();
+    assert_eq!(queued["data"]["prompt"]["text"], "research the API");
+    assert_eq!(
+        queued["data"]["prompt"]["author"]["login"], "alice",
+        "the child belongs to the prompt's author"
+    );
+
+    fake.push(Reply::sse(anthropic(
+        &[],
+        &[(
+            "t2",
+            "session_result",
+            &[&format!(r#"{{"session_id": "{child}"}}"#)],
+        )],
+        "tool_use",
+    )));
+    fake.push(Reply::sse(anthropic(
+        &["The child said ok."],
+        &[],
+        "end_turn",
+    )));
+    w.sessions
+        .prompt(&parent.id, w.alice.clone(), "what did it find?".into())
+        .await
+        .unwrap();
+    let events = w.events_after_finished(&parent.id, 2).await;
+    let result: String = events
+        .iter()
+        .filter(|e| {
+            e["type"] == "tool.output" && e["data"]["call_id"].as_str().unwrap().ends_with("t2")
+        })
+        .map(|e| e["data"]["text"].as_str().unwrap().to_string())
+        .collect();
+    let result: Value = serde_json::from_str(&result).unwrap();
+    assert_eq!(result["answer"], "ok");
+    assert_eq!(result["outcome"], "done");
+}
