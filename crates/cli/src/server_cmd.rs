@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use hangar_agent::{Provider, ProviderConfig, ProviderKind};
 use hangar_config::Config;
-use hangar_sandbox::LocalRuntime;
+use hangar_runner::{AgentExecutor, NoModel};
+use hangar_sandbox::{LocalRuntime, Network, Rootfs, SandboxSpec};
 use hangar_server::{AppState, Backend};
-use hangar_session::{Durability, ScriptedExecutor, Sessions, SessionsConfig};
+use hangar_session::{Durability, Executor, ScriptedExecutor, Sessions, SessionsConfig};
 use hangar_store::Store;
 
 #[derive(Args)]
@@ -80,8 +82,8 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The session service, driven by the scripted stand-in agent until the agent runtime
-/// lands.
+/// The session service, its prompts answered by the agent with the configured model (or,
+/// when `sessions.executor = "scripted"`, by the stand-in used to test the machinery).
 fn open_sessions(config: &Config, store: Arc<Store>) -> anyhow::Result<Sessions> {
     let settings = &config.sessions;
     let mut sessions_config = SessionsConfig::new(config.data_dir.join("sessions"));
@@ -91,10 +93,46 @@ fn open_sessions(config: &Config, store: Arc<Store>) -> anyhow::Result<Sessions>
         "full" => Durability::Full,
         _ => Durability::Process,
     };
-    let executor = Arc::new(ScriptedExecutor {
-        delay: Duration::from_millis(settings.scripted_delay_ms),
-    });
-    Ok(Sessions::new(sessions_config, store, executor)?)
+    let mut agent = None;
+    let executor: Arc<dyn Executor> = match (settings.executor.as_str(), &config.model) {
+        ("scripted", _) => Arc::new(ScriptedExecutor {
+            delay: Duration::from_millis(settings.scripted_delay_ms),
+        }),
+        (_, Some(model)) => {
+            let kind = match model.provider.as_str() {
+                "openai" => ProviderKind::OpenAi,
+                _ => ProviderKind::Anthropic,
+            };
+            let provider = Provider::new(ProviderConfig {
+                kind,
+                base_url: model.base_url.clone(),
+                model: model.model.clone(),
+                api_key: model.api_key()?,
+                max_retries: 4,
+                initial_backoff: Duration::from_millis(500),
+            })?;
+            let runtime = LocalRuntime::open(config)?;
+            let spec = SandboxSpec {
+                rootfs: Rootfs::HostRoot,
+                limits: runtime.default_limits(),
+                network: Network::None,
+            };
+            let executor =
+                AgentExecutor::new(Arc::new(runtime), provider, spec, settings.workdir.clone())
+                    .with_limits(model.max_tokens, model.context_limit);
+            agent = Some(executor.clone());
+            Arc::new(executor)
+        }
+        (_, None) => {
+            eprintln!("hangar: no [model] configured: prompts will fail until one is (see README)");
+            Arc::new(NoModel)
+        }
+    };
+    let sessions = Sessions::new(sessions_config, store, executor)?;
+    if let Some(agent) = agent {
+        agent.enable_sub_sessions(sessions.clone());
+    }
+    Ok(sessions)
 }
 
 /// Completes on SIGINT or SIGTERM.

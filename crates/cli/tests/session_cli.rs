@@ -32,14 +32,19 @@ fn hangar(data_dir: &Path) -> Command {
 }
 
 impl Server {
-    /// Starts the server with `[sessions]` settings written to `<data dir>/hangar.toml`.
+    /// Starts the server with `[sessions]` settings written to `<data dir>/hangar.toml`; the
+    /// scripted stand-in answers prompts, exercising the session machinery without a model.
     fn start(data_dir: &Path, sessions_toml: &str) -> Server {
-        std::fs::create_dir_all(data_dir).unwrap();
-        std::fs::write(
-            data_dir.join("hangar.toml"),
-            format!("[sessions]\n{sessions_toml}\n"),
+        Server::start_with_config(
+            data_dir,
+            &format!("[sessions]\nexecutor = \"scripted\"\n{sessions_toml}\n"),
         )
-        .unwrap();
+    }
+
+    /// Starts the server with `toml` as `<data dir>/hangar.toml`.
+    fn start_with_config(data_dir: &Path, toml: &str) -> Server {
+        std::fs::create_dir_all(data_dir).unwrap();
+        std::fs::write(data_dir.join("hangar.toml"), toml).unwrap();
         let mut child = hangar(data_dir)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
@@ -866,4 +871,107 @@ async fn bad_input_gets_clear_errors_and_bad_frames_close_with_a_code() {
         assert!(!seen.close.unwrap().1.is_empty());
     }
     let _ = CloseCode::Normal;
+}
+
+/// Polls until `n` prompts of the session have finished.
+async fn wait_finished(api: &Api, id: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = api.all_events(id).await;
+        let done = events
+            .iter()
+            .filter(|e| e["type"] == "prompt.finished")
+            .count();
+        if done >= n || Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_a_model_configured_prompts_run_the_agent_in_a_sandbox() {
+    use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &["Looking."],
+            &[(
+                "t1",
+                "shell",
+                &[r#"{"command": "echo from-the-sandbox; hostname"}"#],
+            )],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["All good."], &[], "end_turn")),
+    ])
+    .await;
+    let (_dir, data) = scratch();
+    let key_file = data.parent().unwrap().join("model.key");
+    std::fs::write(&key_file, "sk-test\n").unwrap();
+    let server = Server::start_with_config(
+        &data,
+        &format!(
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"claude-test\"\napi_key_file = {:?}\n",
+            fake.url(),
+            key_file
+        ),
+    );
+    let api = Api::new(&server, server.admin_token.as_deref().unwrap());
+    let id = api.create_session().await;
+    api.prompt(&id, "check the sandbox").await;
+    let events = wait_finished(&api, &id, 1).await;
+    let finished = events
+        .iter()
+        .find(|e| e["type"] == "prompt.finished")
+        .unwrap();
+    assert_eq!(finished["data"]["outcome"], "done", "{finished}");
+    let output: String = events
+        .iter()
+        .filter(|e| e["type"] == "tool.output")
+        .map(|e| e["data"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        output.starts_with("from-the-sandbox\nsb-"),
+        "ran in a sandbox: {output:?}"
+    );
+    let text: String = events
+        .iter()
+        .filter(|e| e["type"] == "model.delta")
+        .map(|e| e["data"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, "Looking.All good.");
+    let req = &fake.requests()[0];
+    assert_eq!(req.headers["x-api-key"], "sk-test");
+    assert_eq!(req.body["model"], "claude-test");
+    assert!(
+        !server.stderr().contains("sk-test"),
+        "the key is never logged"
+    );
+}
+
+#[tokio::test]
+async fn without_a_model_a_prompt_fails_saying_how_to_configure_one() {
+    let (_dir, data) = scratch();
+    let server = Server::start_with_config(&data, "");
+    assert!(
+        server.stderr().contains("no [model] configured"),
+        "{}",
+        server.stderr()
+    );
+    let api = Api::new(&server, server.admin_token.as_deref().unwrap());
+    let id = api.create_session().await;
+    api.prompt(&id, "hello?").await;
+    let events = wait_finished(&api, &id, 1).await;
+    let finished = events
+        .iter()
+        .find(|e| e["type"] == "prompt.finished")
+        .unwrap();
+    assert_eq!(finished["data"]["outcome"], "failed", "{finished}");
+    assert!(
+        finished["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("add a [model] section"),
+        "{finished}"
+    );
 }

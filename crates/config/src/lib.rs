@@ -121,9 +121,14 @@ pub struct SessionsSettings {
     pub durability: String,
     /// Live events buffered per session; a client further behind is resynced from the log.
     pub live_buffer: usize,
-    /// Pause between the events of the stand-in (scripted) agent, until the agent runtime
-    /// drives sessions.
+    /// What answers prompts: `agent` (the agent with the `[model]` configured; without a
+    /// model, prompts fail saying so) or `scripted` (a stand-in that streams canned events,
+    /// for tests and benchmarks of the session machinery only).
+    pub executor: String,
+    /// Pause between the events of the `scripted` stand-in.
     pub scripted_delay_ms: u64,
+    /// Where the repository is checked out inside a session's sandbox.
+    pub workdir: String,
 }
 
 impl Default for SessionsSettings {
@@ -132,7 +137,9 @@ impl Default for SessionsSettings {
             idle_unload_ms: 300_000,
             durability: "process".into(),
             live_buffer: 4096,
+            executor: "agent".into(),
             scripted_delay_ms: 20,
+            workdir: "/workspace".into(),
         }
     }
 }
@@ -293,6 +300,15 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.sessions.executor.as_str(), "agent" | "scripted") {
+            return Err(ConfigError::Invalid {
+                key: "sessions.executor",
+                message: format!(
+                    "{:?} is not one of \"agent\", \"scripted\"",
+                    self.sessions.executor
+                ),
+            });
+        }
         if let Some(m) = &self.model
             && !matches!(m.provider.as_str(), "anthropic" | "openai")
         {

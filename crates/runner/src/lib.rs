@@ -21,6 +21,22 @@ pub use subsessions::{SessionReport, SpawnSession};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+/// The executor of a deployment with no model configured: every prompt fails, saying how
+/// to configure one.
+pub struct NoModel;
+
+impl Executor for NoModel {
+    fn run(&self, _run: PromptRun) -> RunFuture {
+        Box::pin(async {
+            Err(
+                "no model is configured: add a [model] section to hangar.toml \
+                 (provider, base_url, model, api_key_env) and restart"
+                    .to_string(),
+            )
+        })
+    }
+}
+
 /// The agent's standing instructions.
 pub const SYSTEM_PROMPT: &str = "You are a coding agent working in an isolated sandbox on a \
 checkout of the user's repository. Read before you change; keep changes small and focused; \
