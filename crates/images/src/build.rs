@@ -507,6 +507,7 @@ impl Builder {
                 NetworkMode::None => "none".into(),
                 NetworkMode::Egress => "egress".into(),
             }),
+            snapshot_of: None,
         };
         // Nothing changed since the current image: keep it rather than minting an
         // identical image that differs only in its creation time.
@@ -784,7 +785,7 @@ impl Builder {
         };
         let store = self.store.clone();
         let (layer, _) =
-            tokio::task::spawn_blocking(move || store.seal_dir(&upper, owners, UPPER_EXCLUDE))
+            tokio::task::spawn_blocking(move || store.seal_upper(&upper, owners, UPPER_EXCLUDE))
                 .await
                 .map_err(|e| BuildError::Envd {
                     step: name.to_string(),

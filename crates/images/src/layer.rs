@@ -458,3 +458,62 @@ fn set_mtime(p: &Path, mtime: i64) -> io::Result<()> {
     )
     .map_err(|e| with_path(p)(io::Error::from(e)))
 }
+
+/// Turns a sealed tree into an unpacked layer in place, as [`unpack_layer`] of its
+/// tarball would have made it: owners mapped by `owners` (setuid/setgid bits and file
+/// capabilities, which a chown clears, put back), overlay bookkeeping xattrs other than
+/// the opaque marker dropped, sockets and the top-level names in `exclude` removed.
+/// Moving a stopped sandbox's upper directory into the store this way costs a walk
+/// instead of a copy of every byte.
+pub fn adopt_tree(dir: &Path, owners: Owners, exclude: &[&str]) -> io::Result<()> {
+    for name in exclude {
+        remove_existing(&dir.join(name))?;
+    }
+    adopt_entries(dir, owners)?;
+    // The root of a layer belongs to the sandbox's root, like an unpacked one.
+    std::os::unix::fs::lchown(dir, Some(0), Some(0)).map_err(with_path(dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(with_path(dir))
+}
+
+fn adopt_entries(dir: &Path, owners: Owners) -> io::Result<()> {
+    for entry in fs::read_dir(dir).map_err(with_path(dir))? {
+        let entry = entry.map_err(with_path(dir))?;
+        let path = entry.path();
+        let meta = fs::symlink_metadata(&path).map_err(with_path(&path))?;
+        let ft = meta.file_type();
+        if ft.is_socket() {
+            fs::remove_file(&path).map_err(with_path(&path))?;
+            continue;
+        }
+        if !ft.is_symlink()
+            && let Ok(names) = xattr::list(&path)
+        {
+            for n in names {
+                let s = n.to_string_lossy();
+                if s.starts_with("trusted.overlay.") && s != OPAQUE_XATTR {
+                    xattr::remove(&path, &n).map_err(with_path(&path))?;
+                }
+            }
+        }
+        let (uid, gid) = (owners.map(meta.uid()), owners.map(meta.gid()));
+        if (uid, gid) != (meta.uid(), meta.gid()) {
+            let caps = if ft.is_file() {
+                xattr::get(&path, "security.capability").ok().flatten()
+            } else {
+                None
+            };
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(with_path(&path))?;
+            if !ft.is_symlink() && meta.mode() & 0o6000 != 0 {
+                fs::set_permissions(&path, fs::Permissions::from_mode(meta.mode() & 0o7777))
+                    .map_err(with_path(&path))?;
+            }
+            if let Some(caps) = caps {
+                xattr::set(&path, "security.capability", &caps).map_err(with_path(&path))?;
+            }
+        }
+        if ft.is_dir() {
+            adopt_entries(&path, owners)?;
+        }
+    }
+    Ok(())
+}

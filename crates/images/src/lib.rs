@@ -12,10 +12,12 @@ pub mod build;
 pub mod git;
 pub mod layer;
 pub mod recipe;
+pub mod snapshot;
 pub mod store;
 
 pub use build::{BuildError, BuildEvent, BuildOutcome, BuildRequest, Builder};
 pub use git::{Credentials, GitCredential, NoCredentials};
 pub use layer::Owners;
 pub use recipe::{Base, Recipe, RecipeError};
+pub use snapshot::{SnapshotError, rootfs, snapshot};
 pub use store::{GcReport, ImageInfo, ImageMeta, Layer, Store, StoreError};

@@ -44,6 +44,8 @@ pub const ANN_COMMIT: &str = "dev.hangar.commit";
 pub const ANN_BASE: &str = "dev.hangar.base";
 /// sha256 of the recipe the image was built from.
 pub const ANN_RECIPE_DIGEST: &str = "dev.hangar.recipe-digest";
+/// For a snapshot: the manifest digest of the image it continues.
+pub const ANN_SNAPSHOT_OF: &str = "dev.hangar.snapshot-of";
 const LABEL_RECIPE: &str = "dev.hangar.recipe";
 const LABEL_START: &str = "dev.hangar.start";
 const LABEL_SESSION_NETWORK: &str = "dev.hangar.session-network";
@@ -145,6 +147,9 @@ pub struct ImageMeta {
     pub start: Vec<String>,
     /// Network of sessions: `none` or `egress`.
     pub session_network: Option<String>,
+    /// For a snapshot: the manifest digest of the image it continues.
+    #[serde(default)]
+    pub snapshot_of: Option<String>,
 }
 
 /// An image in the store.
@@ -561,6 +566,61 @@ impl Store {
         Ok((l, stats))
     }
 
+    /// Seals a stopped sandbox's upper directory into a layer and *moves* the directory
+    /// into the store as the layer's unpacked form (see [`layer::adopt_tree`]), so the
+    /// bytes are written once, into the blob. `upper` is gone afterwards. Falls back to
+    /// unpacking the blob when the upper directory is on another filesystem.
+    pub fn seal_upper(
+        &self,
+        upper: &Path,
+        owners: Owners,
+        exclude: &[&str],
+    ) -> Result<(Layer, LayerStats), StoreError> {
+        let w = self.blob_writer()?;
+        let (w, stats) = layer::write_layer(upper, owners, exclude, w)
+            .map_err(StoreError::io(format!("sealing {}", upper.display())))?;
+        let (digest, size) = w.finish()?;
+        let l = Layer {
+            diff_id: digest.clone(),
+            digest,
+            size,
+            gzip: false,
+        };
+        let target = self.root.join("layers").join(digest_hex(&l.digest)?);
+        if target.is_dir() {
+            return Ok((l, stats));
+        }
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("adopt-{}", uuid::Uuid::new_v4().simple()));
+        match fs::rename(upper, &tmp) {
+            Ok(()) => {
+                let adopted = layer::adopt_tree(&tmp, owners, exclude)
+                    .map_err(StoreError::io(format!("adopting {}", upper.display())))
+                    .and_then(|()| {
+                        fs::rename(&tmp, &target).or_else(|e| {
+                            if target.is_dir() {
+                                Ok(())
+                            } else {
+                                Err(StoreError::io("moving a layer into place")(e))
+                            }
+                        })
+                    });
+                if let Err(e) = adopted {
+                    let _ = fs::remove_dir_all(&tmp);
+                    return Err(e);
+                }
+                let _ = fs::remove_dir_all(&tmp);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                self.layer_dir(&l.digest)?;
+            }
+            Err(e) => return Err(StoreError::io(format!("moving {}", upper.display()))(e)),
+        }
+        Ok((l, stats))
+    }
+
     /// Stores a tarball read from `reader` (plain tar, or gzip when `gzip`) as a layer.
     pub fn put_layer(&self, reader: impl Read, gzip: bool) -> Result<Layer, StoreError> {
         let mut w = self.blob_writer()?;
@@ -731,6 +791,9 @@ impl Store {
         if let Some(d) = &meta.recipe_digest {
             ann.insert(ANN_RECIPE_DIGEST.to_string(), d.clone());
         }
+        if let Some(d) = &meta.snapshot_of {
+            ann.insert(ANN_SNAPSHOT_OF.to_string(), d.clone());
+        }
         let manifest = ImageManifestBuilder::default()
             .schema_version(2u32)
             .media_type(MediaType::ImageManifest)
@@ -833,6 +896,7 @@ impl Store {
                 .and_then(|s| serde_json::from_str(s).ok())
                 .unwrap_or_default(),
             session_network: labels.get(LABEL_SESSION_NETWORK).cloned(),
+            snapshot_of: ann.get(ANN_SNAPSHOT_OF).cloned(),
         };
         Ok(ImageInfo {
             id: digest_hex(digest)?[..12].to_string(),

@@ -351,3 +351,72 @@ async fn a_repository_without_a_recipe_is_a_clear_error() {
     assert!(err.contains("no hangar.toml"), "{err}");
     assert!(err.contains("--recipe"), "{err}");
 }
+
+#[tokio::test]
+async fn a_snapshot_restores_a_sandboxs_writes_and_deletions() {
+    let f = Fixture::new();
+    let image = f.build().await.0.unwrap().image;
+    let store = f.builder.store();
+    let sb = f
+        .runtime
+        .create(SandboxSpec {
+            rootfs: hangar_images::rootfs(store, &image).unwrap(),
+            limits: Limits {
+                memory_bytes: 256 << 20,
+                pids: 64,
+                cpus: 1.0,
+            },
+            network: Network::None,
+        })
+        .await
+        .unwrap();
+    let envd = f.runtime.envd(&sb.id).await.unwrap();
+    let out = envd
+        .output(
+            ExecRequest {
+                shell: Some(
+                    "echo edited > src/main.txt && rm built.txt && mkdir -p notes && echo hi > notes/n && ln -s notes/n link && chmod 600 notes/n"
+                        .into(),
+                ),
+                cwd: Some("/workspace".into()),
+                ..Default::default()
+            },
+            1 << 16,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status.code, Some(0));
+    let config = hangar_config::Config {
+        data_dir: store.root().parent().unwrap().to_path_buf(),
+        ..Default::default()
+    };
+    let snap = hangar_images::snapshot(&f.runtime, store, &config, &sb.id, &image)
+        .await
+        .unwrap();
+    assert_eq!(snap.layers.len(), image.layers.len() + 1);
+    assert_eq!(
+        snap.meta.snapshot_of.as_deref(),
+        Some(image.digest.as_str())
+    );
+    assert!(
+        f.runtime.list().await.unwrap().is_empty(),
+        "the sandbox is gone"
+    );
+    assert_eq!(
+        store
+            .current(snap.meta.repo.as_deref().unwrap())
+            .unwrap()
+            .unwrap()
+            .digest,
+        image.digest,
+        "a snapshot is not the repository's current image"
+    );
+    assert_eq!(
+        f.run_in(
+            &snap,
+            "cat src/main.txt; test -e built.txt || echo deleted; cat link; stat -c '%a %u' notes/n"
+        )
+        .await,
+        "edited\ndeleted\nhi\n600 0\n"
+    );
+}

@@ -509,3 +509,37 @@ fn umoci_reads_an_exported_image_and_hangar_imports_one_umoci_made() {
     );
     assert_eq!(store.images().unwrap().len(), 2);
 }
+
+#[test]
+fn moving_an_upper_dir_into_the_store_equals_unpacking_its_blob() {
+    hangar_testkit::require_root();
+    let scratch = hangar_testkit::scratch_dir();
+    let store = Store::open_at(&scratch.path().join("images")).unwrap();
+    let upper = scratch.path().join("upper");
+    fs::create_dir(&upper).unwrap();
+    unusual_upper(&upper);
+    fs::create_dir_all(upper.join(".hangar/run")).unwrap();
+    let cap = b"\x01\x00\x00\x02\x00\x04\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+    xattr::set(upper.join("setuid"), "security.capability", cap).unwrap();
+    let (layer, _) = store.seal_upper(&upper, SHIFT, &[".hangar"]).unwrap();
+    assert!(!upper.exists(), "the upper dir was moved, not copied");
+    let moved = store.layer_dir(&layer.digest).unwrap();
+    let unpacked = scratch.path().join("unpacked");
+    fs::create_dir(&unpacked).unwrap();
+    let blob = store
+        .root()
+        .join("blobs/sha256")
+        .join(layer.digest.strip_prefix("sha256:").unwrap());
+    unpack_layer(fs::File::open(blob).unwrap(), &unpacked).unwrap();
+    let want = snapshot(&unpacked, |id| id);
+    assert!(!want.keys().any(|k| k.starts_with(".hangar")));
+    assert_eq!(want[Path::new("setuid")].mode, 0o4755);
+    assert_eq!(
+        want[Path::new("setuid")]
+            .xattrs
+            .get("security.capability")
+            .map(Vec::as_slice),
+        Some(&cap[..])
+    );
+    assert_eq!(snapshot(&moved, |id| id), want);
+}

@@ -590,17 +590,6 @@ fn init(cfg: &JailConfig, listener: RawFd) -> JailResult<std::convert::Infallibl
         }
     }
 
-    for (i, bind) in cfg.files.iter().enumerate() {
-        let target = rootfs.join(bind.target.strip_prefix("/").unwrap_or(&bind.target));
-        if let Some(parent) = target.parent() {
-            mkdir_p(parent)?;
-        }
-        if fs::symlink_metadata(&target).is_err() {
-            File::create(&target).map_err(ctx(|| format!("creating {}", target.display())))?;
-        }
-        bind_read_only(&format!("../file-{i}"), &target, MsFlags::empty(), nosuid)?;
-    }
-
     // envd, behind a read-only tmpfs.
     let hangar = at(ENVD_DIR);
     mkdir_p(&hangar)?;
@@ -619,6 +608,18 @@ fn init(cfg: &JailConfig, listener: RawFd) -> JailResult<std::convert::Infallibl
         MsFlags::empty(),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
+    // Host files last, so targets inside /.hangar (the CA bundle) land on its tmpfs.
+    for (i, bind) in cfg.files.iter().enumerate() {
+        let target = rootfs.join(bind.target.strip_prefix("/").unwrap_or(&bind.target));
+        if let Some(parent) = target.parent() {
+            mkdir_p(parent)?;
+        }
+        if fs::symlink_metadata(&target).is_err() {
+            File::create(&target).map_err(ctx(|| format!("creating {}", target.display())))?;
+        }
+        bind_read_only(&format!("../file-{i}"), &target, MsFlags::empty(), nosuid)?;
+    }
+
     mnt(
         None,
         &hangar,

@@ -488,7 +488,10 @@ impl LocalRuntime {
             ),
         };
         let (files, env) = if spec.network == Network::Egress {
-            let ca = "/etc/ssl/certs/ca-certificates.crt";
+            // Not bound over /etc/ssl/certs/ca-certificates.crt: installing the
+            // ca-certificates package (python3-pip depends on it) renames a new bundle
+            // over that path, which fails with EBUSY on a mount point.
+            let ca = "/.hangar/ca-certificates.crt";
             let mut files = vec![FileBind {
                 source: self.sandbox_dir(id).join("resolv.conf"),
                 target: "/etc/resolv.conf".into(),

@@ -130,14 +130,14 @@ async fn egress_reaches_the_outside_through_nat_and_nothing_else() {
 
     // The host's CA bundle and a usable resolver are in place.
     let out = f
-        .sh(&a.id, "test -s /etc/ssl/certs/ca-certificates.crt && grep -c nameserver /etc/resolv.conf; echo $SSL_CERT_FILE $PIP_CERT")
+        .sh(&a.id, "test -s /.hangar/ca-certificates.crt && grep -c nameserver /etc/resolv.conf; echo $SSL_CERT_FILE $PIP_CERT")
         .await;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let mut lines = text.lines();
     assert_ne!(lines.next(), Some("0"), "a resolver: {text}");
     assert_eq!(
         lines.next(),
-        Some("/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt"),
+        Some("/.hangar/ca-certificates.crt /.hangar/ca-certificates.crt"),
         "tools are pointed at the host's CA bundle"
     );
 
