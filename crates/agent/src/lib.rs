@@ -20,6 +20,6 @@ pub mod tools;
 
 pub use agent::{Agent, AgentError, AgentEvent, Outcome};
 pub use model::{Block, Message, ModelEvent, ModelRequest, Role, StopReason, ToolSpec, Usage};
-pub use plugin::{Decision, ExtraTool, Plugin, RepoContext, ToolCall};
+pub use plugin::{Decision, ExtraTool, Plugin, RepoContext, SyncGate, SyncState, ToolCall};
 pub use provider::{Provider, ProviderConfig, ProviderError, ProviderKind};
 pub use tools::{ToolOutcome, Tools};

@@ -142,3 +142,54 @@ impl Plugin for RepoContext {
         Some(out)
     }
 }
+
+/// Where the sandbox's checkout is relative to the latest base branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncState {
+    /// Fetching and updating; the checkout is the image's (slightly older) commit.
+    Syncing,
+    /// Up to date.
+    Synced,
+    /// The sync failed, with why.
+    Failed(String),
+}
+
+/// Built-in `tool.execute.before`: reads, listing and search run at once against the
+/// image's checkout; writes, edits and shell commands not declared read-only wait until
+/// the checkout is synced to the latest base commit, and are refused if the sync failed.
+/// So the agent starts researching while the sync runs, and never edits a stale tree.
+pub struct SyncGate {
+    state: tokio::sync::watch::Receiver<SyncState>,
+}
+
+impl SyncGate {
+    /// A gate following `state` (its sender is the sync's).
+    pub fn new(state: tokio::sync::watch::Receiver<SyncState>) -> SyncGate {
+        SyncGate { state }
+    }
+}
+
+#[async_trait]
+impl Plugin for SyncGate {
+    fn name(&self) -> &str {
+        "sync-gate"
+    }
+
+    async fn before_tool(&self, call: &ToolCall) -> Decision {
+        if crate::tools::is_read_only(&call.name, &call.input) {
+            return Decision::Allow;
+        }
+        let mut state = self.state.clone();
+        let settled = state.wait_for(|s| *s != SyncState::Syncing).await;
+        match settled.as_deref() {
+            Ok(SyncState::Synced) => Decision::Allow,
+            Ok(SyncState::Failed(why)) => Decision::Block(format!(
+                "the checkout could not be synced to the latest base commit ({why}); changes are refused until it is"
+            )),
+            // The sync's sender is gone without an answer.
+            Ok(SyncState::Syncing) | Err(_) => Decision::Block(
+                "the checkout's sync ended without a result; changes are refused".into(),
+            ),
+        }
+    }
+}

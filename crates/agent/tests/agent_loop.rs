@@ -443,3 +443,126 @@ async fn agents_md_and_repo_facts_reach_the_system_prompt() {
     assert!(system.contains("AGENTS.md:\nUse tabs."), "{system}");
     assert!(system.contains("CLAUDE.md:\nBe kind."), "{system}");
 }
+
+#[tokio::test]
+async fn reads_run_before_the_sync_and_a_write_waits_for_it() {
+    use hangar_agent::{SyncGate, SyncState};
+    let sb = Sandbox::new().await;
+    // One response: a read, a write, then another read, in that order.
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &[],
+            &[
+                ("r1", "read_file", &[r#"{"path": "a.txt"}"#]),
+                (
+                    "w1",
+                    "write_file",
+                    &[r#"{"path": "a.txt", "content": "new\n"}"#],
+                ),
+            ],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["ok"], &[], "end_turn")),
+    ])
+    .await;
+    let (sync_tx, sync_rx) = tokio::sync::watch::channel(SyncState::Syncing);
+    let agent = Agent::new(
+        provider(ProviderKind::Anthropic, fake.url()),
+        Tools::new(sb.envd.clone(), "/tmp/repo"),
+        "sys".into(),
+    )
+    .with_plugin(Arc::new(SyncGate::new(sync_rx)));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let run = tokio::spawn(async move {
+        let mut conversation = Vec::new();
+        agent
+            .run(&mut conversation, "go", &tx, &CancellationToken::new())
+            .await
+    });
+    // The read finishes while the (slow) sync is still running; the write does not start.
+    let mut seen = Vec::new();
+    let read_done = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(e) = rx.recv().await {
+            seen.push(e.clone());
+            if matches!(&e, AgentEvent::ToolFinished { id, .. } if id == "r1") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read_done.is_ok(), "the read ran before the sync finished");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(e) = rx.try_recv() {
+        seen.push(e);
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, AgentEvent::ToolStarted { id, .. } if id == "w1")),
+        "the write waits"
+    );
+    assert_eq!(
+        sb.envd.read_to_end("/tmp/repo/a.txt").await.unwrap(),
+        b"one\ntwo\n"
+    );
+    // The sync completes: the write proceeds.
+    sync_tx.send(SyncState::Synced).unwrap();
+    let outcome = run.await.unwrap().unwrap();
+    assert_eq!(outcome, Outcome::Finished);
+    assert_eq!(
+        sb.envd.read_to_end("/tmp/repo/a.txt").await.unwrap(),
+        b"new\n"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_sync_refuses_writes_with_the_reason() {
+    use hangar_agent::{SyncGate, SyncState};
+    let sb = Sandbox::new().await;
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &[],
+            &[(
+                "w1",
+                "edit",
+                &[r#"{"path": "a.txt", "old_string": "one", "new_string": "1"}"#],
+            )],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["I cannot edit."], &[], "end_turn")),
+    ])
+    .await;
+    let (_sync_tx, sync_rx) = tokio::sync::watch::channel(SyncState::Failed(
+        "git fetch: could not resolve host".into(),
+    ));
+    let agent = Agent::new(
+        provider(ProviderKind::Anthropic, fake.url()),
+        Tools::new(sb.envd.clone(), "/tmp/repo"),
+        "sys".into(),
+    )
+    .with_plugin(Arc::new(SyncGate::new(sync_rx)));
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    agent
+        .run(&mut Vec::new(), "go", &tx, &CancellationToken::new())
+        .await
+        .unwrap();
+    let result = &fake.requests()[1].body["messages"][2]["content"][0];
+    assert_eq!(result["is_error"], true);
+    assert!(
+        result["content"]
+            .as_str()
+            .unwrap()
+            .contains("could not be synced"),
+        "{result}"
+    );
+    assert!(
+        result["content"]
+            .as_str()
+            .unwrap()
+            .contains("could not resolve host")
+    );
+    assert_eq!(
+        sb.envd.read_to_end("/tmp/repo/a.txt").await.unwrap(),
+        b"one\ntwo\n"
+    );
+}
