@@ -286,6 +286,11 @@ impl Builder {
         self
     }
 
+    /// The credential source.
+    pub fn credentials(&self) -> &dyn Credentials {
+        self.credentials.as_ref()
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store

@@ -12,6 +12,7 @@ pub mod build;
 pub mod git;
 pub mod layer;
 pub mod recipe;
+pub mod scheduler;
 pub mod snapshot;
 pub mod store;
 
@@ -19,5 +20,6 @@ pub use build::{BuildError, BuildEvent, BuildOutcome, BuildRequest, Builder};
 pub use git::{Credentials, GitCredential, NoCredentials};
 pub use layer::Owners;
 pub use recipe::{Base, Recipe, RecipeError};
+pub use scheduler::{ImageEvent, Schedule, Scheduler, Unchanged};
 pub use snapshot::{SnapshotError, rootfs, snapshot};
 pub use store::{GcReport, ImageInfo, ImageMeta, Layer, Store, StoreError};

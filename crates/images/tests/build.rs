@@ -420,3 +420,76 @@ async fn a_snapshot_restores_a_sandboxs_writes_and_deletions() {
         "edited\ndeleted\nhi\n600 0\n"
     );
 }
+
+#[tokio::test]
+async fn the_scheduler_rebuilds_only_when_the_branch_moves_and_tells_listeners() {
+    let f = Fixture::new();
+    let fixture = Arc::new(f);
+    // The builder is shared with the scheduler; a second one over the same store.
+    let store = fixture.builder.store().clone();
+    let mut config = hangar_config::Config {
+        data_dir: store.root().parent().unwrap().to_path_buf(),
+        ..Default::default()
+    };
+    config.sandbox.tools_dir = Some(hangar_testkit::bin_dir());
+    let builder = Arc::new(Builder::new(fixture.runtime.clone(), store.clone(), config));
+    let scheduler = Arc::new(hangar_images::Scheduler::new(builder));
+    let mut events = scheduler.subscribe();
+    let schedule = hangar_images::Schedule {
+        reference: Some("main".into()),
+        every: std::time::Duration::from_millis(300),
+        ..hangar_images::Schedule::new(fixture.repo.display().to_string())
+    };
+
+    // First look: no image yet, so it builds and announces it.
+    let first = scheduler.check(&schedule).await.unwrap().unwrap();
+    match events.try_recv().unwrap() {
+        hangar_images::ImageEvent::Current {
+            image, previous, ..
+        } => {
+            assert_eq!(image.digest, first.image.digest);
+            assert_eq!(previous, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing moved: no build.
+    assert!(matches!(
+        scheduler.check(&schedule).await.unwrap(),
+        Err(hangar_images::Unchanged::UpToDate)
+    ));
+    assert!(events.try_recv().is_err());
+
+    // The loop notices a new commit on its own.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let s2 = scheduler.clone();
+    let sched = schedule.clone();
+    let task = tokio::spawn(async move {
+        s2.run(vec![sched], async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    commit_files(&fixture.repo, &[("src/main.txt", "main v3\n")], "moved");
+    let event = tokio::time::timeout(std::time::Duration::from_secs(30), events.recv())
+        .await
+        .expect("an event within 30 s")
+        .unwrap();
+    let _ = stop_tx.send(());
+    task.await.unwrap();
+    match event {
+        hangar_images::ImageEvent::Current {
+            image, previous, ..
+        } => {
+            assert_eq!(previous.as_deref(), Some(first.image.digest.as_str()));
+            assert_eq!(
+                store.current(&first.repo).unwrap().unwrap().digest,
+                image.digest
+            );
+            assert_eq!(
+                fixture.run_in(&image, "cat built.txt").await,
+                "deps v1\nmain v3\n"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,189 @@
+//! Scheduled rebuilds: per repository, on a cadence (default 30 minutes), resolve the
+//! branch head and rebuild only when it or the recipe changed since the current image.
+//! A successful build becomes current atomically (see [`crate::Builder`]) and every
+//! listener hears about it (the warm pool drains sandboxes of the old image); a failed
+//! build keeps the previous image and is reported too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::build::{BuildError, BuildOutcome, BuildRequest, Builder};
+use crate::git::{Git, normalize_repo};
+use crate::store::{ImageInfo, sha256_digest};
+
+/// The default cadence.
+pub const DEFAULT_EVERY: Duration = Duration::from_secs(30 * 60);
+
+/// One repository to keep built.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// The repository (path or URL).
+    pub repo: String,
+    /// The branch to follow; the remote's HEAD when unset.
+    pub reference: Option<String>,
+    /// A recipe registered outside the repository (text, origin).
+    pub recipe: Option<(String, String)>,
+    /// How often to look.
+    pub every: Duration,
+}
+
+impl Schedule {
+    /// Follows `repo`'s default branch every 30 minutes with its own recipe.
+    pub fn new(repo: impl Into<String>) -> Schedule {
+        Schedule {
+            repo: repo.into(),
+            reference: None,
+            recipe: None,
+            every: DEFAULT_EVERY,
+        }
+    }
+}
+
+/// What listeners hear.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ImageEvent {
+    /// A new image is current for a repository.
+    Current {
+        /// The repository.
+        repo: String,
+        /// The new image.
+        image: Box<ImageInfo>,
+        /// The manifest digest of the image it replaced.
+        previous: Option<String>,
+    },
+    /// A scheduled build failed; the previous image stays current.
+    BuildFailed {
+        /// The repository.
+        repo: String,
+        /// What failed (the step and its log tail for a failed step).
+        error: String,
+    },
+}
+
+/// Why a check did not build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unchanged {
+    /// The current image is at the branch head with the same recipe.
+    UpToDate,
+}
+
+/// Runs schedules and tells listeners about new images.
+pub struct Scheduler {
+    builder: Arc<Builder>,
+    events: broadcast::Sender<ImageEvent>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// A scheduler building with `builder`.
+    pub fn new(builder: Arc<Builder>) -> Scheduler {
+        let (events, _) = broadcast::channel(64);
+        Scheduler { builder, events }
+    }
+
+    /// Listens for new images and failed builds.
+    pub fn subscribe(&self) -> broadcast::Receiver<ImageEvent> {
+        self.events.subscribe()
+    }
+
+    /// Looks once: builds when the branch head or the recipe changed since the current
+    /// image, and tells listeners.
+    pub async fn check(&self, s: &Schedule) -> Result<Result<BuildOutcome, Unchanged>, BuildError> {
+        let url = normalize_repo(&s.repo)?;
+        let store = self.builder.store();
+        let current = store.current(&url)?;
+        if let Some(current) = &current {
+            let scratch = store.scratch("resolve")?;
+            let head = async {
+                let git = Git::new(&url, self.builder.credentials(), &scratch)?;
+                git.resolve(s.reference.as_deref()).await
+            }
+            .await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            let head = head?;
+            let same_recipe = match &s.recipe {
+                // A recipe in the repository changes only with a commit.
+                None => current.meta.recipe_digest.is_some(),
+                Some((text, _)) => {
+                    current.meta.recipe_digest.as_deref() == Some(&sha256_digest(text.as_bytes()))
+                }
+            };
+            if current.meta.commit.as_deref() == Some(head.as_str()) && same_recipe {
+                return Ok(Err(Unchanged::UpToDate));
+            }
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // Scheduled builds have no one watching their progress; drain it.
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let result = self
+            .builder
+            .build(
+                &BuildRequest {
+                    repo: s.repo.clone(),
+                    reference: s.reference.clone(),
+                    recipe: s.recipe.clone(),
+                },
+                &tx,
+            )
+            .await;
+        drop(tx);
+        let _ = drain.await;
+        match &result {
+            Ok(outcome) => {
+                if current.as_ref().map(|c| &c.digest) != Some(&outcome.image.digest) {
+                    let _ = self.events.send(ImageEvent::Current {
+                        repo: outcome.repo.clone(),
+                        image: Box::new(outcome.image.clone()),
+                        previous: current.map(|c| c.digest),
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(repo = %url, "scheduled build failed: {e}");
+                let _ = self.events.send(ImageEvent::BuildFailed {
+                    repo: url.clone(),
+                    error: e.to_string(),
+                });
+            }
+        }
+        result.map(Ok)
+    }
+
+    /// Checks every schedule at its cadence (the first time at once) until `shutdown`
+    /// resolves. Schedules run one at a time: builds share the machine's cores.
+    pub async fn run(
+        &self,
+        schedules: Vec<Schedule>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut due: Vec<tokio::time::Instant> = schedules
+            .iter()
+            .map(|_| tokio::time::Instant::now())
+            .collect();
+        tokio::pin!(shutdown);
+        loop {
+            let Some((i, at)) = due.iter().copied().enumerate().min_by_key(|(_, at)| *at) else {
+                return;
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep_until(at) => {}
+            }
+            let s = &schedules[i];
+            if let Err(e) = self.check(s).await {
+                tracing::warn!(repo = %s.repo, "scheduled check failed: {e}");
+            }
+            due[i] = tokio::time::Instant::now() + s.every;
+        }
+    }
+}
