@@ -162,9 +162,9 @@ pub struct SandboxConfig {
     /// host's root as its rootfs. The data directory is always hidden too, and `/tmp`,
     /// `/var/tmp` and `/run` are always fresh, empty tmpfs.
     pub hidden_host_paths: Vec<PathBuf>,
-    /// CA certificates trusted inside sandboxes with network egress (bound over the
-    /// sandbox's `/etc/ssl/certs/ca-certificates.crt`), so installs work behind a
-    /// TLS-intercepting proxy whose CA the host trusts.
+    /// CA certificates trusted inside sandboxes with network egress (bound read-only at
+    /// `/.hangar/ca-certificates.crt`, with `SSL_CERT_FILE`, `PIP_CERT`, ... pointing
+    /// there), so installs work behind a TLS-intercepting proxy whose CA the host trusts.
     pub ca_bundle: PathBuf,
     /// Directory holding the `envd` and `hangar-jail` binaries; by default the directory
     /// of the running executable.
