@@ -1,0 +1,409 @@
+//! The warm pool: per repository, sandboxes already started from the current image, so a
+//! session claims one in milliseconds instead of starting one; and predictive warm-up: when
+//! someone starts typing a prompt, a sandbox is claimed for their draft and its checkout
+//! starts syncing to the latest base commit before the prompt arrives.
+//!
+//! The pool's size per repository follows demand: `min` plus the claims of the last
+//! `demand_window`, at most `max`. A background task refills it. When a repository's image
+//! changes ([`Pool::set_image`]), idle sandboxes of the old image are destroyed and replaced;
+//! claimed ones are not touched. Every idle sandbox is checked alive before it is handed out.
+//!
+//! The pool knows sandboxes and images only through the `Runtime` trait; how a checkout is
+//! synced is a [`Syncer`] (git fetch of the base branch, in the git layer).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hangar_agent::SyncState;
+use hangar_sandbox::{Runtime, SandboxError, SandboxSpec, Status};
+use tokio::sync::{Mutex, Notify, watch};
+
+/// Pool settings.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Idle sandboxes kept per repository at least.
+    pub min: usize,
+    /// ... and at most.
+    pub max: usize,
+    /// Claims within this window raise the target size.
+    pub demand_window: Duration,
+    /// A warm-up reservation no prompt followed is released after this long.
+    pub reservation_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            min: 1,
+            max: 4,
+            demand_window: Duration::from_secs(600),
+            reservation_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Brings a sandbox's checkout up to the latest base commit.
+#[async_trait::async_trait]
+pub trait Syncer: Send + Sync {
+    /// Syncs the checkout in sandbox `sandbox` of `repo`; `Err` says why it could not.
+    async fn sync(&self, repo: &str, sandbox: &str) -> Result<(), String>;
+}
+
+/// A syncer for repositories whose image is always current (nothing to fetch).
+pub struct AlreadySynced;
+
+#[async_trait::async_trait]
+impl Syncer for AlreadySynced {
+    async fn sync(&self, _repo: &str, _sandbox: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Why the pool could not hand out a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No image is registered for the repository.
+    #[error("no image is registered for repository {0}")]
+    UnknownRepo(String),
+    /// Starting a sandbox failed.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+}
+
+/// A sandbox handed out by the pool.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    /// The sandbox.
+    pub sandbox: String,
+    /// True when it came warm from the pool, false when it had to be started.
+    pub hit: bool,
+    /// How long the claim took.
+    pub latency: Duration,
+    /// The sync of its checkout (already `Synced` for a plain claim).
+    pub sync: watch::Receiver<SyncState>,
+}
+
+/// Pool figures for the API and `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Idle sandboxes per repository.
+    pub idle: Vec<(String, usize)>,
+    /// Claims served warm.
+    pub hits: u64,
+    /// Claims that had to start a sandbox.
+    pub misses: u64,
+    /// Sum of claim latencies, microseconds (with `hits + misses`, the mean).
+    pub claim_micros_total: u64,
+    /// Warm-up reservations held now.
+    pub reservations: usize,
+}
+
+struct Warm {
+    sandbox: String,
+    generation: u64,
+}
+
+struct RepoPool {
+    spec: SandboxSpec,
+    generation: u64,
+    idle: VecDeque<Warm>,
+    claims: VecDeque<Instant>,
+}
+
+struct Reservation {
+    claim: Claim,
+    deadline: Instant,
+}
+
+struct Inner {
+    runtime: Arc<dyn Runtime>,
+    syncer: Arc<dyn Syncer>,
+    config: PoolConfig,
+    repos: Mutex<HashMap<String, RepoPool>>,
+    reservations: Mutex<HashMap<(String, String), Reservation>>,
+    wake: Arc<Notify>,
+    /// One refill at a time, or two would both fill the same gap.
+    refilling: Mutex<()>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    claim_micros: AtomicU64,
+}
+
+/// The warm pool.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl Pool {
+    /// A pool starting sandboxes through `runtime`; starts its refill task.
+    pub fn new(runtime: Arc<dyn Runtime>, syncer: Arc<dyn Syncer>, config: PoolConfig) -> Pool {
+        let inner = Arc::new(Inner {
+            runtime,
+            syncer,
+            config,
+            repos: Mutex::default(),
+            reservations: Mutex::default(),
+            wake: Arc::new(Notify::new()),
+            refilling: Mutex::new(()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            claim_micros: AtomicU64::new(0),
+        });
+        // The task holds the pool only while it works, so dropping the last `Pool` ends it.
+        let weak = Arc::downgrade(&inner);
+        let wake = inner.wake.clone();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.refill().await;
+                    inner.expire_reservations().await;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(500), wake.notified()).await;
+            }
+        });
+        Pool { inner }
+    }
+
+    /// Makes `spec` the current image of `repo`: idle sandboxes of the previous image are
+    /// destroyed and the pool refills from the new one.
+    pub async fn set_image(&self, repo: &str, spec: SandboxSpec) {
+        let stale: Vec<Warm> = {
+            let mut repos = self.inner.repos.lock().await;
+            let entry = repos.entry(repo.to_string()).or_insert_with(|| RepoPool {
+                spec: spec.clone(),
+                generation: 0,
+                idle: VecDeque::new(),
+                claims: VecDeque::new(),
+            });
+            entry.spec = spec;
+            entry.generation += 1;
+            entry.idle.drain(..).collect()
+        };
+        for w in stale {
+            let _ = self.inner.runtime.destroy(&w.sandbox).await;
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// Hands out a sandbox of `repo`'s current image: a warm one if there is one alive,
+    /// else a fresh one.
+    pub async fn claim(&self, repo: &str) -> Result<Claim, PoolError> {
+        let started = Instant::now();
+        let (_, synced) = watch::channel(SyncState::Synced);
+        loop {
+            let (warm, spec) = {
+                let mut repos = self.inner.repos.lock().await;
+                let entry = repos
+                    .get_mut(repo)
+                    .ok_or_else(|| PoolError::UnknownRepo(repo.to_string()))?;
+                entry.claims.push_back(started);
+                let generation = entry.generation;
+                let warm = loop {
+                    match entry.idle.pop_front() {
+                        Some(w) if w.generation == generation => break Some(w),
+                        Some(_) => continue,
+                        None => break None,
+                    }
+                };
+                (warm, entry.spec.clone())
+            };
+            self.inner.wake.notify_one();
+            let Some(warm) = warm else {
+                let sb = self.inner.runtime.create(spec).await?;
+                let latency = started.elapsed();
+                self.inner.misses.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .claim_micros
+                    .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+                return Ok(Claim {
+                    sandbox: sb.id,
+                    hit: false,
+                    latency,
+                    sync: synced.clone(),
+                });
+            };
+            // Health check: an idle sandbox whose init died is thrown away.
+            match self.inner.runtime.get(&warm.sandbox).await {
+                Ok(sb) if sb.status == Status::Running => {
+                    let latency = started.elapsed();
+                    self.inner.hits.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .claim_micros
+                        .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+                    return Ok(Claim {
+                        sandbox: warm.sandbox,
+                        hit: true,
+                        latency,
+                        sync: synced.clone(),
+                    });
+                }
+                _ => {
+                    tracing::warn!(sandbox = %warm.sandbox, "a warm sandbox had died; discarding it");
+                    let _ = self.inner.runtime.destroy(&warm.sandbox).await;
+                }
+            }
+        }
+    }
+
+    /// Predictive warm-up: `user` started typing a prompt for `repo`. Claims a sandbox for
+    /// their draft and starts syncing its checkout; calling again for the same draft only
+    /// keeps the reservation alive.
+    pub async fn typing(&self, user: &str, repo: &str) -> Result<(), PoolError> {
+        let key = (user.to_string(), repo.to_string());
+        let deadline = Instant::now() + self.inner.config.reservation_timeout;
+        if let Some(r) = self.inner.reservations.lock().await.get_mut(&key) {
+            r.deadline = deadline;
+            return Ok(());
+        }
+        let mut claim = self.claim(repo).await?;
+        let (tx, rx) = watch::channel(SyncState::Syncing);
+        claim.sync = rx;
+        let syncer = self.inner.syncer.clone();
+        let (sandbox, repo_name) = (claim.sandbox.clone(), repo.to_string());
+        tokio::spawn(async move {
+            let state = match syncer.sync(&repo_name, &sandbox).await {
+                Ok(()) => SyncState::Synced,
+                Err(why) => SyncState::Failed(why),
+            };
+            let _ = tx.send(state);
+        });
+        let replaced = self
+            .inner
+            .reservations
+            .lock()
+            .await
+            .insert(key, Reservation { claim, deadline });
+        if let Some(old) = replaced {
+            // Two typing signals raced; keep one sandbox.
+            let _ = self.inner.runtime.destroy(&old.claim.sandbox).await;
+        }
+        Ok(())
+    }
+
+    /// The sandbox reserved for `user`'s draft on `repo`, if any (its sync may still run).
+    pub async fn take_reservation(&self, user: &str, repo: &str) -> Option<Claim> {
+        let key = (user.to_string(), repo.to_string());
+        self.inner
+            .reservations
+            .lock()
+            .await
+            .remove(&key)
+            .map(|r| r.claim)
+    }
+
+    /// The pool's figures.
+    pub async fn stats(&self) -> PoolStats {
+        let idle = self
+            .inner
+            .repos
+            .lock()
+            .await
+            .iter()
+            .map(|(r, p)| (r.clone(), p.idle.len()))
+            .collect();
+        PoolStats {
+            idle,
+            hits: self.inner.hits.load(Ordering::Relaxed),
+            misses: self.inner.misses.load(Ordering::Relaxed),
+            claim_micros_total: self.inner.claim_micros.load(Ordering::Relaxed),
+            reservations: self.inner.reservations.lock().await.len(),
+        }
+    }
+
+    /// How many idle sandboxes `repo` should have now.
+    pub async fn target(&self, repo: &str) -> usize {
+        let mut repos = self.inner.repos.lock().await;
+        repos
+            .get_mut(repo)
+            .map(|p| self.inner.target_of(p))
+            .unwrap_or(0)
+    }
+
+    /// Fills every repository's pool up to its target now (the background task does the
+    /// same on its own).
+    pub async fn refill_now(&self) {
+        self.inner.refill().await;
+    }
+}
+
+impl Inner {
+    fn target_of(&self, p: &mut RepoPool) -> usize {
+        let horizon = Instant::now().checked_sub(self.config.demand_window);
+        while p
+            .claims
+            .front()
+            .is_some_and(|t| horizon.is_some_and(|h| *t < h))
+        {
+            p.claims.pop_front();
+        }
+        (self.config.min + p.claims.len())
+            .clamp(self.config.min, self.config.max.max(self.config.min))
+    }
+
+    async fn refill(&self) {
+        let _one_at_a_time = self.refilling.lock().await;
+        let wanted: Vec<(String, SandboxSpec, u64, usize)> = {
+            let mut repos = self.repos.lock().await;
+            let mut out = Vec::new();
+            for (repo, p) in repos.iter_mut() {
+                let target = self.target_of(p);
+                if p.idle.len() < target {
+                    out.push((
+                        repo.clone(),
+                        p.spec.clone(),
+                        p.generation,
+                        target - p.idle.len(),
+                    ));
+                }
+            }
+            out
+        };
+        for (repo, spec, generation, missing) in wanted {
+            for _ in 0..missing {
+                let sb = match self.runtime.create(spec.clone()).await {
+                    Ok(sb) => sb,
+                    Err(e) => {
+                        tracing::warn!(%repo, "refilling the warm pool failed: {e}");
+                        break;
+                    }
+                };
+                let mut repos = self.repos.lock().await;
+                match repos.get_mut(&repo) {
+                    // Still the current image: keep it.
+                    Some(p) if p.generation == generation => {
+                        p.idle.push_back(Warm {
+                            sandbox: sb.id,
+                            generation,
+                        });
+                    }
+                    _ => {
+                        drop(repos);
+                        let _ = self.runtime.destroy(&sb.id).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn expire_reservations(&self) {
+        let now = Instant::now();
+        let expired: Vec<Reservation> = {
+            let mut r = self.reservations.lock().await;
+            let keys: Vec<_> = r
+                .iter()
+                .filter(|(_, v)| v.deadline <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter().filter_map(|k| r.remove(&k)).collect()
+        };
+        for r in expired {
+            tracing::info!(sandbox = %r.claim.sandbox, "no prompt followed the typing signal; releasing");
+            let _ = self.runtime.destroy(&r.claim.sandbox).await;
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The warm pool on the real local runtime.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hangar_agent::SyncState;
+use hangar_pool::{AlreadySynced, Pool, PoolConfig, Syncer};
+use hangar_sandbox::{LocalRuntime, Network, Rootfs, Runtime, SandboxSpec, Status};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    config: hangar_config::Config,
+    rt: Arc<LocalRuntime>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        hangar_testkit::require_root();
+        let dir = hangar_testkit::scratch_dir();
+        let mut config = hangar_config::Config {
+            data_dir: dir.path().join("data"),
+            ..Default::default()
+        };
+        config.sandbox.tools_dir = Some(hangar_testkit::bin_dir());
+        let rt = Arc::new(LocalRuntime::open(&config).unwrap());
+        Fixture {
+            _dir: dir,
+            config,
+            rt,
+        }
+    }
+
+    fn spec(&self, memory: u64) -> SandboxSpec {
+        let mut limits = self.rt.default_limits();
+        limits.memory_bytes = memory;
+        SandboxSpec {
+            rootfs: Rootfs::HostRoot,
+            limits,
+            network: Network::None,
+        }
+    }
+
+    async fn wait_idle(&self, pool: &Pool, repo: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            pool.refill_now().await;
+            let idle = pool
+                .stats()
+                .await
+                .idle
+                .iter()
+                .find(|(r, _)| r == repo)
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
+            if idle >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the pool of {repo} never reached {n} idle sandboxes");
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let config = self.config.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = LocalRuntime::open(&config).unwrap();
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            tokio.block_on(async {
+                for sb in rt.list().await.unwrap_or_default() {
+                    let _ = rt.destroy(&sb.id).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn config(min: usize, max: usize) -> PoolConfig {
+    PoolConfig {
+        min,
+        max,
+        demand_window: Duration::from_secs(600),
+        reservation_timeout: Duration::from_millis(400),
+    }
+}
+
+#[tokio::test]
+async fn a_warm_claim_is_a_hit_and_the_pool_refills_with_demand() {
+    let f = Fixture::new();
+    let pool = Pool::new(f.rt.clone(), Arc::new(AlreadySynced), config(1, 3));
+    pool.set_image("acme/app", f.spec(512 << 20)).await;
+    f.wait_idle(&pool, "acme/app", 1).await;
+    let claim = pool.claim("acme/app").await.unwrap();
+    assert!(claim.hit, "served warm");
+    assert!(
+        claim.latency < Duration::from_millis(50),
+        "{:?}",
+        claim.latency
+    );
+    let envd = f.rt.envd(&claim.sandbox).await.unwrap();
+    assert_eq!(envd.health().await.unwrap().pid, 1);
+    // One claim in the window: the target grows to min + 1.
+    assert_eq!(pool.target("acme/app").await, 2);
+    f.wait_idle(&pool, "acme/app", 2).await;
+    let stats = pool.stats().await;
+    assert_eq!((stats.hits, stats.misses), (1, 0));
+}
+
+#[tokio::test]
+async fn an_empty_pool_starts_a_sandbox_and_an_unknown_repo_is_an_error() {
+    let f = Fixture::new();
+    let pool = Pool::new(f.rt.clone(), Arc::new(AlreadySynced), config(0, 0));
+    pool.set_image("acme/app", f.spec(512 << 20)).await;
+    let claim = pool.claim("acme/app").await.unwrap();
+    assert!(!claim.hit);
+    assert_eq!(
+        f.rt.get(&claim.sandbox).await.unwrap().status,
+        Status::Running
+    );
+    let err = pool.claim("acme/other").await.err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("no image is registered for repository acme/other")
+    );
+}
+
+#[tokio::test]
+async fn a_new_image_drains_idle_sandboxes_and_leaves_claimed_ones_alone() {
+    let f = Fixture::new();
+    let pool = Pool::new(f.rt.clone(), Arc::new(AlreadySynced), config(2, 2));
+    pool.set_image("acme/app", f.spec(512 << 20)).await;
+    f.wait_idle(&pool, "acme/app", 2).await;
+    let claimed = pool.claim("acme/app").await.unwrap();
+    f.wait_idle(&pool, "acme/app", 2).await;
+    let before: Vec<String> =
+        f.rt.list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .filter(|id| *id != claimed.sandbox)
+            .collect();
+    assert_eq!(before.len(), 2);
+    pool.set_image("acme/app", f.spec(256 << 20)).await;
+    f.wait_idle(&pool, "acme/app", 2).await;
+    for id in &before {
+        assert!(
+            f.rt.get(id).await.is_err(),
+            "idle sandbox {id} of the old image was destroyed"
+        );
+    }
+    assert_eq!(
+        f.rt.get(&claimed.sandbox).await.unwrap().status,
+        Status::Running,
+        "claimed one untouched"
+    );
+    let next = pool.claim("acme/app").await.unwrap();
+    assert!(next.hit);
+    assert_eq!(
+        f.rt.get(&next.sandbox)
+            .await
+            .unwrap()
+            .spec
+            .limits
+            .memory_bytes,
+        256 << 20,
+        "from the new image"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_warm_sandbox_is_never_handed_out() {
+    let f = Fixture::new();
+    let pool = Pool::new(f.rt.clone(), Arc::new(AlreadySynced), config(1, 1));
+    pool.set_image("acme/app", f.spec(512 << 20)).await;
+    f.wait_idle(&pool, "acme/app", 1).await;
+    let all = f.rt.list().await.unwrap();
+    assert_eq!(all.len(), 1, "exactly the target: {all:?}");
+    let warm = all.into_iter().next().unwrap();
+    kill9(warm.init_pid.unwrap());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let claim = pool.claim("acme/app").await.unwrap();
+    assert_ne!(claim.sandbox, warm.id);
+    assert_eq!(
+        f.rt.get(&claim.sandbox).await.unwrap().status,
+        Status::Running
+    );
+}
+
+fn kill9(pid: u32) {
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+struct SlowSync(Duration);
+
+#[async_trait::async_trait]
+impl Syncer for SlowSync {
+    async fn sync(&self, _repo: &str, _sandbox: &str) -> Result<(), String> {
+        tokio::time::sleep(self.0).await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn typing_reserves_a_syncing_sandbox_once_per_draft_and_releases_it_if_no_prompt_follows() {
+    let f = Fixture::new();
+    let pool = Pool::new(
+        f.rt.clone(),
+        Arc::new(SlowSync(Duration::from_millis(200))),
+        config(1, 1),
+    );
+    pool.set_image("acme/app", f.spec(512 << 20)).await;
+    f.wait_idle(&pool, "acme/app", 1).await;
+    pool.typing("alice", "acme/app").await.unwrap();
+    pool.typing("alice", "acme/app").await.unwrap();
+    assert_eq!(pool.stats().await.reservations, 1, "idempotent per draft");
+    let claim = pool.take_reservation("alice", "acme/app").await.unwrap();
+    assert!(claim.hit, "the reservation came from the warm pool");
+    let mut sync = claim.sync.clone();
+    assert_eq!(*sync.borrow(), SyncState::Syncing);
+    sync.wait_for(|s| *s == SyncState::Synced).await.unwrap();
+    assert!(pool.take_reservation("alice", "acme/app").await.is_none());
+
+    // A draft nobody sends is released after the timeout.
+    pool.typing("bob", "acme/app").await.unwrap();
+    let reserved: Vec<String> =
+        f.rt.list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(pool.stats().await.reservations, 0);
+    let alive: Vec<String> =
+        f.rt.list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+    assert!(
+        reserved.iter().any(|id| !alive.contains(id)),
+        "bob's sandbox was destroyed"
+    );
+}
