@@ -13,12 +13,13 @@ mod subsessions;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
-use hangar_agent::{Agent, AgentEvent, Message, Provider, RepoContext, Tools};
-use hangar_protocol::session::{EventBody, OutputStream};
+use hangar_agent::{Agent, AgentEvent, Message, Provider, RepoContext, SyncGate, SyncState, Tools};
+use hangar_pool::{Pool, PoolError};
+use hangar_protocol::session::{Author, EventBody, OutputStream};
 use hangar_sandbox::{Runtime, SandboxSpec};
 use hangar_session::{Executor, PromptRun, RunFuture, Sessions};
 pub use subsessions::{SessionReport, SpawnSession};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 
 /// The executor of a deployment with no model configured: every prompt fails, saying how
@@ -61,6 +62,8 @@ struct Inner {
     /// The session service, for sub-sessions (set once it exists: it is built with this
     /// executor).
     service: OnceLock<Sessions>,
+    /// Where session sandboxes come from, when there is a warm pool.
+    pool: OnceLock<Pool>,
 }
 
 /// Drives prompts with the agent in a sandbox per session.
@@ -88,6 +91,7 @@ impl AgentExecutor {
                 context_limit: 200_000,
                 sessions: Mutex::default(),
                 service: OnceLock::new(),
+                pool: OnceLock::new(),
             }),
         }
     }
@@ -113,6 +117,12 @@ impl AgentExecutor {
         let _ = self.inner.service.set(sessions);
     }
 
+    /// Takes session sandboxes from `pool` (a reservation made while the author typed, or
+    /// a warm sandbox of the session's repository) instead of starting them.
+    pub fn use_pool(&self, pool: Pool) {
+        let _ = self.inner.pool.set(pool);
+    }
+
     /// The sandbox of `session`, if it has one.
     pub async fn sandbox_of(&self, session: &str) -> Option<String> {
         self.inner
@@ -125,8 +135,9 @@ impl AgentExecutor {
 }
 
 impl Inner {
-    /// The session's sandbox (created on first use) and conversation.
-    async fn session(&self, id: &str) -> Result<(String, Arc<Mutex<Vec<Message>>>), String> {
+    /// The session's sandbox (taken on first use) and conversation, with the sync state of
+    /// a sandbox that has just been taken.
+    async fn session(&self, id: &str, author: &Author) -> Result<SessionSandbox, String> {
         let mut sessions = self.sessions.lock().await;
         let state = sessions.entry(id.to_string()).or_default();
         let conversation = state.conversation.clone();
@@ -136,32 +147,84 @@ impl Inner {
                 Ok(hangar_sandbox::Status::Running)
             );
             if alive {
-                return Ok((sb.clone(), conversation));
+                return Ok(SessionSandbox {
+                    sandbox: sb.clone(),
+                    conversation,
+                    sync: None,
+                });
             }
         }
-        let sandbox = self
-            .runtime
-            .create(self.spec.clone())
-            .await
-            .map_err(|e| format!("could not start the session's sandbox: {e}"))?;
+        let (sandbox, sync) = self.take_sandbox(id, author).await?;
         let envd = self
             .runtime
-            .envd(&sandbox.id)
+            .envd(&sandbox)
             .await
             .map_err(|e| e.to_string())?;
         envd.mkdir(&self.workdir, true)
             .await
             .map_err(|e| format!("could not create {} in the sandbox: {e}", self.workdir))?;
-        state.sandbox = Some(sandbox.id.clone());
-        Ok((sandbox.id, conversation))
+        state.sandbox = Some(sandbox.clone());
+        Ok(SessionSandbox {
+            sandbox,
+            conversation,
+            sync,
+        })
     }
+
+    /// A sandbox for a session: the author's warm-up reservation, a warm one from the pool,
+    /// or a new one.
+    async fn take_sandbox(
+        &self,
+        id: &str,
+        author: &Author,
+    ) -> Result<(String, Option<watch::Receiver<SyncState>>), String> {
+        let started =
+            |e: &dyn std::fmt::Display| format!("could not start the session's sandbox: {e}");
+        let repo = self
+            .service
+            .get()
+            .and_then(|s| s.record(id).ok())
+            .map(|r| r.repo);
+        if let (Some(pool), Some(repo)) = (self.pool.get(), repo) {
+            if let Some(claim) = pool.take_reservation(&author.login, &repo).await {
+                return Ok((claim.sandbox, Some(claim.sync)));
+            }
+            let claim = match pool.claim(&repo).await {
+                Err(PoolError::UnknownRepo(_)) => {
+                    // First session of this repository: it gets the default image and a pool.
+                    pool.set_image(&repo, self.spec.clone()).await;
+                    pool.claim(&repo).await
+                }
+                other => other,
+            }
+            .map_err(|e| started(&e))?;
+            return Ok((claim.sandbox, Some(claim.sync)));
+        }
+        let sandbox = self
+            .runtime
+            .create(self.spec.clone())
+            .await
+            .map_err(|e| started(&e))?;
+        Ok((sandbox.id, None))
+    }
+}
+
+/// A session's sandbox and conversation.
+struct SessionSandbox {
+    sandbox: String,
+    conversation: Arc<Mutex<Vec<Message>>>,
+    sync: Option<watch::Receiver<SyncState>>,
 }
 
 impl Executor for AgentExecutor {
     fn run(&self, run: PromptRun) -> RunFuture {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let (sandbox, conversation) = inner.session(&run.session_id).await?;
+            let SessionSandbox {
+                sandbox,
+                conversation,
+                sync,
+            } = inner.session(&run.session_id, &run.prompt.author).await?;
             let envd = inner
                 .runtime
                 .envd(&sandbox)
@@ -188,6 +251,9 @@ impl Executor for AgentExecutor {
                         sessions: service.clone(),
                         result: true,
                     }));
+            }
+            if let Some(sync) = sync {
+                agent = agent.with_plugin(Arc::new(SyncGate::new(sync)));
             }
             agent.max_tokens = inner.max_tokens;
             agent.context_limit = inner.context_limit;

@@ -362,3 +362,72 @@ async fn the_agent_spawns_a_sub_session_and_reads_its_result() {
     assert_eq!(result["answer"], "ok");
     assert_eq!(result["outcome"], "done");
 }
+
+#[tokio::test]
+async fn a_session_takes_the_sandbox_reserved_while_its_author_typed() {
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(&["Warm."], &[], "end_turn")),
+        Reply::sse(anthropic(&["Also warm."], &[], "end_turn")),
+    ])
+    .await;
+    let w = World::new(&fake);
+    w.executor.enable_sub_sessions(w.sessions.clone());
+    let rt: Arc<dyn Runtime> = Arc::new(LocalRuntime::open(&w.config).unwrap());
+    let pool = hangar_pool::Pool::new(
+        rt.clone(),
+        Arc::new(hangar_pool::AlreadySynced),
+        hangar_pool::PoolConfig {
+            min: 1,
+            max: 2,
+            ..Default::default()
+        },
+    );
+    w.executor.use_pool(pool.clone());
+    let spec = SandboxSpec {
+        rootfs: Rootfs::HostRoot,
+        limits: LocalRuntime::open(&w.config).unwrap().default_limits(),
+        network: Network::None,
+    };
+    pool.set_image("acme/app", spec).await;
+    // Alice starts typing: a sandbox is reserved for her draft.
+    pool.typing("alice", "acme/app").await.unwrap();
+    let reserved: Vec<String> = rt.list().await.unwrap().into_iter().map(|s| s.id).collect();
+    let s = w
+        .sessions
+        .create(w.alice.user_id.unwrap(), "acme/app", "warm")
+        .await
+        .unwrap();
+    w.sessions
+        .prompt(&s.id, w.alice.clone(), "hello".into())
+        .await
+        .unwrap();
+    let events = w.events_after_finished(&s.id, 1).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "model.delta" && e["data"]["text"] == "Warm.")
+    );
+    let used = w.executor.sandbox_of(&s.id).await.unwrap();
+    assert!(
+        reserved.contains(&used),
+        "the reserved sandbox {used} was used ({reserved:?})"
+    );
+    assert_eq!(pool.stats().await.reservations, 0);
+
+    // Without a reservation, a session of a repository the pool has not seen gets one too.
+    let other = w
+        .sessions
+        .create(w.alice.user_id.unwrap(), "acme/lib", "cold")
+        .await
+        .unwrap();
+    w.sessions
+        .prompt(&other.id, w.alice.clone(), "hi".into())
+        .await
+        .unwrap();
+    w.events_after_finished(&other.id, 1).await;
+    assert!(w.executor.sandbox_of(&other.id).await.is_some());
+    assert!(
+        pool.stats().await.idle.iter().any(|(r, _)| r == "acme/lib"),
+        "acme/lib now has a pool"
+    );
+}
