@@ -96,6 +96,19 @@ impl Server {
         self.printed.lock().unwrap().clone()
     }
 
+    /// Whether the server printed `needle` on stderr, waiting a little: stderr is read by
+    /// another thread, which may not have caught up with the stdout line we waited for.
+    fn printed(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     fn ws_url(&self, id: &str, after: u64) -> String {
         format!(
             "{}/api/sessions/{id}/ws?after_seq={after}",
@@ -642,7 +655,7 @@ async fn kill_9_during_heavy_traffic_loses_nothing_a_client_received() {
     let server = Server::start(&data, "scripted_delay_ms = 0");
     assert!(server.admin_token.is_none());
     assert!(
-        server.stderr().contains("marked 3 session(s) interrupted"),
+        server.printed("marked 3 session(s) interrupted"),
         "{}",
         server.stderr()
     );
@@ -954,7 +967,7 @@ async fn without_a_model_a_prompt_fails_saying_how_to_configure_one() {
     let (_dir, data) = scratch();
     let server = Server::start_with_config(&data, "");
     assert!(
-        server.stderr().contains("no [model] configured"),
+        server.printed("no [model] configured"),
         "{}",
         server.stderr()
     );

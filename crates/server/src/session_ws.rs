@@ -20,9 +20,10 @@ use axum::Extension;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
+use futures_util::SinkExt;
 use hangar_protocol::session::{ClientMessage, MAX_PRESENCE_STATE};
 use hangar_session::{Live, MAX_EVENTS_PAGE, Sessions, Subscription};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::error::ErrorResponse;
 use crate::session_api::{Access, Need, check_after_seq, events_query};
@@ -32,6 +33,9 @@ use crate::{ApiError, AppState};
 pub const MAX_CLIENT_FRAME: usize = 128 * 1024;
 /// How long one send may wait for a client that does not read.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most live messages written in one go.
+const MAX_BURST: usize = 256;
 
 /// Close code: the client did not read its events in time.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
@@ -120,13 +124,20 @@ impl Connection {
         drop(sub);
     }
 
-    async fn send(&mut self, text: &str) -> Result<(), End> {
-        match tokio::time::timeout(
-            SEND_TIMEOUT,
-            self.socket.send(Message::Text(Utf8Bytes::from(text))),
-        )
-        .await
-        {
+    /// Sends messages as one write: queued, then flushed once (one syscall for a burst
+    /// instead of one per event per client).
+    async fn send_all(&mut self, texts: Vec<Utf8Bytes>) -> Result<(), End> {
+        if texts.is_empty() {
+            return Ok(());
+        }
+        let socket = &mut self.socket;
+        let write = async move {
+            for t in texts {
+                socket.feed(Message::Text(t)).await?;
+            }
+            socket.flush().await
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => Err(End::Close(
@@ -145,10 +156,15 @@ impl Connection {
                 .await
                 .map_err(|e| End::Close(1011, format!("reading the session's log: {e}")))?;
             let full = page.len() == MAX_EVENTS_PAGE;
-            for e in page {
-                self.send(&e.json).await?;
-                self.sent = e.seq;
+            if let Some(last) = page.last() {
+                self.sent = last.seq;
             }
+            self.send_all(
+                page.iter()
+                    .map(|e| Utf8Bytes::from(e.json.as_str()))
+                    .collect(),
+            )
+            .await?;
             if !full {
                 return Ok(());
             }
@@ -159,27 +175,50 @@ impl Connection {
         self.catch_up().await?;
         loop {
             tokio::select! {
-                live = sub.receiver.recv() => match live {
-                    Ok(Live::Event(e)) => {
-                        if e.seq <= self.sent {
-                            continue;
+                live = sub.receiver.recv() => {
+                    // Take the whole burst waiting for this client, then write it at once.
+                    let mut burst = vec![live];
+                    while burst.len() < MAX_BURST {
+                        match sub.receiver.try_recv() {
+                            Ok(l) => burst.push(Ok(l)),
+                            Err(TryRecvError::Lagged(n)) => {
+                                burst.push(Err(RecvError::Lagged(n)));
+                                break;
+                            }
+                            Err(_) => break,
                         }
-                        if e.seq != self.sent + 1 {
-                            // Never skip: fill the hole from the log.
-                            self.catch_up().await?;
-                            if e.seq <= self.sent {
-                                continue;
+                    }
+                    let mut out = Vec::with_capacity(burst.len());
+                    for live in burst {
+                        match live {
+                            Ok(Live::Event(e)) => {
+                                if e.seq <= self.sent {
+                                    continue;
+                                }
+                                if e.seq != self.sent + 1 {
+                                    // Never skip: fill the hole from the log.
+                                    self.send_all(std::mem::take(&mut out)).await?;
+                                    self.catch_up().await?;
+                                    if e.seq <= self.sent {
+                                        continue;
+                                    }
+                                }
+                                out.push(Utf8Bytes::from(e.json.as_str()));
+                                self.sent = e.seq;
+                            }
+                            Ok(Live::Presence(p)) => out.push(Utf8Bytes::from(&*p)),
+                            Err(RecvError::Lagged(_)) => {
+                                // Behind the live buffer: the log has everything.
+                                self.send_all(std::mem::take(&mut out)).await?;
+                                self.catch_up().await?;
+                            }
+                            Err(RecvError::Closed) => {
+                                return Err(End::Close(1012, "the session was unloaded; reconnect with after_seq".into()));
                             }
                         }
-                        self.send(&e.json).await?;
-                        self.sent = e.seq;
                     }
-                    Ok(Live::Presence(p)) => self.send(&p).await?,
-                    Err(RecvError::Lagged(_)) => self.catch_up().await?,
-                    Err(RecvError::Closed) => {
-                        return Err(End::Close(1012, "the session was unloaded; reconnect with after_seq".into()));
-                    }
-                },
+                    self.send_all(out).await?;
+                }
                 incoming = self.socket.recv() => match incoming {
                     None => return Ok(()),
                     // Beyond the socket's own limit the frame is not even read; say why
@@ -241,7 +280,8 @@ impl Connection {
         if let Err(e) = result {
             let e = ApiError::from(e);
             let body = serde_json::json!({"type": "error", "error": {"code": e.code, "message": e.message}});
-            self.send(&body.to_string()).await?;
+            self.send_all(vec![Utf8Bytes::from(body.to_string())])
+                .await?;
         }
         Ok(())
     }
