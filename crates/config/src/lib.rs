@@ -20,7 +20,7 @@
 //! [sessions]
 //! idle_unload_ms = 300000          # hibernate a session after this long without activity
 //! durability = "process"           # "process": commits survive kill -9; "full": fsync each
-//! live_buffer = 4096               # live events buffered per session before a client resyncs
+//! live_buffer = 1024               # live events buffered per session before a client resyncs
 //! scripted_delay_ms = 20           # pause between the stand-in agent's events
 //! ```
 
@@ -136,7 +136,7 @@ impl Default for SessionsSettings {
         SessionsSettings {
             idle_unload_ms: 300_000,
             durability: "process".into(),
-            live_buffer: 4096,
+            live_buffer: 1024,
             executor: "agent".into(),
             scripted_delay_ms: 20,
             workdir: "/workspace".into(),

@@ -100,12 +100,13 @@ pub struct SessionsConfig {
 }
 
 impl SessionsConfig {
-    /// Defaults for sessions under `dir`: unload after 5 minutes idle, 4096 live events.
+    /// Defaults for sessions under `dir`: unload after 5 minutes idle, 1024 live events
+    /// (the broadcast preallocates its slots: ~56 bytes each per loaded session).
     pub fn new(dir: PathBuf) -> SessionsConfig {
         SessionsConfig {
             dir,
             idle_unload: Duration::from_secs(300),
-            live_buffer: 4096,
+            live_buffer: 1024,
             durability: Durability::Process,
         }
     }
