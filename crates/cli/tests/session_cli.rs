@@ -988,3 +988,90 @@ async fn without_a_model_a_prompt_fails_saying_how_to_configure_one() {
         "{finished}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_never_slows_the_session_or_other_clients() {
+    let (_dir, data) = scratch();
+    let server = Server::start(&data, "scripted_delay_ms = 0");
+    let token = server.admin_token.clone().unwrap();
+    let bob = add_user(&data, "bob");
+    let api = Api::new(&server, &token);
+    let id = api.create_session().await;
+
+    // Bob connects and then reads nothing; Alice reads everything.
+    let mut stalled = connect(&server, &bob, &id, 0).await;
+    let mut ws = connect(&server, &token, &id, 0).await;
+    api.prompt(&id, "deltas=150000 tools=0 delay_ms=0").await;
+    let t = Instant::now();
+    let seen = read_until(&mut ws, Duration::from_secs(60), |e| {
+        e["type"] == "prompt.finished"
+    })
+    .await;
+    let fast = t.elapsed();
+    assert_contiguous(&seen.seqs(), 1);
+    assert_eq!(seen.events.last().unwrap()["data"]["outcome"], "done");
+    assert!(seen.events.len() > 150_000);
+
+    // The server gives up on Bob once a write has waited 10 s: his leaving is logged, with
+    // nothing lost for anyone (he can reconnect with after_seq).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let events = api.all_events(&id).await;
+        if events
+            .iter()
+            .any(|e| e["type"] == "participant.left" && e["data"]["participant"]["login"] == "bob")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled client was never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // What Bob's socket had buffered is still a gapless prefix of the log.
+    let late = read_until(&mut stalled, Duration::from_secs(20), |_| false).await;
+    assert!(!late.events.is_empty());
+    assert_contiguous(&late.seqs(), 1);
+    if let Some((code, reason)) = &late.close {
+        assert_eq!(*code, 4008, "{reason}");
+    }
+    eprintln!(
+        "fast client: {} events in {fast:?}; stalled client had {} buffered",
+        seen.events.len(),
+        late.events.len()
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_session_api() {
+    let (_dir, data) = scratch();
+    let server = Server::start(&data, "");
+    let doc: Value = reqwest::get(format!("{}/openapi.json", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/api/sessions", "get"),
+        ("/api/sessions", "post"),
+        ("/api/sessions/{id}", "get"),
+        ("/api/sessions/{id}/prompts", "post"),
+        ("/api/sessions/{id}/queue", "get"),
+        ("/api/sessions/{id}/queue/{prompt_id}", "patch"),
+        ("/api/sessions/{id}/queue/{prompt_id}", "delete"),
+        ("/api/sessions/{id}/stop", "post"),
+        ("/api/sessions/{id}/events", "get"),
+        ("/api/sessions/{id}/ws", "get"),
+        ("/api/sessions/{id}/shares", "post"),
+        ("/api/shares/{id}", "delete"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing from openapi.json"
+        );
+    }
+    assert!(doc["components"]["schemas"]["EventDoc"].is_object());
+}
