@@ -51,6 +51,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`hangar … | head`) instead of failing on the write.
+    // SAFETY: setting a signal's disposition to the default has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     // The server logs its own work (recovery, sandboxes created and destroyed); client
     // commands stay quiet unless HANGAR_LOG asks otherwise.

@@ -220,3 +220,26 @@ fn bad_input_gets_one_clear_line() {
         .unwrap();
     assert_one_line_error(&out, "bad.toml");
 }
+
+#[test]
+fn a_closed_pipe_ends_the_command_quietly_not_with_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let cli = Cli::new();
+    let id = cli.create();
+    let (read, write) = std::io::pipe().unwrap();
+    drop(read);
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(["sandbox", "ls", "--json"])
+        .env("HANGAR_DATA_DIR", cli.dir.path())
+        .stdout(write)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{out:?}");
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+    cli.run(&["sandbox", "rm", &id]);
+}
