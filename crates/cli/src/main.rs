@@ -6,6 +6,7 @@ mod image_cmd;
 mod login_cmd;
 mod sandbox_cmd;
 mod server_cmd;
+mod session_cmd;
 mod user_cmd;
 
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ enum Command {
     /// Add and list users on this machine's server (its data directory).
     #[command(subcommand)]
     User(user_cmd::UserCommand),
+    #[command(flatten)]
+    Session(session_cmd::SessionCommand),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +88,9 @@ fn main() -> ExitCode {
             login_cmd::run(args).await?;
             return Ok(ExitCode::SUCCESS);
         }
+        if let Command::Session(cmd) = cli.command {
+            return session_cmd::run(cmd).await;
+        }
         let env = hangar_config::Env::from_process();
         let config = hangar_config::Config::load(&env, cli.data_dir.as_deref())?;
         match cli.command {
@@ -92,7 +98,7 @@ fn main() -> ExitCode {
                 server_cmd::run(args, &config).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Login(_) => Ok(ExitCode::SUCCESS),
+            Command::Login(_) | Command::Session(_) => Ok(ExitCode::SUCCESS),
             Command::Sandbox(cmd) => sandbox_cmd::run(cmd, &config).await,
             Command::Image(cmd) => image_cmd::run(cmd, &config).await,
             Command::User(cmd) => user_cmd::run(cmd, &config).map(|()| ExitCode::SUCCESS),

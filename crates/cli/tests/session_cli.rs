@@ -1075,3 +1075,108 @@ async fn the_openapi_document_describes_the_session_api() {
     }
     assert!(doc["components"]["schemas"]["EventDoc"].is_object());
 }
+
+/// `hangar` as a client of `server`, with HANGAR_SERVER/HANGAR_TOKEN set.
+fn client(server: &Server, token: &str, args: &[&str]) -> std::process::Output {
+    let home = hangar_testkit::scratch_dir();
+    Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(args)
+        .env("HANGAR_SERVER", &server.url)
+        .env("HANGAR_TOKEN", token)
+        .env("XDG_CONFIG_HOME", home.path())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_session_commands_run_list_attach_stop_and_share() {
+    let (_dir, data) = scratch();
+    let server = Server::start(&data, "scripted_delay_ms = 2");
+    let token = server.admin_token.clone().unwrap();
+
+    // run --json: one document once the prompt finished.
+    let out = client(
+        &server,
+        &token,
+        &["run", "add tests deltas=3", "--repo", "acme/app", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["outcome"], "done", "{doc}");
+    assert!(
+        doc["text"]
+            .as_str()
+            .unwrap()
+            .contains("part 2 of the answer")
+    );
+    let id = doc["id"].as_str().unwrap().to_string();
+
+    // run streams text; a failing prompt exits non-zero.
+    let out = client(
+        &server,
+        &token,
+        &["run", "fail deltas=1", "--repo", "acme/app"],
+    );
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("part 0 of the answer") && text.contains("failed"),
+        "{text}"
+    );
+
+    let out = client(&server, &token, &["sessions", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    // --detach returns at once; stop ends the running prompt.
+    let out = client(
+        &server,
+        &token,
+        &[
+            "run",
+            "deltas=100000 delay_ms=10",
+            "--repo",
+            "acme/app",
+            "--detach",
+        ],
+    );
+    let long = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(long.starts_with("ses-"), "{long}");
+    let out = client(&server, &token, &["stop", &long]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stopped prompt #1"));
+
+    // share --json gives a token that opens that session only.
+    let out = client(
+        &server,
+        &token,
+        &["share", &id, "--scope", "view", "--json"],
+    );
+    let link: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let share = link["token"].as_str().unwrap();
+    assert!(share.starts_with("hgs_"));
+    assert!(link["ws_url"].as_str().unwrap().contains("token=hgs_"));
+    let out = client(&server, share, &["stop", &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
+    // And a wrong server is one clear line.
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args([
+            "sessions",
+            "--server",
+            "http://127.0.0.1:9",
+            "--token",
+            &token,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is it running?"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+}

@@ -1,0 +1,402 @@
+//! Session client commands: `hangar run`, `sessions`, `attach`, `stop`, `share`. They talk
+//! to a server (`--server`/`HANGAR_SERVER`, else the one `hangar login` saved) with a token
+//! (`--token`/`HANGAR_TOKEN`, else the saved one), over the HTTP API and the session
+//! WebSocket.
+
+use std::io::Write;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::login_cmd::{Credentials, credentials_path};
+
+/// Where the server is and how to authenticate.
+#[derive(Args, Clone)]
+pub struct Remote {
+    /// The server's URL (default: the one `hangar login` saved, else http://127.0.0.1:7070).
+    #[arg(long, env = "HANGAR_SERVER")]
+    server: Option<String>,
+    /// An API token or a share link's token (default: the one `hangar login` saved).
+    #[arg(long, env = "HANGAR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum SessionCommand {
+    /// Start a session with a prompt and stream what the agent does until it finishes.
+    Run {
+        /// What to do.
+        prompt: String,
+        /// The repository to work on.
+        #[arg(long)]
+        repo: String,
+        /// Print the session's id and return at once.
+        #[arg(long)]
+        detach: bool,
+        /// Print one JSON document (the session, the prompt and how it ended).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List sessions, newest first.
+    Sessions {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Follow a session's events live (from the start, or after a seq).
+    Attach {
+        /// The session.
+        id: String,
+        /// Only events after this seq.
+        #[arg(long, default_value_t = 0)]
+        after_seq: u64,
+        /// Print each event as one JSON line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Stop a session's running prompt at once; the queue goes on.
+    Stop {
+        /// The session.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Create a share link: a token that opens this session only.
+    Share {
+        /// The session.
+        id: String,
+        /// `view` (watch) or `prompt` (watch and prompt).
+        #[arg(long, default_value = "view")]
+        scope: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    server: String,
+    token: String,
+}
+
+impl Client {
+    fn new(remote: &Remote) -> anyhow::Result<Client> {
+        let saved: Option<Credentials> = credentials_path()
+            .ok()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| toml::from_str(&t).ok());
+        let server = remote
+            .server
+            .clone()
+            .or_else(|| saved.as_ref().map(|c| c.server.clone()))
+            .unwrap_or_else(|| "http://127.0.0.1:7070".into());
+        let token = remote
+            .token
+            .clone()
+            .or_else(|| saved.map(|c| c.token))
+            .context("no token: run `hangar login --token TOKEN` or set HANGAR_TOKEN")?;
+        Ok(Client {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .context("setting up the HTTP client")?,
+            server: server.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.server))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() || e.is_timeout() {
+                anyhow::anyhow!(
+                    "cannot reach the Hangar server at {}: is it running?",
+                    self.server
+                )
+            } else {
+                anyhow::anyhow!("talking to {}: {e}", self.server)
+            }
+        })?;
+        let status = resp.status();
+        let value: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = value["error"]["message"].as_str().unwrap_or("no details");
+            bail!("the server answered {status}: {message}");
+        }
+        Ok(value)
+    }
+
+    fn ws_url(&self, id: &str, after_seq: u64) -> String {
+        let base = self
+            .server
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1);
+        format!("{base}/api/sessions/{id}/ws?after_seq={after_seq}")
+    }
+
+    /// Follows a session's events, handing each to `on_event` until it returns false.
+    async fn follow(
+        &self,
+        id: &str,
+        after_seq: u64,
+        mut on_event: impl FnMut(&Value) -> bool,
+    ) -> anyhow::Result<()> {
+        let mut req = self
+            .ws_url(id, after_seq)
+            .into_client_request()
+            .context("building the WebSocket request")?;
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token)
+                .parse()
+                .context("the token is not valid in a header")?,
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .with_context(|| format!("connecting to session {id}'s event stream"))?;
+        while let Some(msg) = ws.next().await {
+            match msg.context("reading the event stream")? {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(t.as_str())
+                        .context("the server sent something that is not JSON")?;
+                    if v["type"] == "presence" {
+                        continue;
+                    }
+                    if !on_event(&v) {
+                        return Ok(());
+                    }
+                }
+                Message::Close(frame) => {
+                    let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason));
+                    bail!(
+                        "the server closed the stream ({}); reconnect with `hangar attach {id} --after-seq N`",
+                        why.unwrap_or_else(|| "no reason".into())
+                    );
+                }
+                _ => {}
+            }
+        }
+        bail!("the event stream ended")
+    }
+}
+
+/// One line (or fragment) of text for an event.
+fn render(e: &Value) -> Option<String> {
+    let d = &e["data"];
+    let login = |v: &Value| v["login"].as_str().unwrap_or("?").to_string();
+    Some(match e["type"].as_str()? {
+        "model.delta" => d["text"].as_str()?.to_string(),
+        "prompt.queued" => format!(
+            "\n[#{} queued by {}] {}\n",
+            d["prompt"]["id"],
+            login(&d["prompt"]["author"]),
+            d["prompt"]["text"].as_str()?
+        ),
+        "prompt.started" => format!(
+            "\n[#{} started, asked by {}]\n",
+            d["prompt_id"],
+            login(&d["author"])
+        ),
+        "prompt.finished" => match d["error"].as_str() {
+            Some(err) => format!(
+                "\n[#{} {}: {err}]\n",
+                d["prompt_id"],
+                d["outcome"].as_str()?
+            ),
+            None => format!("\n[#{} {}]\n", d["prompt_id"], d["outcome"].as_str()?),
+        },
+        "tool.started" => format!("\n[{} {}]\n", d["tool"].as_str()?, d["input"]),
+        "tool.output" => d["text"].as_str()?.to_string(),
+        "tool.finished" => format!(
+            "[{} {}]\n",
+            if d["ok"] == true { "ok" } else { "failed" },
+            d["exit_code"]
+        ),
+        "status" => format!("[session {}]\n", d["status"].as_str()?),
+        "participant.joined" => format!("[{} joined]\n", login(&d["participant"])),
+        "participant.left" => format!("[{} left]\n", login(&d["participant"])),
+        "queue.updated" => return None,
+        other => format!("[{other}] {d}\n"),
+    })
+}
+
+fn print_event(e: &Value, json: bool) {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(out, "{e}");
+    } else if let Some(text) = render(e) {
+        let _ = write!(out, "{text}");
+    }
+    let _ = out.flush();
+}
+
+pub async fn run(cmd: SessionCommand) -> anyhow::Result<std::process::ExitCode> {
+    use reqwest::Method;
+    match cmd {
+        SessionCommand::Run {
+            prompt,
+            repo,
+            detach,
+            json,
+            remote,
+        } => {
+            let client = Client::new(&remote)?;
+            let session = client
+                .call(
+                    Method::POST,
+                    "/api/sessions",
+                    Some(json!({"repo": repo, "prompt": prompt})),
+                )
+                .await?;
+            let id = session["id"]
+                .as_str()
+                .context("the server sent no session id")?
+                .to_string();
+            if detach {
+                if json {
+                    println!("{}", json!({"id": id, "status": session["status"]}));
+                } else {
+                    println!("{id}");
+                }
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
+            if !json {
+                eprintln!("session {id} (follow it elsewhere with `hangar attach {id}`)");
+            }
+            let mut outcome = Value::Null;
+            let mut error = Value::Null;
+            let mut text = String::new();
+            let mut last_seq = 0;
+            client
+                .follow(&id, 0, |e| {
+                    last_seq = e["seq"].as_u64().unwrap_or(last_seq);
+                    if !json {
+                        print_event(e, false);
+                    }
+                    if e["type"] == "model.delta" {
+                        text.push_str(e["data"]["text"].as_str().unwrap_or_default());
+                    }
+                    if e["type"] == "prompt.finished" {
+                        outcome = e["data"]["outcome"].clone();
+                        error = e["data"]["error"].clone();
+                        return false;
+                    }
+                    true
+                })
+                .await?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"id": id, "outcome": outcome, "error": error, "text": text, "last_seq": last_seq})
+                );
+            }
+            Ok(if outcome == "done" {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            })
+        }
+        SessionCommand::Sessions { json, remote } => {
+            let list = Client::new(&remote)?
+                .call(Method::GET, "/api/sessions", None)
+                .await?;
+            if json {
+                println!("{list}");
+            } else {
+                for s in list.as_array().into_iter().flatten() {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        s["id"].as_str().unwrap_or_default(),
+                        s["status"].as_str().unwrap_or_default(),
+                        s["repo"].as_str().unwrap_or_default(),
+                        s["title"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        SessionCommand::Attach {
+            id,
+            after_seq,
+            json,
+            remote,
+        } => {
+            Client::new(&remote)?
+                .follow(&id, after_seq, |e| {
+                    print_event(e, json);
+                    true
+                })
+                .await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        SessionCommand::Stop { id, remote } => {
+            let r = Client::new(&remote)?
+                .call(
+                    Method::POST,
+                    &format!("/api/sessions/{id}/stop"),
+                    Some(json!({})),
+                )
+                .await?;
+            match r["stopped"].as_i64() {
+                Some(p) => println!("stopped prompt #{p}"),
+                None => println!("nothing was running"),
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        SessionCommand::Share {
+            id,
+            scope,
+            json,
+            remote,
+        } => {
+            let client = Client::new(&remote)?;
+            let link = client
+                .call(
+                    Method::POST,
+                    &format!("/api/sessions/{id}/shares"),
+                    Some(json!({"scope": scope})),
+                )
+                .await?;
+            let token = link["token"].as_str().context("the server sent no token")?;
+            let url = format!("{}&token={token}", client.ws_url(&id, 0));
+            if json {
+                println!(
+                    "{}",
+                    json!({"id": link["id"], "scope": link["scope"], "token": token, "ws_url": url})
+                );
+            } else {
+                println!(
+                    "Share link #{} ({}), shown only this once:\n  token: {token}\n  stream: {url}\nRevoke it with DELETE /api/shares/{}",
+                    link["id"],
+                    link["scope"].as_str().unwrap_or_default(),
+                    link["id"]
+                );
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
