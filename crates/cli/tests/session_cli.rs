@@ -1180,3 +1180,39 @@ fn the_session_commands_run_list_attach_stop_and_share() {
     );
     assert_eq!(err.lines().count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_promptly_with_clients_connected() {
+    let (_dir, data) = scratch();
+    let mut server = Server::start(&data, "scripted_delay_ms = 5");
+    let token = server.admin_token.clone().unwrap();
+    let api = Api::new(&server, &token);
+    let id = api.create_session().await;
+    api.prompt(&id, "deltas=100000 delay_ms=5").await;
+    let mut ws = connect(&server, &token, &id, 0).await;
+    read_until(&mut ws, Duration::from_secs(5), |e| {
+        e["type"] == "model.delta"
+    })
+    .await;
+    // SAFETY: kill has no memory effects; the pid is our own child's.
+    unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}: {}", server.stderr());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rest = read_until(&mut ws, Duration::from_secs(5), |_| false).await;
+    drop(rest);
+    // The next start finds the prompt interrupted, like after a crash.
+    let server = Server::start(&data, "scripted_delay_ms = 5");
+    let api = Api::new(&server, &token);
+    let (_, s) = api.get(&format!("/api/sessions/{id}")).await;
+    assert_eq!(s["status"], "interrupted", "{s}");
+}
