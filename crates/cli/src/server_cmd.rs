@@ -120,6 +120,7 @@ fn open_sessions(config: &Config, store: Arc<Store>) -> anyhow::Result<Sessions>
             let executor =
                 AgentExecutor::new(Arc::new(runtime), provider, spec, settings.workdir.clone())
                     .with_limits(model.max_tokens, model.context_limit);
+            executor.persist_conversations(config.data_dir.join("sessions"));
             agent = Some(executor.clone());
             Arc::new(executor)
         }

@@ -11,6 +11,7 @@
 mod subsessions;
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use hangar_agent::{Agent, AgentEvent, Message, Provider, RepoContext, SyncGate, SyncState, Tools};
@@ -64,6 +65,8 @@ struct Inner {
     service: OnceLock<Sessions>,
     /// Where session sandboxes come from, when there is a warm pool.
     pool: OnceLock<Pool>,
+    /// Where conversations are kept (`<id>.conversation.json`), so they outlive the server.
+    conversations: OnceLock<PathBuf>,
 }
 
 /// Drives prompts with the agent in a sandbox per session.
@@ -92,6 +95,7 @@ impl AgentExecutor {
                 sessions: Mutex::default(),
                 service: OnceLock::new(),
                 pool: OnceLock::new(),
+                conversations: OnceLock::new(),
             }),
         }
     }
@@ -123,6 +127,12 @@ impl AgentExecutor {
         let _ = self.inner.pool.set(pool);
     }
 
+    /// Keeps each session's conversation in `dir` (written after every prompt, read when a
+    /// session first runs after a restart).
+    pub fn persist_conversations(&self, dir: PathBuf) {
+        let _ = self.inner.conversations.set(dir);
+    }
+
     /// The sandbox of `session`, if it has one.
     pub async fn sandbox_of(&self, session: &str) -> Option<String> {
         self.inner
@@ -139,7 +149,13 @@ impl Inner {
     /// a sandbox that has just been taken.
     async fn session(&self, id: &str, author: &Author) -> Result<SessionSandbox, String> {
         let mut sessions = self.sessions.lock().await;
-        let state = sessions.entry(id.to_string()).or_default();
+        let state = match sessions.entry(id.to_string()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(SessionState {
+                sandbox: None,
+                conversation: Arc::new(Mutex::new(self.load_conversation(id))),
+            }),
+        };
         let conversation = state.conversation.clone();
         if let Some(sb) = &state.sandbox {
             let alive = matches!(
@@ -169,6 +185,40 @@ impl Inner {
             conversation,
             sync,
         })
+    }
+
+    fn conversation_path(&self, id: &str) -> Option<PathBuf> {
+        self.conversations
+            .get()
+            .map(|d| d.join(format!("{id}.conversation.json")))
+    }
+
+    fn load_conversation(&self, id: &str) -> Vec<Message> {
+        let Some(path) = self.conversation_path(id) else {
+            return Vec::new();
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), "unreadable conversation, starting afresh: {e}");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Writes the conversation atomically (temporary file, then rename).
+    fn save_conversation(&self, id: &str, conversation: &[Message]) {
+        let Some(path) = self.conversation_path(id) else {
+            return;
+        };
+        let tmp = path.with_extension("json.tmp");
+        let result = serde_json::to_vec(conversation)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), "could not save the conversation: {e}");
+        }
     }
 
     /// A sandbox for a session: the author's warm-up reservation, a warm one from the pool,
@@ -264,9 +314,12 @@ impl Executor for AgentExecutor {
             let _stop_on_abort = cancel.clone().drop_guard();
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let text = run.prompt.text.clone();
+            let (saver, session_id) = (inner.clone(), run.session_id.clone());
             let task = tokio::spawn(async move {
                 let mut conversation = conversation.lock().await;
-                agent.run(&mut conversation, &text, &tx, &cancel).await
+                let outcome = agent.run(&mut conversation, &text, &tx, &cancel).await;
+                saver.save_conversation(&session_id, &conversation);
+                outcome
             });
 
             let prompt_id = run.prompt.id;

@@ -51,6 +51,7 @@ impl World {
         })
         .unwrap();
         let executor = AgentExecutor::new(Arc::new(runtime), provider, spec, "/workspace");
+        executor.persist_conversations(dir.path().join("sessions"));
         let store = Arc::new(Store::open(&dir.path().join("index.db")).unwrap());
         let user = store
             .create_user(&NewUser {
@@ -430,4 +431,66 @@ async fn a_session_takes_the_sandbox_reserved_while_its_author_typed() {
         pool.stats().await.idle.iter().any(|(r, _)| r == "acme/lib"),
         "acme/lib now has a pool"
     );
+}
+
+#[tokio::test]
+async fn the_conversation_outlives_a_restart() {
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(&["First answer."], &[], "end_turn")),
+        Reply::sse(anthropic(&["Second answer."], &[], "end_turn")),
+    ])
+    .await;
+    let w = World::new(&fake);
+    let s = w
+        .sessions
+        .create(w.alice.user_id.unwrap(), "demo", "memory")
+        .await
+        .unwrap();
+    w.sessions
+        .prompt(&s.id, w.alice.clone(), "remember 42".into())
+        .await
+        .unwrap();
+    w.events_after_finished(&s.id, 1).await;
+
+    // A new executor over the same directories, as after a server restart.
+    let runtime = LocalRuntime::open(&w.config).unwrap();
+    let limits = runtime.default_limits();
+    let provider = Provider::new(ProviderConfig {
+        kind: ProviderKind::Anthropic,
+        base_url: fake.url(),
+        model: "test".into(),
+        api_key: None,
+        max_retries: 0,
+        initial_backoff: Duration::from_millis(1),
+    })
+    .unwrap();
+    let spec = SandboxSpec {
+        rootfs: Rootfs::HostRoot,
+        limits,
+        network: Network::None,
+    };
+    let restarted = AgentExecutor::new(Arc::new(runtime), provider, spec, "/workspace");
+    restarted.persist_conversations(w._dir.path().join("sessions"));
+    let store = w.sessions.store().clone();
+    let sessions = Sessions::new(
+        SessionsConfig::new(w._dir.path().join("sessions")),
+        store,
+        Arc::new(restarted),
+    )
+    .unwrap();
+    sessions
+        .prompt(&s.id, w.alice.clone(), "what number?".into())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fake.requests().len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let msgs = fake.requests()[1].body["messages"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    assert_eq!(msgs[0]["content"][0]["text"], "remember 42");
+    assert_eq!(msgs[1]["content"][0]["text"], "First answer.");
 }
