@@ -406,6 +406,7 @@ impl Actor {
             }
             Command::Leave { who } => self.leave(&who),
             Command::Typing { who, reply } => {
+                self.shared.executor.typing(&self.id, &who);
                 if let Some(c) = self.connected.get_mut(&key(&who)) {
                     c.typing_until_ms = now_ms() + TYPING_MS;
                 }

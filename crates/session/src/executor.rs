@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use hangar_protocol::session::{EventBody, OutputStream, Prompt};
+use hangar_protocol::session::{Author, EventBody, OutputStream, Prompt};
 use tokio::sync::mpsc;
 
 use crate::actor::Command;
@@ -22,6 +22,13 @@ pub type RunFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 pub trait Executor: Send + Sync + 'static {
     /// The work for one prompt, emitting events through `run.events`.
     fn run(&self, run: PromptRun) -> RunFuture;
+
+    /// `author` is typing in the session (a WebSocket `typing` message): a chance to warm
+    /// up (claim a sandbox, fetch the base branch) before the prompt arrives. Called on the
+    /// session's actor, so it must return at once; spawn any work. Does nothing by default.
+    fn typing(&self, session_id: &str, author: &Author) {
+        let _ = (session_id, author);
+    }
 }
 
 /// One prompt to drive.

@@ -329,3 +329,46 @@ async fn unknown_sessions_and_bad_prompts_are_refused() {
         ));
     }
 }
+
+/// Counts typing signals.
+struct TypingProbe(std::sync::Mutex<Vec<(String, String)>>);
+
+impl Executor for TypingProbe {
+    fn run(&self, _run: PromptRun) -> RunFuture {
+        Box::pin(async { Ok(()) })
+    }
+    fn typing(&self, session_id: &str, author: &Author) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((session_id.to_string(), author.login.clone()));
+    }
+}
+
+#[tokio::test]
+async fn typing_reaches_the_executor_for_warm_up_and_presence() {
+    let f = fixture(Duration::from_secs(60));
+    let probe = Arc::new(TypingProbe(Default::default()));
+    let sessions = Sessions::new(
+        SessionsConfig::new(f._dir.path().join("other")),
+        Arc::clone(f.sessions.store()),
+        probe.clone(),
+    )
+    .unwrap();
+    let s = sessions.create(1, "acme/app", "t").await.unwrap();
+    let mut sub = sessions.subscribe(&s.id, f.alice.clone()).await.unwrap();
+    sessions.typing(&s.id, f.alice.clone()).await.unwrap();
+    assert_eq!(
+        *probe.0.lock().unwrap(),
+        [(s.id.clone(), "alice".to_string())]
+    );
+    let mut typing_seen = false;
+    while let Ok(Ok(msg)) =
+        tokio::time::timeout(Duration::from_millis(200), sub.receiver.recv()).await
+    {
+        if let Live::Presence(p) = msg {
+            typing_seen |= p.contains("\"typing\":true");
+        }
+    }
+    assert!(typing_seen);
+}
