@@ -60,7 +60,7 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(store);
-    let sessions = open_sessions(config, Arc::clone(&store))?;
+    let sessions = open_sessions(config, Arc::clone(&store)).await?;
     let interrupted = sessions
         .recover()
         .await
@@ -84,7 +84,7 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
 
 /// The session service, its prompts answered by the agent with the configured model (or,
 /// when `sessions.executor = "scripted"`, by the stand-in used to test the machinery).
-fn open_sessions(config: &Config, store: Arc<Store>) -> anyhow::Result<Sessions> {
+async fn open_sessions(config: &Config, store: Arc<Store>) -> anyhow::Result<Sessions> {
     let settings = &config.sessions;
     let mut sessions_config = SessionsConfig::new(config.data_dir.join("sessions"));
     sessions_config.idle_unload = Duration::from_millis(settings.idle_unload_ms);
@@ -121,6 +121,7 @@ fn open_sessions(config: &Config, store: Arc<Store>) -> anyhow::Result<Sessions>
                 AgentExecutor::new(Arc::new(runtime), provider, spec, settings.workdir.clone())
                     .with_limits(model.max_tokens, model.context_limit);
             executor.persist_conversations(config.data_dir.join("sessions"));
+            executor.use_plugins(start_plugins(config).await?);
             agent = Some(executor.clone());
             Arc::new(executor)
         }
@@ -134,6 +135,26 @@ fn open_sessions(config: &Config, store: Arc<Store>) -> anyhow::Result<Sessions>
         agent.enable_sub_sessions(sessions.clone());
     }
     Ok(sessions)
+}
+
+/// Starts the external plugins configured, failing clearly if one cannot start.
+async fn start_plugins(config: &Config) -> anyhow::Result<Vec<Arc<dyn hangar_agent::Plugin>>> {
+    let mut out: Vec<Arc<dyn hangar_agent::Plugin>> = Vec::new();
+    for p in &config.plugins {
+        let (program, args) = p
+            .command
+            .split_first()
+            .context("a plugin needs a command")?;
+        let plugin = hangar_agent::external::ProcessPlugin::start(
+            program.into(),
+            args,
+            Duration::from_millis(p.timeout_ms),
+        )
+        .await?;
+        tracing::info!(plugin = hangar_agent::Plugin::name(&plugin), "plugin started");
+        out.push(Arc::new(plugin));
+    }
+    Ok(out)
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -1223,10 +1223,81 @@ async fn sigterm_stops_the_server_promptly_with_clients_connected() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let rest = read_until(&mut ws, Duration::from_secs(5), |_| false).await;
-    drop(rest);
+    assert_eq!(
+        rest.close.as_ref().map(|c| c.0),
+        Some(1001),
+        "{:?}",
+        rest.close
+    );
+    assert_contiguous(&rest.seqs(), rest.seqs().first().copied().unwrap_or(1));
     // The next start finds the prompt interrupted, like after a crash.
     let server = Server::start(&data, "scripted_delay_ms = 5");
     let api = Api::new(&server, &token);
     let (_, s) = api.get(&format!("/api/sessions/{id}")).await;
     assert_eq!(s["status"], "interrupted", "{s}");
+}
+
+#[tokio::test]
+async fn configured_plugins_guard_every_sessions_agent() {
+    use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &[],
+            &[("t1", "shell", &[r#"{"command": "rm -rf / "}"#])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Refused, fine."], &[], "end_turn")),
+    ])
+    .await;
+    let guard = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins/guard.py");
+    let (_dir, data) = scratch();
+    let server = Server::start_with_config(
+        &data,
+        &format!(
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[[plugins]]\ncommand = [\"python3\", {:?}]\n",
+            fake.url(),
+            guard
+        ),
+    );
+    let api = Api::new(&server, server.admin_token.as_deref().unwrap());
+    let id = api.create_session().await;
+    api.prompt(&id, "clean up").await;
+    wait_finished(&api, &id, 1).await;
+    let result = &fake.requests()[1].body["messages"][2]["content"][0];
+    assert_eq!(result["is_error"], true);
+    assert!(
+        result["content"]
+            .as_str()
+            .unwrap()
+            .contains("blocked by plugin guard: recursive deletes from / are not allowed"),
+        "{result}"
+    );
+    assert!(
+        fake.requests()[0].body["system"]
+            .as_str()
+            .unwrap()
+            .contains("House rule")
+    );
+}
+
+#[test]
+fn a_plugin_that_cannot_start_stops_the_server_with_one_line() {
+    let (_dir, data) = scratch();
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("hangar.toml"),
+        "[model]\nprovider = \"anthropic\"\nbase_url = \"http://127.0.0.1:9\"\nmodel = \"m\"\n\n[[plugins]]\ncommand = [\"/no/such/plugin\"]\n",
+    )
+    .unwrap();
+    let out = hangar(&data)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("hangar: ") && last.contains("cannot start plugin /no/such/plugin"),
+        "{err}"
+    );
 }

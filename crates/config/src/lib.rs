@@ -42,6 +42,24 @@ pub struct Config {
     pub sessions: SessionsSettings,
     /// The model the agent uses; without one, prompts are refused with a clear error.
     pub model: Option<ModelSettings>,
+    /// External plugins every session's agent uses, in order (see docs/plugins.md).
+    pub plugins: Vec<PluginSettings>,
+}
+
+/// An external plugin: a program speaking newline-delimited JSON on stdin/stdout.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSettings {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// How long a hook may take before it counts as unanswered (a `tool.execute.before`
+    /// then blocks the call).
+    #[serde(default = "default_plugin_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_plugin_timeout_ms() -> u64 {
+    10_000
 }
 
 /// How to reach the agent's model. The key never appears in the file itself: it is read
@@ -179,6 +197,7 @@ impl Default for Config {
             sandbox: SandboxConfig::default(),
             sessions: SessionsSettings::default(),
             model: None,
+            plugins: Vec::new(),
         }
     }
 }
@@ -300,6 +319,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.plugins.iter().any(|p| p.command.is_empty()) {
+            return Err(ConfigError::Invalid {
+                key: "plugins.command",
+                message: "a plugin needs a command (the program and its arguments)".into(),
+            });
+        }
         if !matches!(self.sessions.executor.as_str(), "agent" | "scripted") {
             return Err(ConfigError::Invalid {
                 key: "sessions.executor",

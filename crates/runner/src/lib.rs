@@ -14,7 +14,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use hangar_agent::{Agent, AgentEvent, Message, Provider, RepoContext, SyncGate, SyncState, Tools};
+use hangar_agent::{
+    Agent, AgentEvent, Message, Plugin, Provider, RepoContext, SyncGate, SyncState, Tools,
+};
 use hangar_pool::{Pool, PoolError};
 use hangar_protocol::session::{Author, EventBody, OutputStream};
 use hangar_sandbox::{Runtime, SandboxSpec};
@@ -67,6 +69,8 @@ struct Inner {
     pool: OnceLock<Pool>,
     /// Where conversations are kept (`<id>.conversation.json`), so they outlive the server.
     conversations: OnceLock<PathBuf>,
+    /// Plugins of the deployment, shared by every session's agent.
+    plugins: OnceLock<Vec<Arc<dyn Plugin>>>,
 }
 
 /// Drives prompts with the agent in a sandbox per session.
@@ -96,6 +100,7 @@ impl AgentExecutor {
                 service: OnceLock::new(),
                 pool: OnceLock::new(),
                 conversations: OnceLock::new(),
+                plugins: OnceLock::new(),
             }),
         }
     }
@@ -125,6 +130,11 @@ impl AgentExecutor {
     /// a warm sandbox of the session's repository) instead of starting them.
     pub fn use_pool(&self, pool: Pool) {
         let _ = self.inner.pool.set(pool);
+    }
+
+    /// Adds the deployment's plugins to every session's agent (after the built-in ones).
+    pub fn use_plugins(&self, plugins: Vec<Arc<dyn Plugin>>) {
+        let _ = self.inner.plugins.set(plugins);
     }
 
     /// Keeps each session's conversation in `dir` (written after every prompt, read when a
@@ -304,6 +314,9 @@ impl Executor for AgentExecutor {
             }
             if let Some(sync) = sync {
                 agent = agent.with_plugin(Arc::new(SyncGate::new(sync)));
+            }
+            for plugin in inner.plugins.get().into_iter().flatten() {
+                agent = agent.with_plugin(plugin.clone());
             }
             agent.max_tokens = inner.max_tokens;
             agent.context_limit = inner.context_limit;

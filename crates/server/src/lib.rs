@@ -86,6 +86,8 @@ pub struct AppState {
     store: Arc<Store>,
     sessions: Sessions,
     metrics: Metrics,
+    /// Set when the server begins to stop: WebSocket connections close with 1001.
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -100,6 +102,7 @@ impl AppState {
             store,
             sessions,
             metrics: Metrics::new()?,
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
 }
@@ -199,6 +202,7 @@ pub fn app(state: AppState) -> Router {
             ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(axum::middleware::map_response(json_errors))
         .layer(axum::middleware::from_fn_with_state(
@@ -207,6 +211,31 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Bodies declared larger than this are not read to the end before the 413: the
+/// connection is closed instead.
+const DRAIN_LIMIT: u64 = 16 << 20;
+
+/// A body declared larger than [`BODY_LIMIT`] is refused with 413, after reading (and
+/// dropping) the rest of it: a client still sending would otherwise see the connection
+/// reset instead of the answer.
+async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > BODY_LIMIT as u64 => {
+            if n <= DRAIN_LIMIT {
+                use futures_util::StreamExt;
+                let mut body = req.into_body().into_data_stream();
+                while let Some(Ok(_)) = body.next().await {}
+            }
+            ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE).into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 /// Every error leaves as JSON, whoever produced it (the router's own 404/405, a body limit,
@@ -236,7 +265,20 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let closing = Arc::clone(&state.closing);
+    let signal = Arc::clone(&closing);
+    let result = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // WebSocket connections were handed off by the HTTP server, which no longer
+            // waits for them: tell them to close, with 1001 "going away".
+            signal.send_replace(true);
+        })
+        .await;
+    // Give them a moment to send their close frames.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while closing.receiver_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    result
 }
