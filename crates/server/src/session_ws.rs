@@ -74,6 +74,7 @@ pub async fn session_ws(
     let sub = state.sessions.subscribe(&id, access.author()).await?;
     check_after_seq(after, sub.last_seq)?;
     let sessions = state.sessions.clone();
+    let closing = state.closing.subscribe();
     Ok(upgrade
         .max_message_size(crate::BODY_LIMIT)
         .max_frame_size(crate::BODY_LIMIT)
@@ -84,6 +85,7 @@ pub async fn session_ws(
                 id,
                 access,
                 sent: after,
+                closing,
             }
             .serve(sub)
             .await
@@ -97,6 +99,8 @@ struct Connection {
     access: Access,
     /// The last seq sent.
     sent: u64,
+    /// Turns true when the server stops.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Why a connection ends.
@@ -173,6 +177,14 @@ impl Connection {
 
     async fn run(&mut self, sub: &mut Subscription) -> Result<(), End> {
         self.catch_up().await?;
+        let mut closing = self.closing.clone();
+        let stopping = *closing.borrow_and_update();
+        if stopping {
+            return Err(End::Close(
+                1001,
+                "the server is stopping; reconnect with after_seq".into(),
+            ));
+        }
         loop {
             tokio::select! {
                 live = sub.receiver.recv() => {
@@ -218,6 +230,10 @@ impl Connection {
                         }
                     }
                     self.send_all(out).await?;
+                }
+                // The only change is to true (or the server gone): both mean stop.
+                _ = closing.changed() => {
+                    return Err(End::Close(1001, "the server is stopping; reconnect with after_seq".into()));
                 }
                 incoming = self.socket.recv() => match incoming {
                     None => return Ok(()),
