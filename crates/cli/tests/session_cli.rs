@@ -566,6 +566,23 @@ async fn queued_prompts_are_edited_and_cancelled_only_by_their_author_and_stop_m
         .send("POST", &format!("/api/sessions/{id}/stop"), json!({}))
         .await;
     assert_eq!(stop["stopped"], Value::Null, "nothing to stop");
+
+    // A share link is revoked by its creator or an admin, not by another user.
+    let (_, link) = bob
+        .send("POST", &format!("/api/sessions/{id}/shares"), json!({}))
+        .await;
+    let carol = Api::new(&server, &add_user(&data, "carol"));
+    assert_error(
+        carol
+            .raw("DELETE", &format!("/api/shares/{}", link["id"]), None)
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let (status, _) = bob
+        .raw("DELETE", &format!("/api/shares/{}", link["id"]), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 async fn metric(api: &Api, what: &str) -> i64 {

@@ -336,7 +336,7 @@ pub async fn create_share(
         .into_response())
 }
 
-/// Revokes a share link; its token stops working at once. Users only.
+/// Revokes a share link; its token stops working at once. Its creator or an admin only.
 #[utoipa::path(delete, path = "/api/shares/{id}", tag = "sessions", security(("bearer" = [])),
     params(("id" = i64, Path, description = "Share link id")),
     responses(
@@ -349,9 +349,20 @@ pub async fn delete_share(
     Path(id): Path<String>,
 ) -> Result<Json<ShareView>, ApiError> {
     access.check(None, Need::Manage)?;
+    let Access::User(caller) = &access else {
+        return Err(ApiError::forbidden("only users revoke share links"));
+    };
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::not_found(format!("no share link {id:?}")))?;
-    let link = state.sessions.store().revoke_share(id)?;
+    let store = state.sessions.store();
+    let link = store.share(id)?;
+    if link.created_by != caller.user.id && !caller.user.is_admin {
+        return Err(ApiError::forbidden(
+            "only the share link's creator or an admin may revoke it",
+        ));
+    }
+    let link = store.revoke_share(id)?;
+    tracing::info!(share = id, user = %caller.user.login, "share link revoked");
     Ok(Json(ShareView::new(link, None)))
 }
