@@ -133,6 +133,8 @@ pub(crate) struct Actor {
     tx: mpsc::WeakSender<Command>,
     shared: Arc<Shared>,
     connected: BTreeMap<String, Connected>,
+    /// When the next typing signal runs out, if anyone is typing.
+    typing_ends: Option<Instant>,
 }
 
 impl Actor {
@@ -156,6 +158,7 @@ impl Actor {
             tx,
             shared,
             connected: BTreeMap::new(),
+            typing_ends: None,
         })
     }
 
@@ -208,6 +211,12 @@ impl Actor {
                                 return;
                             }
                             deadline = Instant::now() + idle;
+                            continue;
+                        }
+                        // Someone's typing signal ran out: presence says so.
+                        _ = tokio::time::sleep_until(self.typing_ends.unwrap_or(deadline)), if self.typing_ends.is_some() => {
+                            self.typing_ends = None;
+                            self.send_presence();
                             continue;
                         }
                     }
@@ -656,11 +665,19 @@ impl Actor {
         self.send_presence();
     }
 
-    fn send_presence(&self) {
+    /// Broadcasts presence, and schedules the next one for when a typing signal runs out.
+    fn send_presence(&mut self) {
+        let now = now_ms();
+        self.typing_ends = self
+            .connected
+            .values()
+            .map(|c| c.typing_until_ms)
+            .filter(|t| *t > now)
+            .min()
+            .map(|t| Instant::now() + std::time::Duration::from_millis((t - now) as u64));
         if self.live.receiver_count() == 0 {
             return;
         }
-        let now = now_ms();
         let update = PresenceUpdate {
             at: rfc3339_ms(now),
             data: Presence {

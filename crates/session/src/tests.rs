@@ -371,4 +371,16 @@ async fn typing_reaches_the_executor_for_warm_up_and_presence() {
         }
     }
     assert!(typing_seen);
+    // Five seconds later presence says the typing stopped, without anyone saying so.
+    let cleared = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            if let Ok(Live::Presence(p)) = sub.receiver.recv().await
+                && p.contains("\"typing\":false")
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(cleared.is_ok(), "typing never cleared");
 }
