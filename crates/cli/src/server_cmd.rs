@@ -111,16 +111,27 @@ async fn open_sessions(config: &Config, store: Arc<Store>) -> anyhow::Result<Ses
                 max_retries: 4,
                 initial_backoff: Duration::from_millis(500),
             })?;
-            let runtime = LocalRuntime::open(config)?;
+            let local = LocalRuntime::open(config)?;
             let spec = SandboxSpec {
                 rootfs: Rootfs::HostRoot,
-                limits: runtime.default_limits(),
+                limits: local.default_limits(),
                 network: Network::None,
             };
-            let executor =
-                AgentExecutor::new(Arc::new(runtime), provider, spec, settings.workdir.clone())
-                    .with_limits(model.max_tokens, model.context_limit);
+            let runtime: Arc<dyn hangar_sandbox::Runtime> = Arc::new(local);
+            let pool = hangar_pool::Pool::new(
+                runtime.clone(),
+                Arc::new(hangar_pool::AlreadySynced),
+                hangar_pool::PoolConfig {
+                    min: config.pool.min,
+                    max: config.pool.max,
+                    reservation_timeout: Duration::from_millis(config.pool.reservation_timeout_ms),
+                    ..Default::default()
+                },
+            );
+            let executor = AgentExecutor::new(runtime, provider, spec, settings.workdir.clone())
+                .with_limits(model.max_tokens, model.context_limit);
             executor.persist_conversations(config.data_dir.join("sessions"));
+            executor.use_pool(pool);
             executor.use_plugins(start_plugins(config).await?);
             agent = Some(executor.clone());
             Arc::new(executor)
@@ -151,7 +162,10 @@ async fn start_plugins(config: &Config) -> anyhow::Result<Vec<Arc<dyn hangar_age
             Duration::from_millis(p.timeout_ms),
         )
         .await?;
-        tracing::info!(plugin = hangar_agent::Plugin::name(&plugin), "plugin started");
+        tracing::info!(
+            plugin = hangar_agent::Plugin::name(&plugin),
+            "plugin started"
+        );
         out.push(Arc::new(plugin));
     }
     Ok(out)

@@ -1318,3 +1318,60 @@ fn a_plugin_that_cannot_start_stops_the_server_with_one_line() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn typing_warms_a_sandbox_that_the_prompt_then_uses() {
+    use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &[],
+            &[("t1", "shell", &[r#"{"command": "hostname"}"#])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Done."], &[], "end_turn")),
+    ])
+    .await;
+    let (_dir, data) = scratch();
+    let server = Server::start_with_config(
+        &data,
+        &format!(
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n",
+            fake.url()
+        ),
+    );
+    let token = server.admin_token.clone().unwrap();
+    let api = Api::new(&server, &token);
+    let id = api.create_session().await;
+    let mut ws = connect(&server, &token, &id, 0).await;
+    ws.send(Message::Text(json!({"type": "typing"}).to_string().into()))
+        .await
+        .unwrap();
+    // The warm-up starts a sandbox before any prompt.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let warmed = loop {
+        let (_, list) = api.get("/api/sandboxes").await;
+        let ids: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        if !ids.is_empty() || Instant::now() > deadline {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!warmed.is_empty(), "a sandbox was reserved for the draft");
+    api.prompt(&id, "where am I?").await;
+    let events = wait_finished(&api, &id, 1).await;
+    let host: String = events
+        .iter()
+        .filter(|e| e["type"] == "tool.output")
+        .map(|e| e["data"]["text"].as_str().unwrap().trim().to_string())
+        .collect();
+    // The pool may also have refilled after the claim; the reserved sandbox is the first.
+    assert_eq!(
+        host, warmed[0],
+        "the prompt ran in the sandbox warmed for it"
+    );
+}

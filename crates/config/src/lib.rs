@@ -44,6 +44,31 @@ pub struct Config {
     pub model: Option<ModelSettings>,
     /// External plugins every session's agent uses, in order (see docs/plugins.md).
     pub plugins: Vec<PluginSettings>,
+    /// The warm pool of session sandboxes.
+    pub pool: PoolSettings,
+}
+
+/// Warm pool settings.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolSettings {
+    /// Idle sandboxes kept per repository at least (once the repository had a session).
+    pub min: usize,
+    /// ... and at most, however busy it is.
+    pub max: usize,
+    /// A sandbox reserved when someone started typing is released after this long without
+    /// a prompt.
+    pub reservation_timeout_ms: u64,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            min: 1,
+            max: 4,
+            reservation_timeout_ms: 120_000,
+        }
+    }
 }
 
 /// An external plugin: a program speaking newline-delimited JSON on stdin/stdout.
@@ -198,6 +223,7 @@ impl Default for Config {
             sessions: SessionsSettings::default(),
             model: None,
             plugins: Vec::new(),
+            pool: PoolSettings::default(),
         }
     }
 }

@@ -112,10 +112,15 @@ struct RepoPool {
     claims: VecDeque<Instant>,
 }
 
+/// A draft's sandbox: being claimed (`None`), then claimed. The claim is delivered through
+/// the channel so a prompt arriving mid-claim waits for it rather than starting another.
 struct Reservation {
-    claim: Claim,
+    claim: Arc<watch::Sender<Option<Claim>>>,
     deadline: Instant,
 }
+
+/// How long a prompt waits for a reservation still being claimed.
+const RESERVATION_WAIT: Duration = Duration::from_secs(30);
 
 struct Inner {
     runtime: Arc<dyn Runtime>,
@@ -255,11 +260,29 @@ impl Pool {
     pub async fn typing(&self, user: &str, repo: &str) -> Result<(), PoolError> {
         let key = (user.to_string(), repo.to_string());
         let deadline = Instant::now() + self.inner.config.reservation_timeout;
-        if let Some(r) = self.inner.reservations.lock().await.get_mut(&key) {
-            r.deadline = deadline;
-            return Ok(());
-        }
-        let mut claim = self.claim(repo).await?;
+        let slot = {
+            let mut reservations = self.inner.reservations.lock().await;
+            if let Some(r) = reservations.get_mut(&key) {
+                r.deadline = deadline;
+                return Ok(());
+            }
+            let slot = Arc::new(watch::channel(None).0);
+            reservations.insert(
+                key.clone(),
+                Reservation {
+                    claim: slot.clone(),
+                    deadline,
+                },
+            );
+            slot
+        };
+        let mut claim = match self.claim(repo).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.inner.reservations.lock().await.remove(&key);
+                return Err(e);
+            }
+        };
         let (tx, rx) = watch::channel(SyncState::Syncing);
         claim.sync = rx;
         let syncer = self.inner.syncer.clone();
@@ -271,28 +294,34 @@ impl Pool {
             };
             let _ = tx.send(state);
         });
-        let replaced = self
-            .inner
-            .reservations
-            .lock()
-            .await
-            .insert(key, Reservation { claim, deadline });
-        if let Some(old) = replaced {
-            // Two typing signals raced; keep one sandbox.
-            let _ = self.inner.runtime.destroy(&old.claim.sandbox).await;
+        let still_wanted = {
+            let reservations = self.inner.reservations.lock().await;
+            reservations
+                .get(&key)
+                .is_some_and(|r| Arc::ptr_eq(&r.claim, &slot))
+        };
+        // Taken by a prompt while being claimed (it waits on the channel), or still reserved:
+        // deliver. Expired meanwhile and nobody waiting: give the sandbox back.
+        if still_wanted || slot.receiver_count() > 0 {
+            slot.send_replace(Some(claim));
+        } else {
+            let _ = self.inner.runtime.destroy(&claim.sandbox).await;
         }
         Ok(())
     }
 
-    /// The sandbox reserved for `user`'s draft on `repo`, if any (its sync may still run).
+    /// The sandbox reserved for `user`'s draft on `repo`, if any (its sync may still run);
+    /// waits for one still being claimed.
     pub async fn take_reservation(&self, user: &str, repo: &str) -> Option<Claim> {
         let key = (user.to_string(), repo.to_string());
-        self.inner
-            .reservations
-            .lock()
-            .await
-            .remove(&key)
-            .map(|r| r.claim)
+        let slot = self.inner.reservations.lock().await.remove(&key)?.claim;
+        let mut rx = slot.subscribe();
+        drop(slot);
+        let claimed = tokio::time::timeout(RESERVATION_WAIT, rx.wait_for(Option::is_some)).await;
+        match claimed {
+            Ok(Ok(claim)) => claim.clone(),
+            _ => None,
+        }
     }
 
     /// The pool's figures.
@@ -402,8 +431,12 @@ impl Inner {
             keys.into_iter().filter_map(|k| r.remove(&k)).collect()
         };
         for r in expired {
-            tracing::info!(sandbox = %r.claim.sandbox, "no prompt followed the typing signal; releasing");
-            let _ = self.runtime.destroy(&r.claim.sandbox).await;
+            // One still being claimed is given back by its claimer.
+            let claimed = r.claim.borrow().clone();
+            if let Some(claim) = claimed {
+                tracing::info!(sandbox = %claim.sandbox, "no prompt followed the typing signal; releasing");
+                let _ = self.runtime.destroy(&claim.sandbox).await;
+            }
         }
     }
 }

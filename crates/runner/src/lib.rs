@@ -277,6 +277,38 @@ struct SessionSandbox {
 }
 
 impl Executor for AgentExecutor {
+    /// Predictive warm-up: reserve a sandbox for the author's draft and start its sync,
+    /// unless the session already has a sandbox.
+    fn typing(&self, session_id: &str, author: &Author) {
+        let inner = self.inner.clone();
+        let (session_id, login) = (session_id.to_string(), author.login.clone());
+        tokio::spawn(async move {
+            let (Some(pool), Some(service)) = (inner.pool.get(), inner.service.get()) else {
+                return;
+            };
+            if inner
+                .sessions
+                .lock()
+                .await
+                .get(&session_id)
+                .is_some_and(|s| s.sandbox.is_some())
+            {
+                return;
+            }
+            let Ok(record) = service.record(&session_id) else {
+                return;
+            };
+            let mut result = pool.typing(&login, &record.repo).await;
+            if let Err(PoolError::UnknownRepo(_)) = result {
+                pool.set_image(&record.repo, inner.spec.clone()).await;
+                result = pool.typing(&login, &record.repo).await;
+            }
+            if let Err(e) = result {
+                tracing::warn!(session = %session_id, "warm-up failed: {e}");
+            }
+        });
+    }
+
     fn run(&self, run: PromptRun) -> RunFuture {
         let inner = self.inner.clone();
         Box::pin(async move {
