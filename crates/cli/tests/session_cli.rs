@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 /// A running `hangar serve` on a data directory.
 struct Server {
     child: Child,
+    data_dir: PathBuf,
     url: String,
     admin_token: Option<String>,
     printed: std::sync::Arc<std::sync::Mutex<String>>,
@@ -81,6 +82,7 @@ impl Server {
         std::thread::spawn(move || for _ in lines {});
         Server {
             child,
+            data_dir: data_dir.to_path_buf(),
             url,
             admin_token,
             printed,
@@ -122,6 +124,21 @@ impl Drop for Server {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        // Sandboxes outlive the server by design; the test's own go with it.
+        let ids: Vec<String> = std::fs::read_dir(self.data_dir.join("sandboxes"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            let _ = hangar(&self.data_dir)
+                .args(["sandbox", "rm"])
+                .args(&ids)
+                .output();
         }
     }
 }
