@@ -92,44 +92,51 @@ impl Plugin for RepoContext {
         "repo-context"
     }
 
+    // File reads only, side by side: this runs before the first model request of every
+    // prompt, and starting git (or any process) in the sandbox would cost milliseconds.
     async fn context(&self) -> Option<String> {
         let root = self.workdir.trim_end_matches('/');
-        let mut out = format!("The repository is checked out at {root}.");
-        let facts = self
-            .envd
-            .output(
-                hangar_protocol::envd::ExecRequest {
-                    argv: vec![
-                        "/bin/sh".into(),
-                        "-c".into(),
-                        "git -C \"$1\" rev-parse --abbrev-ref HEAD 2>/dev/null; git -C \"$1\" log -1 --format='%h %s' 2>/dev/null; ls -A \"$1\" | head -n 50 | tr '\\n' ' '"
-                            .into(),
-                        "sh".into(),
-                        root.to_string(),
-                    ],
-                    timeout_ms: Some(10_000),
-                    ..Default::default()
-                },
-                16 * 1024,
-            )
-            .await;
-        if let Ok(facts) = facts {
-            let text = String::from_utf8_lossy(&facts.stdout);
-            let mut lines = text.lines();
-            if let (Some(branch), Some(commit)) = (lines.next(), lines.next()) {
-                out.push_str(&format!(" Branch {branch}, last commit {commit}."));
-            }
-            if let Some(entries) = lines.next() {
-                out.push_str(&format!(" Top-level entries: {}.", entries.trim()));
-            }
-        }
-        for name in ["AGENTS.md", "CLAUDE.md"] {
-            let path = format!("{root}/{name}");
-            if let Ok(data) = self
-                .envd
-                .read_file(&path, 0, Some(INSTRUCTIONS_LIMIT))
+        let read = |name: String| async move {
+            self.envd
+                .read_file(&format!("{root}/{name}"), 0, Some(INSTRUCTIONS_LIMIT))
                 .await
-            {
+                .ok()
+        };
+        let (head, entries, agents, claude) = tokio::join!(
+            read(".git/HEAD".into()),
+            self.envd.list_dir(root),
+            read("AGENTS.md".into()),
+            read("CLAUDE.md".into()),
+        );
+        let mut out = format!("The repository is checked out at {root}.");
+        let head = head.map(|h| String::from_utf8_lossy(&h.data).trim().to_string());
+        match head.as_deref().map(|h| h.strip_prefix("ref: refs/heads/")) {
+            Some(Some(branch)) => {
+                let commit = read(format!(".git/refs/heads/{branch}")).await;
+                let commit = commit.map(|c| {
+                    String::from_utf8_lossy(&c.data)
+                        .trim()
+                        .chars()
+                        .take(12)
+                        .collect::<String>()
+                });
+                match commit {
+                    Some(c) => out.push_str(&format!(" Branch {branch}, at commit {c}.")),
+                    None => out.push_str(&format!(" Branch {branch}.")),
+                }
+            }
+            Some(None) => {
+                let detached: String = head.unwrap_or_default().chars().take(12).collect();
+                out.push_str(&format!(" Detached at commit {detached}."));
+            }
+            None => {}
+        }
+        if let Ok(entries) = entries {
+            let names: Vec<&str> = entries.iter().take(50).map(|e| e.name.as_str()).collect();
+            out.push_str(&format!(" Top-level entries: {}.", names.join(" ")));
+        }
+        for (name, data) in [("AGENTS.md", agents), ("CLAUDE.md", claude)] {
+            if let Some(data) = data {
                 out.push_str(&format!(
                     "\n\nInstructions from the repository's {name}:\n{}",
                     String::from_utf8_lossy(&data.data)

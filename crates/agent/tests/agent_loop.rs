@@ -438,8 +438,26 @@ async fn agents_md_and_repo_facts_reach_the_system_prompt() {
         .unwrap()
         .to_string();
     assert!(system.starts_with("base"), "{system}");
-    assert!(system.contains("Branch main, last commit"), "{system}");
-    assert!(system.contains("first commit"), "{system}");
+    let head = sb
+        .envd
+        .output(
+            ExecRequest {
+                shell: Some("git -C /tmp/repo rev-parse --short=12 HEAD".into()),
+                ..Default::default()
+            },
+            1024,
+        )
+        .await
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert!(
+        system.contains(&format!("Branch main, at commit {head}.")),
+        "{system}"
+    );
+    assert!(
+        system.contains("Top-level entries: .git AGENTS.md CLAUDE.md a.txt."),
+        "{system}"
+    );
     assert!(system.contains("AGENTS.md:\nUse tabs."), "{system}");
     assert!(system.contains("CLAUDE.md:\nBe kind."), "{system}");
 }

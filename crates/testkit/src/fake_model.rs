@@ -63,6 +63,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// Its JSON body (null when not JSON).
     pub body: Value,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Clone)]
@@ -132,7 +134,9 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let at = std::time::Instant::now();
     s.requests.lock().unwrap().push(Recorded {
+        at,
         path: uri.path().to_string(),
         headers,
         body,

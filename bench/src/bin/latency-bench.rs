@@ -1,0 +1,228 @@
+//! `latency-bench`: what Hangar adds to a prompt beyond the model's time-to-first-token.
+//!
+//! A fake model server (exact Anthropic streaming format) answers after a fixed TTFT. For
+//! each case, a session is prompted and we measure from the prompt call to (a) the model
+//! request arriving at the model server and (b) the first `model.delta` reaching a live
+//! subscriber of the session; Hangar's overhead is (a), and (b) minus the TTFT. Cases:
+//! a warm-pool hit, predictive warm-up (the typing signal one second before the prompt),
+//! and a cold start (a sandbox started for the prompt). In process: the session service,
+//! the runner, the pool and the real local sandbox runtime, without HTTP in between.
+//! Prints one JSON document.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use hangar_agent::{Provider, ProviderConfig, ProviderKind};
+use hangar_pool::{AlreadySynced, Pool, PoolConfig};
+use hangar_protocol::session::Author;
+use hangar_runner::AgentExecutor;
+use hangar_sandbox::{LocalRuntime, Network, Rootfs, Runtime, SandboxSpec};
+use hangar_session::{Live, Sessions, SessionsConfig};
+use hangar_store::{NewUser, Store};
+use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(about = "Prompt → first model request and → first token, beyond the model's TTFT")]
+struct Args {
+    /// Prompts per case.
+    #[arg(long, default_value_t = 30)]
+    iterations: usize,
+    /// The fake model's time to first token, milliseconds.
+    #[arg(long, default_value_t = 200)]
+    ttft_ms: u64,
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    config: hangar_config::Config,
+    sessions: Sessions,
+    alice: Author,
+    fake: FakeModel,
+}
+
+async fn setup(pool: Option<PoolConfig>) -> anyhow::Result<(Setup, Option<Pool>)> {
+    let dir = tempfile::Builder::new()
+        .prefix("hangar-latency-")
+        .tempdir_in("/dev/shm")?;
+    let mut config = hangar_config::Config {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    config.sandbox.tools_dir = std::env::current_exe()?.parent().map(|p| p.to_path_buf());
+    let local = LocalRuntime::open(&config)?;
+    let spec = SandboxSpec {
+        rootfs: Rootfs::HostRoot,
+        limits: local.default_limits(),
+        network: Network::None,
+    };
+    let runtime: Arc<dyn Runtime> = Arc::new(local);
+    let fake = FakeModel::start(Vec::new()).await;
+    let provider = Provider::new(ProviderConfig {
+        kind: ProviderKind::Anthropic,
+        base_url: fake.url(),
+        model: "bench".into(),
+        api_key: Some("k".into()),
+        max_retries: 0,
+        initial_backoff: Duration::from_millis(1),
+    })?;
+    let executor = AgentExecutor::new(runtime.clone(), provider, spec.clone(), "/workspace");
+    let store = Arc::new(Store::open(&dir.path().join("index.db"))?);
+    let user = store.create_user(&NewUser {
+        login: "alice".into(),
+        name: "Alice".into(),
+        ..NewUser::default()
+    })?;
+    let alice = Author {
+        user_id: Some(user.id),
+        login: "alice".into(),
+        share_id: None,
+    };
+    let sessions = Sessions::new(
+        SessionsConfig::new(dir.path().join("sessions")),
+        store,
+        Arc::new(executor.clone()),
+    )?;
+    executor.enable_sub_sessions(sessions.clone());
+    let pool = match pool {
+        Some(pc) => {
+            let pool = Pool::new(runtime, Arc::new(AlreadySynced), pc);
+            pool.set_image("acme/app", spec).await;
+            executor.use_pool(pool.clone());
+            Some(pool)
+        }
+        None => None,
+    };
+    Ok((
+        Setup {
+            _dir: dir,
+            config,
+            sessions,
+            alice,
+            fake,
+        },
+        pool,
+    ))
+}
+
+/// One prompt: returns (to the model request, to the first token seen by a subscriber).
+async fn measure(s: &Setup, ttft: Duration, warm_up: bool) -> anyhow::Result<(Duration, Duration)> {
+    let session = s
+        .sessions
+        .create(s.alice.user_id.context("user")?, "acme/app", "bench")
+        .await?;
+    let mut sub = s.sessions.subscribe(&session.id, s.alice.clone()).await?;
+    if warm_up {
+        s.sessions.typing(&session.id, s.alice.clone()).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    s.fake.push(Reply::Sse {
+        events: anthropic(&["hi"], &[], "end_turn"),
+        ttft,
+        gap: Duration::ZERO,
+        cut_after: None,
+    });
+    let before = s.fake.requests().len();
+    let t0 = Instant::now();
+    s.sessions
+        .prompt(&session.id, s.alice.clone(), "go".into())
+        .await?;
+    let first_token = loop {
+        match tokio::time::timeout(Duration::from_secs(30), sub.receiver.recv()).await {
+            Ok(Ok(Live::Event(e))) if e.json.contains("\"model.delta\"") => break t0.elapsed(),
+            Ok(Ok(_)) => continue,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(e)) => anyhow::bail!("subscription ended: {e}"),
+            Err(_) => anyhow::bail!("no token within 30 s"),
+        }
+    };
+    let reqs = s.fake.requests();
+    let arrived = reqs
+        .get(before)
+        .context("the model request was not recorded")?
+        .at;
+    Ok((arrived.saturating_duration_since(t0), first_token))
+}
+
+fn summary(mut xs: Vec<Duration>) -> serde_json::Value {
+    xs.sort();
+    let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
+    let at = |q: f64| {
+        xs.get(((xs.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    json!({"n": xs.len(), "p50_ms": ms(at(0.5)), "p90_ms": ms(at(0.9)), "p99_ms": ms(at(0.99)), "max_ms": ms(at(1.0))})
+}
+
+async fn case(
+    name: &str,
+    pool: Option<PoolConfig>,
+    warm_up: bool,
+    args: &Args,
+) -> anyhow::Result<serde_json::Value> {
+    let ttft = Duration::from_millis(args.ttft_ms);
+    let (s, pool) = setup(pool).await?;
+    let (mut to_request, mut overhead) = (Vec::new(), Vec::new());
+    for i in 0..args.iterations {
+        if let Some(p) = &pool {
+            // Let the pool refill between prompts, as it would between people.
+            for _ in 0..100 {
+                p.refill_now().await;
+                if p.stats().await.idle.iter().any(|(_, n)| *n > 0) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let (req, token) = measure(&s, ttft, warm_up).await?;
+        eprintln!("{name} {i}: request {req:?}, first token {token:?}");
+        to_request.push(req);
+        overhead.push(token.saturating_sub(ttft));
+    }
+    let hits = match &pool {
+        Some(p) => p.stats().await.hits,
+        None => 0,
+    };
+    let rt = LocalRuntime::open(&s.config)?;
+    for sb in rt.list().await? {
+        let _ = rt.destroy(&sb.id).await;
+    }
+    Ok(json!({
+        "case": name,
+        "pool_hits": hits,
+        "prompt_to_model_request": summary(to_request),
+        "prompt_to_first_token_minus_ttft": summary(overhead),
+    }))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let pool = PoolConfig {
+        min: 1,
+        max: 2,
+        ..Default::default()
+    };
+    let cases = vec![
+        case("warm_pool_hit", Some(pool.clone()), false, &args).await?,
+        case("predictive_warm_up", Some(pool), true, &args).await?,
+        case("cold_start", None, false, &args).await?,
+    ];
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "benchmark": "latency",
+            "ttft_ms": args.ttft_ms,
+            "iterations": args.iterations,
+            "kernel": kernel.trim(),
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "cases": cases,
+        }))?
+    );
+    Ok(())
+}
