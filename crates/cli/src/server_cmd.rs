@@ -125,6 +125,7 @@ async fn open_sessions(config: &Config, store: Arc<Store>) -> anyhow::Result<Ses
                     min: config.pool.min,
                     max: config.pool.max,
                     reservation_timeout: Duration::from_millis(config.pool.reservation_timeout_ms),
+                    state_file: Some(config.data_dir.join("pool.state")),
                     ..Default::default()
                 },
             );

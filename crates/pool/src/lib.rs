@@ -31,6 +31,9 @@ pub struct PoolConfig {
     pub demand_window: Duration,
     /// A warm-up reservation no prompt followed is released after this long.
     pub reservation_timeout: Duration,
+    /// Where the pool lists the sandboxes it holds unclaimed, so that the next process
+    /// destroys them instead of leaking them (sandboxes outlive the server).
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PoolConfig {
@@ -40,6 +43,7 @@ impl Default for PoolConfig {
             max: 4,
             demand_window: Duration::from_secs(600),
             reservation_timeout: Duration::from_secs(120),
+            state_file: None,
         }
     }
 }
@@ -131,6 +135,10 @@ struct Inner {
     wake: Arc<Notify>,
     /// One refill at a time, or two would both fill the same gap.
     refilling: Mutex<()>,
+    /// The unclaimed sandboxes changed since the state file was written.
+    dirty: std::sync::atomic::AtomicBool,
+    /// No more refills (the pool is being closed).
+    closed: std::sync::atomic::AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
     claim_micros: AtomicU64,
@@ -153,6 +161,8 @@ impl Pool {
             reservations: Mutex::default(),
             wake: Arc::new(Notify::new()),
             refilling: Mutex::new(()),
+            dirty: std::sync::atomic::AtomicBool::new(false),
+            closed: std::sync::atomic::AtomicBool::new(false),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             claim_micros: AtomicU64::new(0),
@@ -161,16 +171,45 @@ impl Pool {
         let weak = Arc::downgrade(&inner);
         let wake = inner.wake.clone();
         tokio::spawn(async move {
+            if let Some(inner) = weak.upgrade() {
+                inner.destroy_leftovers().await;
+            }
             loop {
                 {
                     let Some(inner) = weak.upgrade() else { return };
                     inner.refill().await;
                     inner.expire_reservations().await;
+                    inner.save_state().await;
                 }
                 let _ = tokio::time::timeout(Duration::from_millis(500), wake.notified()).await;
             }
         });
         Pool { inner }
+    }
+
+    /// Stops refilling and destroys every sandbox the pool holds unclaimed (idle ones and
+    /// reservations). Claimed sandboxes belong to their sessions and are left alone.
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let _wait_for_a_running_refill = self.inner.refilling.lock().await;
+        let idle: Vec<String> = {
+            let mut repos = self.inner.repos.lock().await;
+            repos
+                .values_mut()
+                .flat_map(|p| p.idle.drain(..).map(|w| w.sandbox))
+                .collect()
+        };
+        let reserved: Vec<String> = {
+            let mut r = self.inner.reservations.lock().await;
+            r.drain()
+                .filter_map(|(_, v)| v.claim.borrow().as_ref().map(|c| c.sandbox.clone()))
+                .collect()
+        };
+        for id in idle.into_iter().chain(reserved) {
+            let _ = self.inner.runtime.destroy(&id).await;
+        }
+        self.inner.dirty.store(true, Ordering::SeqCst);
+        self.inner.save_state().await;
     }
 
     /// Makes `spec` the current image of `repo`: idle sandboxes of the previous image are
@@ -191,6 +230,7 @@ impl Pool {
         for w in stale {
             let _ = self.inner.runtime.destroy(&w.sandbox).await;
         }
+        self.inner.dirty.store(true, Ordering::SeqCst);
         self.inner.wake.notify_one();
     }
 
@@ -216,6 +256,7 @@ impl Pool {
                 };
                 (warm, entry.spec.clone())
             };
+            self.inner.dirty.store(true, Ordering::SeqCst);
             self.inner.wake.notify_one();
             let Some(warm) = warm else {
                 let sb = self.inner.runtime.create(spec).await?;
@@ -302,6 +343,7 @@ impl Pool {
         };
         // Taken by a prompt while being claimed (it waits on the channel), or still reserved:
         // deliver. Expired meanwhile and nobody waiting: give the sandbox back.
+        self.inner.dirty.store(true, Ordering::SeqCst);
         if still_wanted || slot.receiver_count() > 0 {
             slot.send_replace(Some(claim));
         } else {
@@ -315,6 +357,7 @@ impl Pool {
     pub async fn take_reservation(&self, user: &str, repo: &str) -> Option<Claim> {
         let key = (user.to_string(), repo.to_string());
         let slot = self.inner.reservations.lock().await.remove(&key)?.claim;
+        self.inner.dirty.store(true, Ordering::SeqCst);
         let mut rx = slot.subscribe();
         drop(slot);
         let claimed = tokio::time::timeout(RESERVATION_WAIT, rx.wait_for(Option::is_some)).await;
@@ -373,8 +416,68 @@ impl Inner {
             .clamp(self.config.min, self.config.max.max(self.config.min))
     }
 
+    /// Destroys the sandboxes an earlier process's pool held unclaimed.
+    async fn destroy_leftovers(&self) {
+        let Some(path) = &self.config.state_file else {
+            return;
+        };
+        let Ok(text) = tokio::fs::read_to_string(path).await else {
+            return;
+        };
+        let ids: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for id in ids {
+            if self.runtime.destroy(&id).await.is_ok() {
+                tracing::info!(sandbox = %id, "destroyed a warm sandbox left by an earlier run");
+            }
+        }
+        self.dirty.store(true, Ordering::SeqCst);
+    }
+
+    /// Writes the unclaimed sandboxes' ids, one per line, atomically.
+    async fn save_state(&self) {
+        let Some(path) = &self.config.state_file else {
+            return;
+        };
+        if !self.dirty.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let mut ids: Vec<String> = {
+            let repos = self.repos.lock().await;
+            repos
+                .values()
+                .flat_map(|p| p.idle.iter().map(|w| w.sandbox.clone()))
+                .collect()
+        };
+        {
+            let r = self.reservations.lock().await;
+            ids.extend(
+                r.values()
+                    .filter_map(|v| v.claim.borrow().as_ref().map(|c| c.sandbox.clone())),
+            );
+        }
+        let tmp = path.with_extension("tmp");
+        let text = ids.join("\n");
+        let result = async {
+            tokio::fs::write(&tmp, text).await?;
+            tokio::fs::rename(&tmp, path).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), "could not write the pool's state: {e}");
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+    }
+
     async fn refill(&self) {
         let _one_at_a_time = self.refilling.lock().await;
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
         let wanted: Vec<(String, SandboxSpec, u64, usize)> = {
             let mut repos = self.repos.lock().await;
             let mut out = Vec::new();
@@ -403,11 +506,14 @@ impl Inner {
                 let mut repos = self.repos.lock().await;
                 match repos.get_mut(&repo) {
                     // Still the current image: keep it.
-                    Some(p) if p.generation == generation => {
+                    Some(p)
+                        if p.generation == generation && !self.closed.load(Ordering::SeqCst) =>
+                    {
                         p.idle.push_back(Warm {
                             sandbox: sb.id,
                             generation,
                         });
+                        self.dirty.store(true, Ordering::SeqCst);
                     }
                     _ => {
                         drop(repos);
@@ -430,6 +536,9 @@ impl Inner {
                 .collect();
             keys.into_iter().filter_map(|k| r.remove(&k)).collect()
         };
+        if !expired.is_empty() {
+            self.dirty.store(true, Ordering::SeqCst);
+        }
         for r in expired {
             // One still being claimed is given back by its claimer.
             let claimed = r.claim.borrow().clone();

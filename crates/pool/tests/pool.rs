@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+
 use hangar_agent::SyncState;
 use hangar_pool::{AlreadySynced, Pool, PoolConfig, Syncer};
 use hangar_sandbox::{LocalRuntime, Network, Rootfs, Runtime, SandboxSpec, Status};
@@ -73,8 +75,12 @@ impl Drop for Fixture {
                 .build()
                 .unwrap();
             tokio.block_on(async {
-                for sb in rt.list().await.unwrap_or_default() {
-                    let _ = rt.destroy(&sb.id).await;
+                // Twice: a pool refill in flight when the test ended may still finish.
+                for _ in 0..2 {
+                    for sb in rt.list().await.unwrap_or_default() {
+                        let _ = rt.destroy(&sb.id).await;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                 }
             });
         })
@@ -88,6 +94,7 @@ fn config(min: usize, max: usize) -> PoolConfig {
         max,
         demand_window: Duration::from_secs(600),
         reservation_timeout: Duration::from_millis(400),
+        state_file: None,
     }
 }
 
@@ -252,5 +259,87 @@ async fn typing_reserves_a_syncing_sandbox_once_per_draft_and_releases_it_if_no_
     assert!(
         reserved.iter().any(|id| !alive.contains(id)),
         "bob's sandbox was destroyed"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_pool_destroys_the_warm_sandboxes_of_the_previous_one() {
+    let f = Fixture::new();
+    let state = f.config.data_dir.join("pool-state");
+    let cfg = PoolConfig {
+        state_file: Some(state.clone()),
+        ..config(2, 2)
+    };
+    let first = Pool::new(f.rt.clone(), Arc::new(AlreadySynced), cfg.clone());
+    first.set_image("acme/app", f.spec(512 << 20)).await;
+    f.wait_idle(&first, "acme/app", 2).await;
+    let claimed = first.claim("acme/app").await.unwrap();
+    // Let the state file catch up, then "crash": the pool goes, its sandboxes stay.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let idle_before: Vec<String> = loop {
+        first.refill_now().await;
+        let listed: Vec<String> = std::fs::read_to_string(&state)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if listed.len() == 2 || Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        idle_before.len(),
+        2,
+        "the state file lists the idle sandboxes"
+    );
+    assert!(
+        !idle_before.contains(&claimed.sandbox),
+        "a claimed sandbox is not the pool's"
+    );
+    drop(first);
+    let second = Pool::new(f.rt.clone(), Arc::new(AlreadySynced), cfg);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while idle_before
+        .iter()
+        .any(|id| matches!(f.rt.get(id).now_or_never(), Some(Ok(_))))
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &idle_before {
+        assert!(
+            f.rt.get(id).await.is_err(),
+            "{id} of the previous pool was destroyed"
+        );
+    }
+    assert_eq!(
+        f.rt.get(&claimed.sandbox).await.unwrap().status,
+        Status::Running,
+        "the claimed one lives"
+    );
+    second.close().await;
+}
+
+#[tokio::test]
+async fn close_destroys_unclaimed_sandboxes_and_stops_refilling() {
+    let f = Fixture::new();
+    let pool = Pool::new(f.rt.clone(), Arc::new(AlreadySynced), config(2, 2));
+    pool.set_image("acme/app", f.spec(512 << 20)).await;
+    f.wait_idle(&pool, "acme/app", 2).await;
+    let claimed = pool.claim("acme/app").await.unwrap();
+    pool.close().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let left: Vec<String> =
+        f.rt.list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+    assert_eq!(
+        left,
+        vec![claimed.sandbox],
+        "only the claimed sandbox remains"
     );
 }

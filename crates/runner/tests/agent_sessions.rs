@@ -114,8 +114,12 @@ impl Drop for World {
                 .build()
                 .unwrap();
             tokio.block_on(async {
-                for sb in rt.list().await.unwrap_or_default() {
-                    let _ = rt.destroy(&sb.id).await;
+                // Twice: a pool refill in flight when the test ended may still finish.
+                for _ in 0..2 {
+                    for sb in rt.list().await.unwrap_or_default() {
+                        let _ = rt.destroy(&sb.id).await;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                 }
             });
         })
