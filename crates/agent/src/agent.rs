@@ -123,8 +123,37 @@ impl Agent {
         self.extra_tools.iter().find(|t| t.spec().name == name)
     }
 
-    /// Runs one prompt to its end, appending to `conversation`.
+    /// Runs one prompt to its end, appending to `conversation`; plugins hear it start and
+    /// finish.
     pub async fn run(
+        &self,
+        conversation: &mut Vec<Message>,
+        prompt: &str,
+        events: &UnboundedSender<AgentEvent>,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, AgentError> {
+        for plugin in &self.plugins {
+            plugin
+                .on_event(&serde_json::json!({"type": "prompt.started", "prompt": prompt}))
+                .await;
+        }
+        let result = self.turns(conversation, prompt, events, cancel).await;
+        let outcome = match &result {
+            Ok(Outcome::Finished) => "done".to_string(),
+            Ok(Outcome::Stopped) => "stopped".to_string(),
+            Ok(Outcome::TurnLimit) => "turn_limit".to_string(),
+            Ok(Outcome::ModelStopped(reason)) => format!("model_stopped: {reason:?}"),
+            Err(e) => format!("failed: {e}"),
+        };
+        for plugin in &self.plugins {
+            plugin
+                .on_event(&serde_json::json!({"type": "prompt.finished", "outcome": outcome}))
+                .await;
+        }
+        result
+    }
+
+    async fn turns(
         &self,
         conversation: &mut Vec<Message>,
         prompt: &str,

@@ -253,6 +253,10 @@ impl Plugin for ProcessPlugin {
         }
     }
 
+    async fn on_event(&self, event: &Value) {
+        self.notify(event.clone()).await;
+    }
+
     async fn context(&self) -> Option<String> {
         if !self.wants("context") {
             return None;

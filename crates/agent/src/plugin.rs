@@ -63,6 +63,10 @@ pub trait Plugin: Send + Sync {
     async fn context(&self) -> Option<String> {
         None
     }
+
+    /// Prompt events: `{"type": "prompt.started", "prompt": …}` before the first model
+    /// request and `{"type": "prompt.finished", "outcome": …}` after the last; observe only.
+    async fn on_event(&self, _event: &Value) {}
 }
 
 /// Built-in: puts the repository's instructions for agents (`AGENTS.md`, and `CLAUDE.md`

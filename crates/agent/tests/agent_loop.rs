@@ -207,7 +207,10 @@ async fn the_model_edits_files_and_runs_commands_in_the_sandbox() {
     );
 }
 
-struct NoShell;
+#[derive(Default)]
+struct NoShell {
+    events: std::sync::Mutex<Vec<serde_json::Value>>,
+}
 
 #[async_trait]
 impl Plugin for NoShell {
@@ -223,6 +226,9 @@ impl Plugin for NoShell {
     }
     async fn context(&self) -> Option<String> {
         Some("Repository facts: a.txt holds two lines.".into())
+    }
+    async fn on_event(&self, event: &serde_json::Value) {
+        self.events.lock().unwrap().push(event.clone());
     }
 }
 
@@ -241,18 +247,27 @@ async fn plugins_block_rewrite_and_add_context_over_openai() {
         Reply::sse(openai(&["ok"], &[], "stop")),
     ])
     .await;
+    let plugin = Arc::new(NoShell::default());
     let agent = Agent::new(
         provider(ProviderKind::OpenAi, fake.url()),
         Tools::new(sb.envd.clone(), "/tmp/repo"),
         "sys".into(),
     )
-    .with_plugin(Arc::new(NoShell));
+    .with_plugin(plugin.clone());
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let mut conversation = Vec::new();
     agent
         .run(&mut conversation, "go", &tx, &CancellationToken::new())
         .await
         .unwrap();
+    assert_eq!(
+        *plugin.events.lock().unwrap(),
+        vec![
+            json!({"type": "prompt.started", "prompt": "go"}),
+            json!({"type": "prompt.finished", "outcome": "done"})
+        ],
+        "plugins hear the prompt start and finish"
+    );
     assert!(
         sb.envd.stat("/tmp/repo/a.txt").await.is_ok(),
         "the blocked command did not run"

@@ -145,3 +145,52 @@ async fn bad_plugins_fail_to_start_with_a_clear_error() {
         matches!(plugin.before_tool(&call("shell", json!({}))).await, Decision::Block(r) if r.contains("unknown decision"))
     );
 }
+
+#[tokio::test]
+async fn plugins_that_ask_for_events_receive_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.log");
+    let plugin = script_plugin(
+        &dir,
+        &format!(
+            r#"read line; echo '{{"id":1,"name":"ears","hooks":["event"]}}'; while read line; do echo "$line" >> {}; done"#,
+            log.display()
+        ),
+    )
+    .await
+    .unwrap();
+    plugin
+        .on_event(&json!({"type": "prompt.started", "prompt": "hi"}))
+        .await;
+    plugin
+        .on_event(&json!({"type": "prompt.finished", "outcome": "done"}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 2 || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let events: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        events[0],
+        json!({"hook": "event", "event": {"type": "prompt.started", "prompt": "hi"}})
+    );
+    assert_eq!(events[1]["event"]["outcome"], "done");
+    // A plugin that did not ask for events gets none (the example answers every request).
+    let guard = ProcessPlugin::start(example(), &[], Duration::from_secs(5))
+        .await
+        .unwrap();
+    guard
+        .on_event(&json!({"type": "prompt.started", "prompt": "x"}))
+        .await;
+    assert_eq!(
+        guard.before_tool(&call("read_file", json!({}))).await,
+        Decision::Allow
+    );
+}
