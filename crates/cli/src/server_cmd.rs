@@ -60,7 +60,7 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(store);
-    let sessions = open_sessions(config, Arc::clone(&store)).await?;
+    let (sessions, pool) = open_sessions(config, Arc::clone(&store)).await?;
     let interrupted = sessions
         .recover()
         .await
@@ -74,6 +74,10 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
     }
     let state =
         AppState::new(Backend::local(runtime), store, sessions).context("setting up metrics")?;
+    let state = match pool {
+        Some(pool) => state.with_pool(pool),
+        None => state,
+    };
     println!("hangar listening on {url}");
     hangar_server::serve(state, listener, shutdown_signal())
         .await
@@ -84,7 +88,10 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
 
 /// The session service, its prompts answered by the agent with the configured model (or,
 /// when `sessions.executor = "scripted"`, by the stand-in used to test the machinery).
-async fn open_sessions(config: &Config, store: Arc<Store>) -> anyhow::Result<Sessions> {
+async fn open_sessions(
+    config: &Config,
+    store: Arc<Store>,
+) -> anyhow::Result<(Sessions, Option<hangar_pool::Pool>)> {
     let settings = &config.sessions;
     let mut sessions_config = SessionsConfig::new(config.data_dir.join("sessions"));
     sessions_config.idle_unload = Duration::from_millis(settings.idle_unload_ms);
@@ -94,6 +101,7 @@ async fn open_sessions(config: &Config, store: Arc<Store>) -> anyhow::Result<Ses
         _ => Durability::Process,
     };
     let mut agent = None;
+    let mut warm_pool = None;
     let executor: Arc<dyn Executor> = match (settings.executor.as_str(), &config.model) {
         ("scripted", _) => Arc::new(ScriptedExecutor {
             delay: Duration::from_millis(settings.scripted_delay_ms),
@@ -132,7 +140,8 @@ async fn open_sessions(config: &Config, store: Arc<Store>) -> anyhow::Result<Ses
             let executor = AgentExecutor::new(runtime, provider, spec, settings.workdir.clone())
                 .with_limits(model.max_tokens, model.context_limit);
             executor.persist_conversations(config.data_dir.join("sessions"));
-            executor.use_pool(pool);
+            executor.use_pool(pool.clone());
+            warm_pool = Some(pool);
             executor.use_plugins(start_plugins(config).await?);
             agent = Some(executor.clone());
             Arc::new(executor)
@@ -146,7 +155,7 @@ async fn open_sessions(config: &Config, store: Arc<Store>) -> anyhow::Result<Ses
     if let Some(agent) = agent {
         agent.enable_sub_sessions(sessions.clone());
     }
-    Ok(sessions)
+    Ok((sessions, warm_pool))
 }
 
 /// Starts the external plugins configured, failing clearly if one cannot start.

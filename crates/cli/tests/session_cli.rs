@@ -1391,4 +1391,28 @@ async fn typing_warms_a_sandbox_that_the_prompt_then_uses() {
         host, warmed[0],
         "the prompt ran in the sandbox warmed for it"
     );
+    // The pool's figures, in the API and on /metrics.
+    let (status, pool) = api.get("/api/pool").await;
+    assert_eq!(status, StatusCode::OK, "{pool}");
+    assert_eq!(pool["reservations"], 0, "the reservation was taken: {pool}");
+    assert_eq!(
+        pool["hits"].as_u64().unwrap() + pool["misses"].as_u64().unwrap(),
+        1,
+        "{pool}"
+    );
+    assert_eq!(pool["idle"][0]["repo"], "acme/app", "{pool}");
+    let metrics = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hangar_pool{repo=\"acme/app\",what=\"idle\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hangar_pool{repo=\"\",what=\"reservations\"} 0"),
+        "{metrics}"
+    );
 }

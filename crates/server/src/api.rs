@@ -417,3 +417,51 @@ mod tests {
         }
     }
 }
+
+/// The warm pool's figures.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct PoolView {
+    /// Idle sandboxes per repository.
+    pub idle: Vec<PoolRepoView>,
+    /// Claims served by a warm sandbox.
+    pub hits: u64,
+    /// Claims that had to start one.
+    pub misses: u64,
+    /// Mean time to claim, milliseconds.
+    pub mean_claim_ms: f64,
+    /// Drafts holding a reserved sandbox (predictive warm-up).
+    pub reservations: usize,
+}
+
+/// One repository's idle sandboxes.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct PoolRepoView {
+    /// The repository.
+    pub repo: String,
+    /// Idle sandboxes.
+    pub idle: usize,
+}
+
+impl From<&hangar_pool::PoolStats> for PoolView {
+    fn from(s: &hangar_pool::PoolStats) -> PoolView {
+        let claims = s.hits + s.misses;
+        PoolView {
+            idle: s
+                .idle
+                .iter()
+                .map(|(repo, idle)| PoolRepoView {
+                    repo: repo.clone(),
+                    idle: *idle,
+                })
+                .collect(),
+            hits: s.hits,
+            misses: s.misses,
+            mean_claim_ms: if claims == 0 {
+                0.0
+            } else {
+                s.claim_micros_total as f64 / claims as f64 / 1000.0
+            },
+            reservations: s.reservations,
+        }
+    }
+}

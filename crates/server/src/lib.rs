@@ -86,6 +86,8 @@ pub struct AppState {
     store: Arc<Store>,
     sessions: Sessions,
     metrics: Metrics,
+    /// The warm pool, when sessions take sandboxes from one.
+    pool: Option<hangar_pool::Pool>,
     /// Set when the server begins to stop: WebSocket connections close with 1001.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -102,8 +104,15 @@ impl AppState {
             store,
             sessions,
             metrics: Metrics::new()?,
+            pool: None,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         })
+    }
+
+    /// Shows `pool`'s figures at `/api/pool` and on `/metrics`.
+    pub fn with_pool(mut self, pool: hangar_pool::Pool) -> AppState {
+        self.pool = Some(pool);
+        self
     }
 }
 
@@ -151,6 +160,7 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::list_sandboxes, routes::create_sandbox))
         .routes(routes!(routes::get_sandbox, routes::delete_sandbox))
         .routes(routes!(routes::exec))
+        .routes(routes!(routes::pool_stats))
         .split_for_parts();
     doc.merge(api_doc);
     let (sessions, sessions_doc) = OpenApiRouter::new()

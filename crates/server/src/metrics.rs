@@ -13,6 +13,7 @@ pub struct Metrics {
     http_duration: HistogramVec,
     sandboxes: IntGaugeVec,
     sessions: IntGaugeVec,
+    pool: IntGaugeVec,
 }
 
 impl Metrics {
@@ -48,13 +49,41 @@ impl Metrics {
             &["what"],
         )?;
         registry.register(Box::new(sessions.clone()))?;
+        let pool = IntGaugeVec::new(
+            Opts::new(
+                "hangar_pool",
+                "Warm pool: idle sandboxes per repository, claims served warm (hits) and started \
+                 (misses), microseconds spent claiming, reservations held for drafts",
+            ),
+            &["what", "repo"],
+        )?;
+        registry.register(Box::new(pool.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
             http_duration,
             sandboxes,
             sessions,
+            pool,
         })
+    }
+
+    /// Sets the pool gauges from its figures.
+    pub fn set_pool(&self, stats: &hangar_pool::PoolStats) {
+        self.pool.reset();
+        for (repo, idle) in &stats.idle {
+            self.pool
+                .with_label_values(&["idle", repo])
+                .set(*idle as i64);
+        }
+        for (what, n) in [
+            ("hits", stats.hits as i64),
+            ("misses", stats.misses as i64),
+            ("claim_micros_total", stats.claim_micros_total as i64),
+            ("reservations", stats.reservations as i64),
+        ] {
+            self.pool.with_label_values(&[what, ""]).set(n);
+        }
     }
 
     /// Counts one answered request. `route` is the matched route template, never the raw

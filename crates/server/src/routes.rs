@@ -67,6 +67,9 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     state
         .metrics
         .set_sessions(state.sessions.loaded(), loads, unloads);
+    if let Some(pool) = &state.pool {
+        state.metrics.set_pool(&pool.stats().await);
+    }
     let text = state.metrics.render().map_err(ApiError::internal)?;
     Ok((
         [(
@@ -76,6 +79,20 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         text,
     )
         .into_response())
+}
+
+/// The warm pool: idle sandboxes per repository, hits, misses, mean claim time, drafts
+/// holding a reserved sandbox.
+#[utoipa::path(get, path = "/api/pool", tag = "sandboxes", security(("bearer" = [])),
+    responses(
+        (status = 200, body = api::PoolView),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorResponse)))]
+pub async fn pool_stats(State(state): State<AppState>) -> Json<api::PoolView> {
+    let stats = match &state.pool {
+        Some(pool) => pool.stats().await,
+        None => hangar_pool::PoolStats::default(),
+    };
+    Json(api::PoolView::from(&stats))
 }
 
 /// The user the token belongs to.
