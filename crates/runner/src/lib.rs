@@ -143,6 +143,13 @@ impl AgentExecutor {
         let _ = self.inner.conversations.set(dir);
     }
 
+    /// Makes `sandbox` the sandbox of `session` (one prepared elsewhere, e.g. restored from
+    /// a snapshot or holding a checkout).
+    pub async fn adopt_sandbox(&self, session: &str, sandbox: &str) {
+        let mut sessions = self.inner.sessions.lock().await;
+        self.inner.state(&mut sessions, session).sandbox = Some(sandbox.to_string());
+    }
+
     /// The sandbox of `session`, if it has one.
     pub async fn sandbox_of(&self, session: &str) -> Option<String> {
         self.inner
@@ -159,13 +166,7 @@ impl Inner {
     /// a sandbox that has just been taken.
     async fn session(&self, id: &str, author: &Author) -> Result<SessionSandbox, String> {
         let mut sessions = self.sessions.lock().await;
-        let state = match sessions.entry(id.to_string()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(SessionState {
-                sandbox: None,
-                conversation: Arc::new(Mutex::new(self.load_conversation(id))),
-            }),
-        };
+        let state = self.state(&mut sessions, id);
         let conversation = state.conversation.clone();
         if let Some(sb) = &state.sandbox {
             let alive = matches!(
@@ -195,6 +196,20 @@ impl Inner {
             conversation,
             sync,
         })
+    }
+
+    /// The state of session `id`, its conversation loaded from disk the first time.
+    fn state<'a>(
+        &self,
+        sessions: &'a mut HashMap<String, SessionState>,
+        id: &str,
+    ) -> &'a mut SessionState {
+        sessions
+            .entry(id.to_string())
+            .or_insert_with(|| SessionState {
+                sandbox: None,
+                conversation: Arc::new(Mutex::new(self.load_conversation(id))),
+            })
     }
 
     fn conversation_path(&self, id: &str) -> Option<PathBuf> {

@@ -498,3 +498,121 @@ async fn the_conversation_outlives_a_restart() {
     assert_eq!(msgs[0]["content"][0]["text"], "remember 42");
     assert_eq!(msgs[1]["content"][0]["text"], "First answer.");
 }
+
+#[tokio::test]
+async fn the_agent_fixes_a_failing_test_and_the_log_holds_every_step() {
+    // A small repository whose test fails: add() subtracts.
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(&["Let me run the tests."], &[("t1", "shell", &[r#"{"command": "sh test.sh", "read_only": true}"#])], "tool_use")),
+        Reply::sse(anthropic(&[], &[("t2", "read_file", &[r#"{"path": "calc.sh"}"#])], "tool_use")),
+        Reply::sse(anthropic(
+            &["The operator is wrong."],
+            &[("t3", "edit", &[r#"{"path": "calc.sh", "old_string": "$(($1 - $2))", "new_string": "$(($1 + $2))"}"#])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&[], &[("t4", "shell", &[r#"{"command": "sh test.sh"}"#])], "tool_use")),
+        Reply::sse(anthropic(&["Fixed: add() now adds, and the test passes."], &[], "end_turn")),
+    ])
+    .await;
+    let w = World::new(&fake);
+    let s = w
+        .sessions
+        .create(w.alice.user_id.unwrap(), "calc", "fix add")
+        .await
+        .unwrap();
+    // The session's sandbox, holding the repository.
+    let rt = LocalRuntime::open(&w.config).unwrap();
+    let sandbox = rt
+        .create(SandboxSpec {
+            rootfs: Rootfs::HostRoot,
+            limits: rt.default_limits(),
+            network: Network::None,
+        })
+        .await
+        .unwrap();
+    let envd = rt.envd(&sandbox.id).await.unwrap();
+    envd.output(
+        hangar_protocol::envd::ExecRequest {
+            shell: Some(
+                "mkdir -p /workspace && cd /workspace && \
+                 printf 'add() { echo $(($1 - $2)); }\\n' > calc.sh && \
+                 printf '. ./calc.sh\\nif [ \"$(add 2 3)\" = 5 ]; then echo PASS; else echo FAIL: add 2 3 = $(add 2 3); exit 1; fi\\n' > test.sh"
+                    .into(),
+            ),
+            ..Default::default()
+        },
+        4096,
+    )
+    .await
+    .unwrap();
+    w.executor.adopt_sandbox(&s.id, &sandbox.id).await;
+    w.sessions
+        .prompt(&s.id, w.alice.clone(), "the add test fails; fix it".into())
+        .await
+        .unwrap();
+    let events = w.events_after_finished(&s.id, 1).await;
+
+    // The test passes in the sandbox now.
+    let out = envd
+        .output(
+            hangar_protocol::envd::ExecRequest {
+                shell: Some("cd /workspace && sh test.sh".into()),
+                ..Default::default()
+            },
+            4096,
+        )
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "PASS\n");
+    // Every step is in the log, in order.
+    let steps: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e["type"].as_str() {
+            Some("tool.started") => Some(format!(
+                "{}:{}",
+                e["data"]["tool"].as_str().unwrap(),
+                e["data"]["call_id"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('-')
+                    .next()
+                    .unwrap()
+            )),
+            Some("prompt.finished") => Some(format!(
+                "finished:{}",
+                e["data"]["outcome"].as_str().unwrap()
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "shell:t1",
+            "read_file:t2",
+            "edit:t3",
+            "shell:t4",
+            "finished:done"
+        ]
+    );
+    let outputs: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "tool.output")
+        .map(|e| e["data"]["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        outputs.iter().any(|o| o.contains("FAIL: add 2 3 = -1")),
+        "{outputs:?}"
+    );
+    assert!(outputs.iter().any(|o| o.contains("PASS")), "{outputs:?}");
+    let finished: Vec<bool> = events
+        .iter()
+        .filter(|e| e["type"] == "tool.finished")
+        .map(|e| e["data"]["ok"].as_bool().unwrap())
+        .collect();
+    assert_eq!(
+        finished,
+        [false, true, true, true],
+        "the first run failed, the last passed"
+    );
+}
