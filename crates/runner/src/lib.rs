@@ -21,7 +21,7 @@ use hangar_pool::{Pool, PoolError};
 use hangar_protocol::session::{Author, EventBody, OutputStream};
 use hangar_sandbox::{Runtime, SandboxSpec};
 use hangar_session::{Executor, PromptRun, RunFuture, Sessions};
-pub use subsessions::{SessionReport, SpawnSession};
+pub use subsessions::{Family, MAX_CHILDREN, MAX_DEPTH, SessionReport, SpawnSession};
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +69,8 @@ struct Inner {
     pool: OnceLock<Pool>,
     /// Where conversations are kept (`<id>.conversation.json`), so they outlive the server.
     conversations: OnceLock<PathBuf>,
+    /// Who spawned whom (sub-session limits).
+    family: Arc<Family>,
     /// Plugins of the deployment, shared by every session's agent.
     plugins: OnceLock<Vec<Arc<dyn Plugin>>>,
 }
@@ -101,6 +103,7 @@ impl AgentExecutor {
                 pool: OnceLock::new(),
                 conversations: OnceLock::new(),
                 plugins: OnceLock::new(),
+                family: Arc::default(),
             }),
         }
     }
@@ -148,6 +151,11 @@ impl AgentExecutor {
     pub async fn adopt_sandbox(&self, session: &str, sandbox: &str) {
         let mut sessions = self.inner.sessions.lock().await;
         self.inner.state(&mut sessions, session).sandbox = Some(sandbox.to_string());
+    }
+
+    /// The session that spawned `session`, if an agent did.
+    pub fn parent_of(&self, session: &str) -> Option<String> {
+        self.inner.family.parent_of(session)
     }
 
     /// The sandbox of `session`, if it has one.
@@ -348,7 +356,9 @@ impl Executor for AgentExecutor {
                     .with_tool(Arc::new(SpawnSession {
                         sessions: service.clone(),
                         author: run.prompt.author.clone(),
+                        parent: run.session_id.clone(),
                         parent_events: run.events.clone(),
+                        family: inner.family.clone(),
                     }))
                     .with_tool(Arc::new(SessionReport {
                         sessions: service.clone(),

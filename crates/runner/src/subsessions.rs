@@ -3,6 +3,9 @@
 //! spawned session belongs to the prompt's author, like any other; the parent's log records
 //! a `session.spawned` event.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
 use hangar_agent::{ExtraTool, ToolOutcome, ToolSpec};
 use hangar_protocol::session::{Author, EventBody};
@@ -26,7 +29,63 @@ fn outcome(result: Result<String, String>) -> ToolOutcome {
 pub struct SpawnSession {
     pub(crate) sessions: Sessions,
     pub(crate) author: Author,
+    pub(crate) parent: String,
     pub(crate) parent_events: EventSink,
+    pub(crate) family: Arc<Family>,
+}
+
+/// Most sessions one session may spawn.
+pub const MAX_CHILDREN: usize = 8;
+/// Most levels of sessions spawning sessions.
+pub const MAX_DEPTH: usize = 3;
+
+/// Who spawned whom, so a runaway agent cannot spawn without bound.
+#[derive(Default)]
+pub struct Family {
+    parents: Mutex<HashMap<String, String>>,
+    children: Mutex<HashMap<String, usize>>,
+}
+
+impl Family {
+    /// The session that spawned `id`, if any.
+    pub fn parent_of(&self, id: &str) -> Option<String> {
+        self.parents.lock().ok()?.get(id).cloned()
+    }
+
+    fn depth_of(&self, id: &str) -> usize {
+        let mut depth = 0;
+        let mut at = id.to_string();
+        while let Some(p) = self.parent_of(&at) {
+            depth += 1;
+            at = p;
+            if depth > MAX_DEPTH {
+                break;
+            }
+        }
+        depth
+    }
+
+    /// Counts a child of `parent` if the limits allow one more.
+    fn admit(&self, parent: &str) -> Result<(), String> {
+        if self.depth_of(parent) + 1 > MAX_DEPTH {
+            return Err(format!("sub-sessions may nest at most {MAX_DEPTH} deep"));
+        }
+        let mut children = self.children.lock().map_err(|_| "poisoned".to_string())?;
+        let n = children.entry(parent.to_string()).or_default();
+        if *n >= MAX_CHILDREN {
+            return Err(format!(
+                "a session may start at most {MAX_CHILDREN} sub-sessions"
+            ));
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    fn record(&self, child: &str, parent: &str) {
+        if let Ok(mut p) = self.parents.lock() {
+            p.insert(child.to_string(), parent.to_string());
+        }
+    }
 }
 
 #[async_trait]
@@ -67,11 +126,13 @@ impl ExtraTool for SpawnSession {
                     .author
                     .user_id
                     .ok_or("a guest (share link) cannot start sessions")?;
+                self.family.admit(&self.parent)?;
                 let child = self
                     .sessions
                     .create(user, repo, &title)
                     .await
                     .map_err(|e| e.to_string())?;
+                self.family.record(&child.id, &self.parent);
                 self.sessions
                     .prompt(&child.id, self.author.clone(), prompt.to_string())
                     .await

@@ -326,6 +326,11 @@ async fn the_agent_spawns_a_sub_session_and_reads_its_result() {
         .expect("session.spawned in the parent's log");
     assert_eq!(spawned["data"]["repo"], "docs");
     let child = spawned["data"]["session_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        w.executor.parent_of(&child).as_deref(),
+        Some(parent.id.as_str()),
+        "the child knows its parent"
+    );
     let child_events = w.events_after_finished(&child, 1).await;
     let queued = child_events
         .iter()
@@ -614,5 +619,59 @@ async fn the_agent_fixes_a_failing_test_and_the_log_holds_every_step() {
         finished,
         [false, true, true, true],
         "the first run failed, the last passed"
+    );
+}
+
+#[tokio::test]
+async fn a_runaway_agent_cannot_spawn_without_bound() {
+    let calls: Vec<(String, String)> = (0..9)
+        .map(|i| {
+            (
+                format!("s{i}"),
+                format!(r#"{{"repo": "r", "prompt": "child {i}"}}"#),
+            )
+        })
+        .collect();
+    let call_refs: Vec<(&str, &str, Vec<&str>)> = calls
+        .iter()
+        .map(|(id, json)| (id.as_str(), "spawn_session", vec![json.as_str()]))
+        .collect();
+    let tool_calls: Vec<(&str, &str, &[&str])> = call_refs
+        .iter()
+        .map(|(a, b, c)| (*a, *b, c.as_slice()))
+        .collect();
+    let mut replies = vec![Reply::sse(anthropic(&[], &tool_calls, "tool_use"))];
+    // The parent's next turn and the eight children's first turns, in any order.
+    for _ in 0..9 {
+        replies.push(Reply::sse(anthropic(&["ok"], &[], "end_turn")));
+    }
+    let fake = FakeModel::start(replies).await;
+    let w = World::new(&fake);
+    w.executor.enable_sub_sessions(w.sessions.clone());
+    let parent = w
+        .sessions
+        .create(w.alice.user_id.unwrap(), "app", "fan out")
+        .await
+        .unwrap();
+    w.sessions
+        .prompt(&parent.id, w.alice.clone(), "split everything".into())
+        .await
+        .unwrap();
+    let events = w.events_after_finished(&parent.id, 1).await;
+    let spawned = events
+        .iter()
+        .filter(|e| e["type"] == "session.spawned")
+        .count();
+    assert_eq!(spawned, hangar_runner::MAX_CHILDREN);
+    let refused: Vec<&str> = events
+        .iter()
+        .filter(|e| {
+            e["type"] == "tool.output" && e["data"]["call_id"].as_str().unwrap().ends_with("s8")
+        })
+        .map(|e| e["data"]["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        refused.iter().any(|t| t.contains("at most 8 sub-sessions")),
+        "{refused:?}"
     );
 }
