@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 struct Sandbox {
     _dir: tempfile::TempDir,
     config: hangar_config::Config,
-    id: String,
     envd: hangar_envd_client::EnvdClient,
 }
 
@@ -55,7 +54,6 @@ impl Sandbox {
         Sandbox {
             _dir: dir,
             config,
-            id: sb.id,
             envd,
         }
     }
@@ -63,16 +61,7 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        let (config, id) = (self.config.clone(), self.id.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = LocalRuntime::open(&config).unwrap();
-            let tokio = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            tokio.block_on(async { rt.destroy(&id).await.ok() });
-        })
-        .join();
+        hangar_testkit::remove_sandboxes(&self.config.data_dir);
     }
 }
 

@@ -126,20 +126,7 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
         // Sandboxes outlive the server by design; the test's own go with it.
-        let ids: Vec<String> = std::fs::read_dir(self.data_dir.join("sandboxes"))
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.path().is_dir())
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !ids.is_empty() {
-            let _ = hangar(&self.data_dir)
-                .args(["sandbox", "rm"])
-                .args(&ids)
-                .output();
-        }
+        hangar_testkit::remove_sandboxes(&self.data_dir);
     }
 }
 

@@ -106,24 +106,7 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        let config = self.config.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = LocalRuntime::open(&config).unwrap();
-            let tokio = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            tokio.block_on(async {
-                // Twice: a pool refill in flight when the test ended may still finish.
-                for _ in 0..2 {
-                    for sb in rt.list().await.unwrap_or_default() {
-                        let _ = rt.destroy(&sb.id).await;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                }
-            });
-        })
-        .join();
+        hangar_testkit::remove_sandboxes(&self.config.data_dir);
     }
 }
 

@@ -90,3 +90,33 @@ pub fn bullseye_tarball() -> Result<PathBuf, String> {
     std::fs::rename(&partial, &tar).map_err(|e| format!("renaming {}: {e}", partial.display()))?;
     Ok(tar)
 }
+
+/// Destroys every sandbox under `data_dir` with the real `hangar sandbox rm`. Sandboxes
+/// outlive the process that made them, so a test's own must go when it ends (also when it
+/// failed); a second pass catches one a warm pool was still starting.
+pub fn remove_sandboxes(data_dir: &Path) {
+    let Some(hangar) = Some(bin_dir().join("hangar")).filter(|p| p.is_file()) else {
+        return;
+    };
+    for pass in 0..2 {
+        let ids: Vec<String> = std::fs::read_dir(data_dir.join("sandboxes"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new(&hangar)
+                .args(["sandbox", "rm"])
+                .args(&ids)
+                .env("HANGAR_DATA_DIR", data_dir)
+                .env_remove("HANGAR_CONFIG")
+                .output();
+        }
+        if pass == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+}

@@ -121,24 +121,7 @@ impl Fixture {
 /// whatever is left is destroyed when the fixture goes.
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let config = self.config.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = LocalRuntime::open(&config) else {
-                return;
-            };
-            let Ok(tokio) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            tokio.block_on(async {
-                for sb in rt.list().await.unwrap_or_default() {
-                    let _ = rt.destroy(&sb.id).await;
-                }
-            });
-        })
-        .join();
+        hangar_testkit::remove_sandboxes(&self.config.data_dir);
     }
 }
 
