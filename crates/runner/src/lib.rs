@@ -59,8 +59,8 @@ struct Inner {
     provider: Provider,
     spec: SandboxSpec,
     workdir: String,
-    max_tokens: u32,
-    context_limit: u64,
+    max_tokens: std::sync::atomic::AtomicU32,
+    context_limit: std::sync::atomic::AtomicU64,
     sessions: Mutex<HashMap<String, SessionState>>,
     /// The session service, for sub-sessions (set once it exists: it is built with this
     /// executor).
@@ -96,8 +96,8 @@ impl AgentExecutor {
                 provider,
                 spec,
                 workdir: workdir.into(),
-                max_tokens: 8192,
-                context_limit: 200_000,
+                max_tokens: 8192.into(),
+                context_limit: 200_000.into(),
                 sessions: Mutex::default(),
                 service: OnceLock::new(),
                 pool: OnceLock::new(),
@@ -108,19 +108,12 @@ impl AgentExecutor {
         }
     }
 
-    /// Sets the model's limits.
+    /// Sets the model's limits (for every clone of this executor).
     pub fn with_limits(self, max_tokens: u32, context_limit: u64) -> AgentExecutor {
-        let inner = match Arc::try_unwrap(self.inner) {
-            Ok(mut inner) => {
-                inner.max_tokens = max_tokens;
-                inner.context_limit = context_limit;
-                inner
-            }
-            Err(shared) => return AgentExecutor { inner: shared },
-        };
-        AgentExecutor {
-            inner: Arc::new(inner),
-        }
+        use std::sync::atomic::Ordering::Relaxed;
+        self.inner.max_tokens.store(max_tokens, Relaxed);
+        self.inner.context_limit.store(context_limit, Relaxed);
+        self
     }
 
     /// Lets agents start and follow sessions of their own (`spawn_session`,
@@ -375,8 +368,10 @@ impl Executor for AgentExecutor {
             for plugin in inner.plugins.get().into_iter().flatten() {
                 agent = agent.with_plugin(plugin.clone());
             }
-            agent.max_tokens = inner.max_tokens;
-            agent.context_limit = inner.context_limit;
+            agent.max_tokens = inner.max_tokens.load(std::sync::atomic::Ordering::Relaxed);
+            agent.context_limit = inner
+                .context_limit
+                .load(std::sync::atomic::Ordering::Relaxed);
 
             // If this run is aborted (stop), the guard cancels the agent, which then ends
             // cleanly in its own task.
