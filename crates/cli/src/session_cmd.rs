@@ -326,6 +326,8 @@ pub async fn run(cmd: SessionCommand) -> anyhow::Result<std::process::ExitCode> 
                 .await?;
             if json {
                 println!("{list}");
+            } else if list.as_array().is_none_or(Vec::is_empty) {
+                eprintln!("no sessions yet: start one with `hangar run \"PROMPT\" --repo REPO`");
             } else {
                 for s in list.as_array().into_iter().flatten() {
                     println!(
