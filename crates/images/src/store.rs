@@ -543,10 +543,8 @@ impl Store {
         self.blob_path(digest).is_ok_and(|p| p.is_file())
     }
 
-    /// Seals the tree at `dir` into a new (uncompressed) layer and unpacks it for use as
-    /// a lower directory. `owners` says how host owners map to layer owners; top-level
-    /// names in `exclude` are left out.
-    pub fn seal_dir(
+    /// Writes the tree at `dir` as an uncompressed layer blob (not yet unpacked).
+    fn write_layer_blob(
         &self,
         dir: &Path,
         owners: Owners,
@@ -562,6 +560,19 @@ impl Store {
             size,
             gzip: false,
         };
+        Ok((l, stats))
+    }
+
+    /// Seals the tree at `dir` into a new (uncompressed) layer and unpacks it for use as
+    /// a lower directory. `owners` says how host owners map to layer owners; top-level
+    /// names in `exclude` are left out.
+    pub fn seal_dir(
+        &self,
+        dir: &Path,
+        owners: Owners,
+        exclude: &[&str],
+    ) -> Result<(Layer, LayerStats), StoreError> {
+        let (l, stats) = self.write_layer_blob(dir, owners, exclude)?;
         self.layer_dir(&l.digest)?;
         Ok((l, stats))
     }
@@ -576,16 +587,7 @@ impl Store {
         owners: Owners,
         exclude: &[&str],
     ) -> Result<(Layer, LayerStats), StoreError> {
-        let w = self.blob_writer()?;
-        let (w, stats) = layer::write_layer(upper, owners, exclude, w)
-            .map_err(StoreError::io(format!("sealing {}", upper.display())))?;
-        let (digest, size) = w.finish()?;
-        let l = Layer {
-            diff_id: digest.clone(),
-            digest,
-            size,
-            gzip: false,
-        };
+        let (l, stats) = self.write_layer_blob(upper, owners, exclude)?;
         let target = self.root.join("layers").join(digest_hex(&l.digest)?);
         if target.is_dir() {
             return Ok((l, stats));

@@ -5,11 +5,10 @@
 
 use std::collections::HashMap;
 
-use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::{Failure, Provider, ProviderError, Sink, post};
+use super::{Failure, Provider, ProviderError, Sink, open_events};
 use crate::model::{ModelEvent, ModelRequest, StopReason, Usage};
 
 const API_VERSION: &str = "2023-06-01";
@@ -42,13 +41,7 @@ pub(super) async fn attempt(p: &Provider, req: &ModelRequest, sink: &Sink) -> Re
     if let Some(key) = &p.config.api_key {
         headers.push(("x-api-key", key.clone()));
     }
-    let resp = post(p, &url, &headers, &body(&p.config.model, req))
-        .await
-        .map_err(|error| Failure {
-            error,
-            after_events: false,
-        })?;
-    let mut events = resp.bytes_stream().eventsource();
+    let mut events = open_events(p, &url, &headers, &body(&p.config.model, req)).await?;
     let mut sent = false;
     let fail = |error: ProviderError, sent: bool| Failure {
         error,
@@ -58,7 +51,7 @@ pub(super) async fn attempt(p: &Provider, req: &ModelRequest, sink: &Sink) -> Re
     let mut usage = Usage::default();
     let mut stop: Option<StopReason> = None;
     while let Some(event) = events.next().await {
-        let event = event.map_err(|e| fail(ProviderError::Incomplete(e.to_string()), sent))?;
+        let event = event.map_err(|e| fail(ProviderError::Incomplete(e), sent))?;
         let data: Value = serde_json::from_str(&event.data).map_err(|e| {
             fail(
                 ProviderError::Protocol(format!("{} event is not JSON: {e}", event.event)),

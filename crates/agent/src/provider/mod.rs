@@ -282,6 +282,32 @@ async fn post(
     })
 }
 
+/// Posts `body` and opens the response as a server-sent event stream; a failure here
+/// comes before anything streamed, so it may be retried.
+async fn open_events(
+    provider: &Provider,
+    url: &str,
+    headers: &[(&str, String)],
+    body: &serde_json::Value,
+) -> Result<
+    futures_util::stream::BoxStream<'static, Result<eventsource_stream::Event, String>>,
+    Failure,
+> {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    let resp = post(provider, url, headers, body)
+        .await
+        .map_err(|error| Failure {
+            error,
+            after_events: false,
+        })?;
+    Ok(resp
+        .bytes_stream()
+        .eventsource()
+        .map(|e| e.map_err(|e| e.to_string()))
+        .boxed())
+}
+
 /// reqwest's error text without the URL (which may carry a key in a query string).
 fn without_url(e: &reqwest::Error) -> String {
     let mut e = e.to_string();

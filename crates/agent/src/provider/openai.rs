@@ -6,12 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::anthropic::parse_arguments;
-use super::{Failure, Provider, ProviderError, Sink, post};
+use super::{Failure, Provider, ProviderError, Sink, open_events};
 use crate::model::{Block, Message, ModelEvent, ModelRequest, Role, StopReason, Usage};
 
 /// The conversation in Chat Completions form: tool results become `tool` messages, tool
@@ -99,13 +98,7 @@ pub(super) async fn attempt(p: &Provider, req: &ModelRequest, sink: &Sink) -> Re
         .iter()
         .map(|k| ("authorization", format!("Bearer {k}")))
         .collect();
-    let resp = post(p, &url, &headers, &body(&p.config.model, req))
-        .await
-        .map_err(|error| Failure {
-            error,
-            after_events: false,
-        })?;
-    let mut events = resp.bytes_stream().eventsource();
+    let mut events = open_events(p, &url, &headers, &body(&p.config.model, req)).await?;
     let mut sent = false;
     let fail = |error: ProviderError, sent: bool| Failure {
         error,
@@ -114,7 +107,7 @@ pub(super) async fn attempt(p: &Provider, req: &ModelRequest, sink: &Sink) -> Re
     let mut calls: BTreeMap<usize, Call> = BTreeMap::new();
     let mut stop: Option<StopReason> = None;
     while let Some(event) = events.next().await {
-        let event = event.map_err(|e| fail(ProviderError::Incomplete(e.to_string()), sent))?;
+        let event = event.map_err(|e| fail(ProviderError::Incomplete(e), sent))?;
         if event.data.trim() == "[DONE]" {
             for (_, call) in std::mem::take(&mut calls) {
                 let input = parse_arguments(&call.json);
