@@ -1350,22 +1350,17 @@ async fn typing_warms_a_sandbox_that_the_prompt_then_uses() {
     ws.send(Message::Text(json!({"type": "typing"}).to_string().into()))
         .await
         .unwrap();
-    // The warm-up starts a sandbox before any prompt.
+    // The warm-up reserves a sandbox for the draft before any prompt.
     let deadline = Instant::now() + Duration::from_secs(10);
     let warmed = loop {
-        let (_, list) = api.get("/api/sandboxes").await;
-        let ids: Vec<String> = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["id"].as_str().unwrap().to_string())
-            .collect();
-        if !ids.is_empty() || Instant::now() > deadline {
-            break ids;
+        let (_, pool) = api.get("/api/pool").await;
+        if let Some(sandbox) = pool["drafts"][0]["sandbox"].as_str() {
+            assert_eq!(pool["drafts"][0]["repo"], "acme/app", "{pool}");
+            break sandbox.to_string();
         }
+        assert!(Instant::now() < deadline, "no sandbox reserved: {pool}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(!warmed.is_empty(), "a sandbox was reserved for the draft");
     api.prompt(&id, "where am I?").await;
     let events = wait_finished(&api, &id, 1).await;
     let host: String = events
@@ -1373,15 +1368,12 @@ async fn typing_warms_a_sandbox_that_the_prompt_then_uses() {
         .filter(|e| e["type"] == "tool.output")
         .map(|e| e["data"]["text"].as_str().unwrap().trim().to_string())
         .collect();
-    // The pool may also have refilled after the claim; the reserved sandbox is the first.
-    assert_eq!(
-        host, warmed[0],
-        "the prompt ran in the sandbox warmed for it"
-    );
+    assert_eq!(host, warmed, "the prompt ran in the sandbox warmed for it");
     // The pool's figures, in the API and on /metrics.
     let (status, pool) = api.get("/api/pool").await;
     assert_eq!(status, StatusCode::OK, "{pool}");
     assert_eq!(pool["reservations"], 0, "the reservation was taken: {pool}");
+    assert_eq!(pool["drafts"], json!([]), "{pool}");
     assert_eq!(
         pool["hits"].as_u64().unwrap() + pool["misses"].as_u64().unwrap(),
         1,

@@ -102,6 +102,8 @@ pub struct PoolStats {
     pub claim_micros_total: u64,
     /// Warm-up reservations held now.
     pub reservations: usize,
+    /// Each reservation: user, repository, and its sandbox once claimed.
+    pub drafts: Vec<(String, String, Option<String>)>,
 }
 
 struct Warm {
@@ -369,6 +371,18 @@ impl Pool {
 
     /// The pool's figures.
     pub async fn stats(&self) -> PoolStats {
+        let mut drafts: Vec<(String, String, Option<String>)> = self
+            .inner
+            .reservations
+            .lock()
+            .await
+            .iter()
+            .map(|((user, repo), r)| {
+                let sandbox = r.claim.borrow().as_ref().map(|c| c.sandbox.clone());
+                (user.clone(), repo.clone(), sandbox)
+            })
+            .collect();
+        drafts.sort();
         let idle = self
             .inner
             .repos
@@ -382,7 +396,8 @@ impl Pool {
             hits: self.inner.hits.load(Ordering::Relaxed),
             misses: self.inner.misses.load(Ordering::Relaxed),
             claim_micros_total: self.inner.claim_micros.load(Ordering::Relaxed),
-            reservations: self.inner.reservations.lock().await.len(),
+            reservations: drafts.len(),
+            drafts,
         }
     }
 

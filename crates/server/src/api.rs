@@ -431,6 +431,19 @@ pub struct PoolView {
     pub mean_claim_ms: f64,
     /// Drafts holding a reserved sandbox (predictive warm-up).
     pub reservations: usize,
+    /// Those drafts: whose, for which repository, and the sandbox once claimed.
+    pub drafts: Vec<DraftView>,
+}
+
+/// A draft's reservation (predictive warm-up).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct DraftView {
+    /// Who is typing.
+    pub user: String,
+    /// The repository.
+    pub repo: String,
+    /// The reserved sandbox; absent while it is still being claimed.
+    pub sandbox: Option<String>,
 }
 
 /// One repository's idle sandboxes.
@@ -462,6 +475,15 @@ impl From<&hangar_pool::PoolStats> for PoolView {
                 s.claim_micros_total as f64 / claims as f64 / 1000.0
             },
             reservations: s.reservations,
+            drafts: s
+                .drafts
+                .iter()
+                .map(|(user, repo, sandbox)| DraftView {
+                    user: user.clone(),
+                    repo: repo.clone(),
+                    sandbox: sandbox.clone(),
+                })
+                .collect(),
         }
     }
 }
