@@ -1395,3 +1395,140 @@ async fn typing_warms_a_sandbox_that_the_prompt_then_uses() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn repositories_are_registered_listed_shown_and_removed() {
+    let (_dir, data) = scratch();
+    let server = Server::start(&data, "");
+    let token = server.admin_token.clone().unwrap();
+    let api = Api::new(&server, &token);
+
+    let (status, repo) = api
+        .send(
+            "POST",
+            "/api/repos",
+            json!({"name": "acme/app", "url": "https://git.example.com/acme/app.git",
+                   "description": "The shop", "hints": ["checkout", "#shop-dev"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{repo}");
+    assert_eq!(repo["default_branch"], "main");
+    assert_eq!(repo["recipe"], Value::Null);
+    let (status, got) = api.get("/api/repos/acme/app").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got, repo);
+
+    // A recipe is checked before it is stored.
+    let recipe = "base = \"host\"\n[[setup]]\nrun = \"make\"\n";
+    let (status, with) = api
+        .raw("PUT", "/api/repos/acme/app/recipe", Some(recipe.into()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{with}");
+    assert_eq!(with["recipe"], recipe);
+    let message = assert_error(
+        api.raw(
+            "PUT",
+            "/api/repos/acme/app/recipe",
+            Some(b"base = 3".to_vec()),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_recipe",
+    );
+    assert!(message.contains("acme/app"), "{message}");
+    assert_eq!(api.get("/api/repos/acme/app").await.1["recipe"], recipe);
+
+    // Bad input: each a clear error, nothing stored.
+    for (body, status, code) in [
+        (
+            json!({"name": "app", "url": "/srv/app"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "acme/x", "url": "https://me:secret@git.example.com/x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "acme/x", "url": "relative/path"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "acme/x", "url": "/srv/x", "default_branch": "a..b"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "acme/x", "url": "/srv/x", "colour": "red"}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            json!({"name": "acme/app", "url": "/srv/app"}),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+    ] {
+        let message = assert_error(
+            api.send("POST", "/api/repos", body.clone()).await,
+            status,
+            code,
+        );
+        assert!(!message.contains("secret"), "{message}");
+    }
+    assert_error(
+        api.get("/api/repos/acme/nope").await,
+        StatusCode::NOT_FOUND,
+        "unknown_repo",
+    );
+    let (_, list) = api.get("/api/repos").await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+
+    // The CLI over the same API.
+    let cli = |args: &[&str]| client(&server, &token, args);
+    let out = cli(&[
+        "repo", "add", "acme/api", "/srv/api", "--branch", "trunk", "--hint", "api",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["repo", "ls", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["acme/api", "acme/app"]);
+    assert_eq!(list[0]["default_branch"], "trunk");
+    let out = cli(&["repo", "show", "acme/app"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("The shop") && text.contains("run = \"make\""),
+        "{text}"
+    );
+    for args in [
+        &["repo", "show", "not-a-name"][..],
+        &["repo", "show", "acme/nope"],
+        &["repo", "add", "acme/api", "/srv/api"],
+    ] {
+        let out = cli(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("hangar: "), "{err}");
+    }
+    let out = cli(&["repo", "rm", "acme/api"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, list) = api.get("/api/repos").await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
