@@ -126,9 +126,18 @@ async fn open_sessions(
                 network: Network::None,
             };
             let runtime: Arc<dyn hangar_sandbox::Runtime> = Arc::new(local);
+            let worktrees = Arc::new(hangar_runner::Worktrees::new(
+                Arc::clone(&store),
+                config.data_dir.join("git"),
+                Arc::new(hangar_images::NoCredentials),
+                settings.workdir.clone(),
+            ));
             let pool = hangar_pool::Pool::new(
                 runtime.clone(),
-                Arc::new(hangar_pool::AlreadySynced),
+                Arc::new(hangar_runner::GitSyncer {
+                    worktrees: worktrees.clone(),
+                    runtime: runtime.clone(),
+                }),
                 hangar_pool::PoolConfig {
                     min: config.pool.min,
                     max: config.pool.max,
@@ -141,6 +150,7 @@ async fn open_sessions(
                 .with_limits(model.max_tokens, model.context_limit);
             executor.persist_conversations(config.data_dir.join("sessions"));
             executor.use_pool(pool.clone());
+            executor.use_git(worktrees);
             warm_pool = Some(pool);
             executor.use_plugins(start_plugins(config).await?);
             agent = Some(executor.clone());
