@@ -22,6 +22,8 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
+    // Settings that can be wrong are checked before anything is created.
+    let credentials = git_credentials(config)?;
     let runtime = LocalRuntime::open(config)?;
     let recovery = runtime
         .recover()
@@ -60,7 +62,7 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(store);
-    let (sessions, pool) = open_sessions(config, Arc::clone(&store)).await?;
+    let (sessions, pool) = open_sessions(config, Arc::clone(&store), credentials).await?;
     let interrupted = sessions
         .recover()
         .await
@@ -91,6 +93,7 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
 async fn open_sessions(
     config: &Config,
     store: Arc<Store>,
+    credentials: Arc<dyn hangar_images::Credentials>,
 ) -> anyhow::Result<(Sessions, Option<hangar_pool::Pool>)> {
     let settings = &config.sessions;
     let mut sessions_config = SessionsConfig::new(config.data_dir.join("sessions"));
@@ -129,7 +132,7 @@ async fn open_sessions(
             let worktrees = Arc::new(hangar_runner::Worktrees::new(
                 Arc::clone(&store),
                 config.data_dir.join("git"),
-                Arc::new(hangar_images::NoCredentials),
+                credentials,
                 settings.workdir.clone(),
             ));
             let pool = hangar_pool::Pool::new(
@@ -166,6 +169,14 @@ async fn open_sessions(
         agent.enable_sub_sessions(sessions.clone());
     }
     Ok((sessions, warm_pool))
+}
+
+/// The credentials for git remotes from `[[git.credentials]]`, each checked now so a
+/// missing token file stops the start with its name rather than failing a session later.
+pub fn git_credentials(config: &Config) -> anyhow::Result<Arc<dyn hangar_images::Credentials>> {
+    let configured = hangar_images::ConfiguredCredentials(config.git.credentials.clone());
+    configured.check().map_err(anyhow::Error::msg)?;
+    Ok(Arc::new(configured))
 }
 
 /// Starts the external plugins configured, failing clearly if one cannot start.

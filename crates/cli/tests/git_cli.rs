@@ -190,3 +190,180 @@ async fn prompts_are_committed_as_their_authors_and_the_branch_is_pushed() {
         "a push failure does not fail the prompt"
     );
 }
+
+#[tokio::test]
+async fn a_token_protected_http_remote_is_used_without_the_token_reaching_the_sandbox() {
+    use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+    use hangar_testkit::git_http::GitHttp;
+    const TOKEN: &str = "tok-3c1d9e7a5b";
+    let (dir, data) = scratch();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let remote = remote_with_history(&served);
+    let http = GitHttp::start(&served, Some(("x-access-token", TOKEN))).await;
+    let url = http.url("remote.git");
+    let token_file = dir.path().join("git.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+
+    let write = json!({"path": "notes.txt", "content": "over http\n"}).to_string();
+    let shell = json!({"command": "git config --list --show-origin; env"}).to_string();
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &[],
+            &[("t1", "write_file", &[&write]), ("t2", "shell", &[&shell])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Done."], &[], "end_turn")),
+    ])
+    .await;
+    let server = Server::start_with_config(
+        &data,
+        &format!(
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n\
+             [[git.credentials]]\nurl_prefix = \"{}\"\nusername = \"x-access-token\"\npassword_file = \"{}\"\n",
+            fake.url(),
+            http.url(""),
+            token_file.display()
+        ),
+    );
+    let token = server.admin_token.clone().unwrap();
+    let api = Api::new(&server, &token);
+    let (status, repo) = api
+        .send(
+            "POST",
+            "/api/repos",
+            json!({"name": "acme/app", "url": url}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{repo}");
+    let id = api.create_session().await;
+    api.prompt(&id, "write notes").await;
+    let events = wait_finished(&api, &id, 1).await;
+    let pushed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "git.pushed")
+        .collect();
+    assert_eq!(pushed.len(), 1, "{events:#?}");
+    let commit = pushed[0]["data"]["commit"].as_str().unwrap();
+    assert_eq!(
+        git(&remote, &["rev-parse", &format!("hangar/{id}")]),
+        commit
+    );
+    assert!(
+        http.users().iter().any(|u| u == "x-access-token"),
+        "{:?}",
+        http.users()
+    );
+
+    // The token is nowhere but the file it came from: not in the log (which holds the
+    // sandbox's git config and environment), the server's output, the data directory
+    // (mirrors, sandboxes' files, databases).
+    let log = serde_json::to_string(&events).unwrap();
+    assert!(
+        log.contains("GIT_") || log.contains("core."),
+        "the shell ran: {log}"
+    );
+    assert!(!log.contains(TOKEN));
+    assert!(!server.stderr().contains(TOKEN));
+    let found = Command::new("grep")
+        .args(["-r", "-l", "--binary-files=text", TOKEN])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        found.stdout.is_empty(),
+        "the token leaked into {}",
+        String::from_utf8_lossy(&found.stdout)
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_token_is_a_clear_error() {
+    use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+    use hangar_testkit::git_http::GitHttp;
+    let (dir, data) = scratch();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let remote = remote_with_history(&served);
+    let http = GitHttp::start(&served, Some(("x-access-token", "the-right-one"))).await;
+    let model = |url: &str| {
+        format!(
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{url}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n"
+        )
+    };
+
+    // A token variable that is not set: the server does not start, and says which setting.
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("hangar.toml"),
+        format!(
+            "{}[[git.credentials]]\nurl_prefix = \"{}\"\nusername = \"x-access-token\"\npassword_env = \"HANGAR_TEST_UNSET_TOKEN\"\n",
+            model("http://127.0.0.1:9"),
+            http.url("")
+        ),
+    )
+    .unwrap();
+    let out = hangar(&data)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("HANGAR_TEST_UNSET_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("git.credentials.password_env") && err.contains("HANGAR_TEST_UNSET_TOKEN"),
+        "{err}"
+    );
+
+    // A wrong token: the sync fails, so the write is refused with the reason, and nothing
+    // reaches the remote.
+    let token_file = dir.path().join("git.token");
+    std::fs::write(&token_file, "a-wrong-one\n").unwrap();
+    let write = json!({"path": "a.txt", "content": "x"}).to_string();
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &[],
+            &[("t1", "write_file", &[&write])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Could not."], &[], "end_turn")),
+    ])
+    .await;
+    let server = Server::start_with_config(
+        &data,
+        &format!(
+            "{}[[git.credentials]]\nurl_prefix = \"{}\"\nusername = \"x-access-token\"\npassword_file = \"{}\"\n",
+            model(&fake.url()),
+            http.url(""),
+            token_file.display()
+        ),
+    );
+    let api = Api::new(&server, server.admin_token.as_ref().unwrap());
+    let (status, repo) = api
+        .send(
+            "POST",
+            "/api/repos",
+            json!({"name": "acme/app", "url": http.url("remote.git")}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{repo}");
+    let id = api.create_session().await;
+    api.prompt(&id, "write").await;
+    let events = wait_finished(&api, &id, 1).await;
+    let refused: String = events
+        .iter()
+        .filter(|e| e["type"] == "tool.output")
+        .map(|e| e["data"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        refused.contains("could not be synced") && refused.contains("acme/app"),
+        "{refused}"
+    );
+    assert!(!refused.contains("a-wrong-one"), "{refused}");
+    assert!(
+        events.iter().all(|e| e["type"] != "git.pushed"),
+        "{events:#?}"
+    );
+    let branches = git(&remote, &["branch", "--list", "hangar/*"]);
+    assert!(branches.is_empty(), "{branches}");
+}

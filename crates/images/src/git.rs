@@ -51,6 +51,34 @@ impl Credentials for StaticCredential {
     }
 }
 
+/// The credentials of `[[git.credentials]]`: the first entry whose URL prefix matches the
+/// remote. Tokens are read from their file or variable at each use, so a token file can be
+/// rotated under a running server.
+#[derive(Clone, Debug, Default)]
+pub struct ConfiguredCredentials(pub Vec<hangar_config::GitCredentialSettings>);
+
+impl ConfiguredCredentials {
+    /// Fails, naming the entry, if any configured token cannot be read now.
+    pub fn check(&self) -> Result<(), String> {
+        for c in &self.0 {
+            c.password().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+impl Credentials for ConfiguredCredentials {
+    fn credential(&self, url: &str) -> Result<Option<GitCredential>, String> {
+        let Some(entry) = self.0.iter().find(|c| url.starts_with(&c.url_prefix)) else {
+            return Ok(None);
+        };
+        Ok(Some(GitCredential {
+            username: entry.username.clone(),
+            password: entry.password().map_err(|e| e.to_string())?,
+        }))
+    }
+}
+
 /// A git operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
