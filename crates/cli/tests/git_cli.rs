@@ -367,3 +367,147 @@ async fn a_wrong_or_missing_token_is_a_clear_error() {
     let branches = git(&remote, &["branch", "--list", "hangar/*"]);
     assert!(branches.is_empty(), "{branches}");
 }
+
+/// Polls a build until it ends.
+async fn wait_build(api: &Api, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let (status, b) = api.get(&format!("/api/images/builds/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{b}");
+        if b["status"] != "running" {
+            return b;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "build never ended: {b}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn sessions_start_from_the_image_built_through_the_api() {
+    use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+    let (dir, data) = scratch();
+    let remote = remote_with_history(dir.path());
+    let main_tip = git(&remote, &["rev-parse", "main"]);
+    let shell = json!({"command": "cat /marker/built; git log -1 --format=%s"}).to_string();
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(&[], &[("t1", "shell", &[&shell])], "tool_use")),
+        Reply::sse(anthropic(&["Done."], &[], "end_turn")),
+    ])
+    .await;
+    let server = Server::start_with_config(
+        &data,
+        &format!(
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n",
+            fake.url()
+        ),
+    );
+    let api = Api::new(&server, server.admin_token.as_ref().unwrap());
+    let (status, _) = api
+        .send(
+            "POST",
+            "/api/repos",
+            json!({"name": "acme/app", "url": remote.to_str().unwrap()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let recipe = "base = \"host\"\n[[setup]]\nrun = \"mkdir -p /marker && echo built-by-recipe > /marker/built\"\n";
+    let (status, r) = api
+        .raw("PUT", "/api/repos/acme/app/recipe", Some(recipe.into()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+
+    let (status, build) = api
+        .send("POST", "/api/images/builds", json!({"repo": "acme/app"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{build}");
+    // One build per repository at a time.
+    assert_error(
+        api.send("POST", "/api/images/builds", json!({"repo": "acme/app"}))
+            .await,
+        StatusCode::CONFLICT,
+        "build_running",
+    );
+    let build = wait_build(&api, build["id"].as_str().unwrap()).await;
+    assert_eq!(build["status"], "succeeded", "{build}");
+    assert_eq!(build["commit"], main_tip.as_str());
+    assert!(build["steps"].as_array().unwrap().len() >= 2, "{build}");
+    let image = build["image"].as_str().unwrap().to_string();
+    let (_, images) = api.get("/api/images").await;
+    let current: Vec<&Value> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["current"] == true)
+        .collect();
+    assert_eq!(current.len(), 1, "{images}");
+    assert_eq!(current[0]["id"], image.as_str());
+
+    // A session starts from that image: the recipe's work and the checkout are there.
+    let id = api.create_session().await;
+    api.prompt(&id, "look around").await;
+    let events = wait_finished(&api, &id, 1).await;
+    let out: String = events
+        .iter()
+        .filter(|e| e["type"] == "tool.output")
+        .map(|e| e["data"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        out.contains("built-by-recipe") && out.contains("second"),
+        "{out}"
+    );
+
+    // A failing step: the build says which step and why; the image stays current.
+    let broken = "base = \"host\"\n[[setup]]\nname = \"compile\"\nrun = \"echo compiler exploded; exit 3\"\n";
+    api.raw("PUT", "/api/repos/acme/app/recipe", Some(broken.into()))
+        .await;
+    let (_, build) = api
+        .send("POST", "/api/images/builds", json!({"repo": "acme/app"}))
+        .await;
+    let build = wait_build(&api, build["id"].as_str().unwrap()).await;
+    assert_eq!(build["status"], "failed", "{build}");
+    let error = build["error"].as_str().unwrap();
+    assert!(
+        error.contains("compile") && error.contains("compiler exploded"),
+        "{error}"
+    );
+    let (_, images) = api.get("/api/images").await;
+    let still: Vec<&Value> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["current"] == true)
+        .collect();
+    assert_eq!(still[0]["id"], image.as_str(), "{images}");
+
+    // Bad input.
+    assert_error(
+        api.send("POST", "/api/images/builds", json!({"repo": "acme/nope"}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "unknown_repo",
+    );
+    assert_error(
+        api.send(
+            "POST",
+            "/api/images/builds",
+            json!({"repo": "acme/app", "ref": "a..b"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    );
+    assert_error(
+        api.send("POST", "/api/images/builds", json!({"repo": 7}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        api.get("/api/images/builds/bld-000000000000").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+}

@@ -80,7 +80,12 @@ struct Inner {
     plugins: OnceLock<Vec<Arc<dyn Plugin>>>,
     /// Git for registered repositories: sync, commit as the author, push.
     worktrees: OnceLock<Arc<Worktrees>>,
+    /// A repository's current image, when it has one (else sessions use `spec`).
+    images: OnceLock<SpecForRepo>,
 }
+
+/// The sandbox spec of a repository's current image, `None` when it has none.
+pub type SpecForRepo = Arc<dyn Fn(&str) -> Option<SandboxSpec> + Send + Sync>;
 
 /// Drives prompts with the agent in a sandbox per session.
 #[derive(Clone)]
@@ -111,6 +116,7 @@ impl AgentExecutor {
                 conversations: OnceLock::new(),
                 plugins: OnceLock::new(),
                 worktrees: OnceLock::new(),
+                images: OnceLock::new(),
                 family: Arc::default(),
             }),
         }
@@ -139,6 +145,12 @@ impl AgentExecutor {
     /// Adds the deployment's plugins to every session's agent (after the built-in ones).
     pub fn use_plugins(&self, plugins: Vec<Arc<dyn Plugin>>) {
         let _ = self.inner.plugins.set(plugins);
+    }
+
+    /// Starts a repository's first sessions from its current image, when `images` knows
+    /// one (later images reach the pool through `Pool::set_image`).
+    pub fn use_images(&self, images: SpecForRepo) {
+        let _ = self.inner.images.set(images);
     }
 
     /// Syncs session checkouts of registered repositories and, after each prompt, commits
@@ -278,8 +290,8 @@ impl Inner {
             }
             let claim = match pool.claim(&repo).await {
                 Err(PoolError::UnknownRepo(_)) => {
-                    // First session of this repository: it gets the default image and a pool.
-                    pool.set_image(&repo, self.spec.clone()).await;
+                    // First session of this repository: it gets its image and a pool.
+                    pool.set_image(&repo, self.spec_for(&repo)).await;
                     pool.claim(&repo).await
                 }
                 other => other,
@@ -287,11 +299,11 @@ impl Inner {
             .map_err(|e| started(&e))?;
             return Ok((claim.sandbox, Some(claim.sync)));
         }
-        let sandbox = self
-            .runtime
-            .create(self.spec.clone())
-            .await
-            .map_err(|e| started(&e))?;
+        let spec = match &repo {
+            Some(r) => self.spec_for(r),
+            None => self.spec.clone(),
+        };
+        let sandbox = self.runtime.create(spec).await.map_err(|e| started(&e))?;
         // Without a pool, the sync starts here, as a claim would start it.
         let sync = match (self.worktrees.get(), repo) {
             (Some(worktrees), Some(repo)) => {
@@ -314,6 +326,14 @@ impl Inner {
             _ => None,
         };
         Ok((sandbox.id, sync))
+    }
+
+    /// The spec of `repo`'s sessions: its current image, else the default.
+    fn spec_for(&self, repo: &str) -> SandboxSpec {
+        self.images
+            .get()
+            .and_then(|f| f(repo))
+            .unwrap_or_else(|| self.spec.clone())
     }
 
     /// The repository of session `id`.
@@ -399,7 +419,8 @@ impl Executor for AgentExecutor {
             };
             let mut result = pool.typing(&login, &record.repo).await;
             if let Err(PoolError::UnknownRepo(_)) = result {
-                pool.set_image(&record.repo, inner.spec.clone()).await;
+                pool.set_image(&record.repo, inner.spec_for(&record.repo))
+                    .await;
                 result = pool.typing(&login, &record.repo).await;
             }
             if let Err(e) = result {

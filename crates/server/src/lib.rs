@@ -12,8 +12,10 @@
 
 pub mod api;
 mod auth;
+pub mod builds;
 pub mod error;
 mod extract;
+mod image_routes;
 mod metrics;
 mod repo_routes;
 mod routes;
@@ -89,6 +91,8 @@ pub struct AppState {
     metrics: Metrics,
     /// The warm pool, when sessions take sandboxes from one.
     pool: Option<hangar_pool::Pool>,
+    /// Image builds, when this server builds images.
+    builds: Option<Arc<builds::Builds>>,
     /// Set when the server begins to stop: WebSocket connections close with 1001.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -106,8 +110,15 @@ impl AppState {
             sessions,
             metrics: Metrics::new()?,
             pool: None,
+            builds: None,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         })
+    }
+
+    /// Serves `/api/images` and builds from `builds`.
+    pub fn with_builds(mut self, builds: Arc<builds::Builds>) -> AppState {
+        self.builds = Some(builds);
+        self
     }
 
     /// Shows `pool`'s figures at `/api/pool` and on `/metrics`.
@@ -165,6 +176,12 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         .routes(routes!(repo_routes::list_repos, repo_routes::create_repo))
         .routes(routes!(repo_routes::get_repo, repo_routes::delete_repo))
         .routes(routes!(repo_routes::put_recipe, repo_routes::delete_recipe))
+        .routes(routes!(image_routes::list_images))
+        .routes(routes!(
+            image_routes::list_builds,
+            image_routes::start_build
+        ))
+        .routes(routes!(image_routes::get_build))
         .split_for_parts();
     doc.merge(api_doc);
     let (sessions, sessions_doc) = OpenApiRouter::new()
