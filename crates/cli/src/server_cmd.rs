@@ -85,8 +85,7 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
     let on_image: hangar_server::builds::OnImage = {
         let (pool, images) = (pool.clone(), images.clone());
         Arc::new(move |repo: &str, image: &hangar_images::ImageInfo| {
-            let (Some(pool), Some(spec)) =
-                (pool.clone(), image_spec(&images, image, limits))
+            let (Some(pool), Some(spec)) = (pool.clone(), image_spec(&images, image, limits))
             else {
                 return;
             };

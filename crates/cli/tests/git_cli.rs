@@ -130,6 +130,20 @@ async fn prompts_are_committed_as_their_authors_and_the_branch_is_pushed() {
         .map(|e| e["data"]["text"].as_str().unwrap().to_string())
         .collect();
     assert!(outputs.contains('2'), "{outputs}");
+    // The write was seen as it happened; git's own files and the sync's checkout are not
+    // reported.
+    let changed = of(&events, "file.changed");
+    assert!(
+        changed.iter().any(|e| e["data"]["path"] == "hello.txt"),
+        "{changed:#?}"
+    );
+    assert!(
+        changed.iter().all(|e| {
+            let p = e["data"]["path"].as_str().unwrap();
+            !p.starts_with(".git") && !p.ends_with(".tmp") && p != "README.md"
+        }),
+        "{changed:#?}"
+    );
     let committed = of(&events, "git.committed");
     assert_eq!(committed.len(), 1, "{events:#?}");
     assert_eq!(committed[0]["data"]["branch"], branch.as_str());

@@ -388,6 +388,15 @@ impl Inner {
     }
 }
 
+/// Aborts a task when dropped (when the prompt's run ends or is aborted).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A session's sandbox and conversation.
 struct SessionSandbox {
     sandbox: String,
@@ -480,6 +489,13 @@ impl Executor for AgentExecutor {
                         result: true,
                     }));
             }
+            // Every change in the working tree during the prompt, whoever made it (a tool,
+            // a build the agent ran), is logged as it happens; the watch ends with the
+            // prompt. It starts once the sync is done (the sync's own checkout is not a
+            // change of the session), and the gate opens only once it is watching.
+            let (_watching, sync) =
+                worktree::watch_changes(&envd, &inner.workdir, run.events.clone(), sync).await;
+            let _watching = AbortOnDrop(_watching.abort_handle());
             if let Some(sync) = sync {
                 // Without a checkout in the image, the sync makes the first one: reads
                 // wait for it too.

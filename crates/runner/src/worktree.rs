@@ -11,12 +11,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use hangar_agent::SyncState;
+use hangar_envd_client::ChangeKind;
 use hangar_envd_client::{EnvdClient as Envd, ExecRequest};
 use hangar_images::git::{Credentials, Git, GitError};
-use hangar_protocol::session::{Author, EventBody};
+use hangar_protocol::session::{Author, EventBody, FileChange};
 use hangar_sandbox::Runtime;
 use hangar_store::{Repo, Store, StoreError};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 /// How much of a git command's output is kept (bundles are read whole, up to this).
 const OUTPUT_LIMIT: usize = 512 << 20;
@@ -402,6 +404,82 @@ pub fn identity_of(store: &Store, author: &Author) -> Identity {
             name: author.login.clone(),
             email: noreply,
         },
+    }
+}
+
+/// Logs `file.changed` for every change under `workdir` in the sandbox (git's own files
+/// and envd's temporary files left out, a change repeated at once logged once), starting
+/// once `sync` (if any) has settled. Returns the watching task and the sync state to gate
+/// tools on: it settles only after the watch is in place, so no change made through the
+/// gate is missed and the sync's own checkout is never reported.
+pub async fn watch_changes(
+    envd: &Envd,
+    workdir: &str,
+    events: hangar_session::EventSink,
+    sync: Option<watch::Receiver<SyncState>>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Option<watch::Receiver<SyncState>>,
+) {
+    let (envd, root) = (envd.clone(), workdir.to_string());
+    let Some(mut upstream) = sync else {
+        let watch = envd.watch(&root, true).await;
+        return (tokio::spawn(forward_changes(watch, root, events)), None);
+    };
+    let (gated_tx, gated) = watch::channel(SyncState::Syncing);
+    let task = tokio::spawn(async move {
+        let settled = upstream
+            .wait_for(|s| *s != SyncState::Syncing)
+            .await
+            .map(|s| s.clone())
+            .unwrap_or_else(|_| SyncState::Failed("the sync ended without a result".into()));
+        let watch = envd.watch(&root, true).await;
+        let _ = gated_tx.send(settled);
+        forward_changes(watch, root, events).await;
+    });
+    (task, Some(gated))
+}
+
+async fn forward_changes(
+    watch: Result<hangar_envd_client::Watch, hangar_envd_client::Error>,
+    workdir: String,
+    events: hangar_session::EventSink,
+) {
+    let mut watch = match watch {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::debug!("no file change events: {e}");
+            return;
+        }
+    };
+    let root = format!("{}/", workdir.trim_end_matches('/'));
+    let mut last: Option<(String, FileChange)> = None;
+    while let Ok(change) = watch.next().await {
+        let Some(path) = change.path.strip_prefix(&root) else {
+            continue;
+        };
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let envd_temp = name.starts_with('.') && name.contains(".envd-") && name.ends_with(".tmp");
+        if path == ".git" || path.starts_with(".git/") || envd_temp {
+            continue;
+        }
+        let kind = match change.kind {
+            ChangeKind::Created => FileChange::Created,
+            ChangeKind::Modified => FileChange::Modified,
+            ChangeKind::Removed => FileChange::Deleted,
+        };
+        let this = (path.to_string(), kind);
+        if last.as_ref() == Some(&this) {
+            continue;
+        }
+        last = Some(this.clone());
+        let body = EventBody::FileChanged {
+            path: this.0,
+            change: this.1,
+        };
+        if events.emit(body).await.is_err() {
+            return;
+        }
     }
 }
 
