@@ -181,6 +181,50 @@ async fn prompts_are_committed_as_their_authors_and_the_branch_is_pushed() {
     assert_eq!(log, "bob|bob's part");
     assert_eq!(git(&remote, &["rev-parse", &format!("{second}^")]), first);
 
+    // The session's changes against its base, for clients.
+    let (status, diff) = api.get(&format!("/api/sessions/{id}/diff")).await;
+    assert_eq!(status, StatusCode::OK, "{diff}");
+    assert_eq!(diff["head"], second.as_str());
+    assert_eq!(diff["base"], "main");
+    let files: Vec<(&str, u64)> = diff["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap(),
+                f["additions"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(files, [("bob.txt", 1), ("hello.txt", 1)], "{diff}");
+    assert!(
+        diff["patch"].as_str().unwrap().contains("+from bob"),
+        "{diff}"
+    );
+    assert_error(
+        api.get("/api/sessions/ses-0000000000000000/diff").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let (_, other) = api
+        .send(
+            "POST",
+            "/api/sessions",
+            json!({"repo": "acme/unregistered"}),
+        )
+        .await;
+    let message = assert_error(
+        api.get(&format!(
+            "/api/sessions/{}/diff",
+            other["id"].as_str().unwrap()
+        ))
+        .await,
+        StatusCode::CONFLICT,
+        "no_git",
+    );
+    assert!(message.contains("acme/unregistered"), "{message}");
+
     // The remote refuses pushes from now on: a clear event, nothing retried.
     let hook = remote.join("hooks/pre-receive");
     std::fs::write(&hook, "#!/bin/sh\necho 'branch is protected' >&2\nexit 1\n").unwrap();

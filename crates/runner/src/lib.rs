@@ -25,7 +25,7 @@ use hangar_session::{Executor, PromptRun, RunFuture, Sessions};
 pub use subsessions::{Family, MAX_CHILDREN, MAX_DEPTH, SessionReport, SpawnSession};
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
-pub use worktree::{GitSyncer, Identity, Worktrees, branch_of};
+pub use worktree::{FileDiff, GitSyncer, Identity, SessionDiff, Worktrees, branch_of};
 
 /// The executor of a deployment with no model configured: every prompt fails, saying how
 /// to configure one.

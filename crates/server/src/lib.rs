@@ -93,6 +93,8 @@ pub struct AppState {
     pool: Option<hangar_pool::Pool>,
     /// Image builds, when this server builds images.
     builds: Option<Arc<builds::Builds>>,
+    /// Sessions' git (branches, diffs), when sessions have it.
+    worktrees: Option<Arc<hangar_runner::Worktrees>>,
     /// Set when the server begins to stop: WebSocket connections close with 1001.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -111,8 +113,15 @@ impl AppState {
             metrics: Metrics::new()?,
             pool: None,
             builds: None,
+            worktrees: None,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         })
+    }
+
+    /// Serves sessions' diffs from `worktrees`.
+    pub fn with_git(mut self, worktrees: Arc<hangar_runner::Worktrees>) -> AppState {
+        self.worktrees = Some(worktrees);
+        self
     }
 
     /// Serves `/api/images` and builds from `builds`.
@@ -198,6 +207,7 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(session_routes::stop_session))
         .routes(routes!(session_routes::get_events))
+        .routes(routes!(session_routes::get_diff))
         .routes(routes!(session_routes::create_share))
         .routes(routes!(session_routes::delete_share))
         .routes(routes!(session_ws::session_ws))
