@@ -225,6 +225,19 @@ async fn prompts_are_committed_as_their_authors_and_the_branch_is_pushed() {
     );
     assert!(message.contains("acme/unregistered"), "{message}");
 
+    // The session's sandbox dies: the next prompt gets a new one, on the session's branch.
+    let (_, sandboxes) = api.get("/api/sandboxes").await;
+    for sb in sandboxes.as_array().unwrap() {
+        let (status, body) = api
+            .raw(
+                "DELETE",
+                &format!("/api/sandboxes/{}", sb["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+
     // The remote refuses pushes from now on: a clear event, nothing retried.
     let hook = remote.join("hooks/pre-receive");
     std::fs::write(&hook, "#!/bin/sh\necho 'branch is protected' >&2\nexit 1\n").unwrap();
@@ -236,7 +249,12 @@ async fn prompts_are_committed_as_their_authors_and_the_branch_is_pushed() {
     assert_eq!(failed.len(), 1, "{events:#?}");
     let reason = failed[0]["data"]["reason"].as_str().unwrap();
     assert!(reason.contains("branch is protected"), "{reason}");
-    assert_eq!(of(&events, "git.committed").len(), 3);
+    let committed = of(&events, "git.committed");
+    assert_eq!(committed.len(), 3);
+    // Committed on top of the branch restored into the new sandbox.
+    let third = committed[2]["data"]["commit"].as_str().unwrap();
+    let mirror = data.join("git/acme/app.git");
+    assert_eq!(git(&mirror, &["rev-parse", &format!("{third}^")]), second);
     assert_eq!(
         git(&remote, &["rev-parse", &branch]),
         second,
