@@ -92,6 +92,9 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );",
+    // 4: sub-sessions: the session whose agent started this one.
+    "ALTER TABLE sessions ADD COLUMN parent_id TEXT REFERENCES sessions(id) ON DELETE SET NULL;
+    CREATE INDEX sessions_parent ON sessions(parent_id);",
 ];
 
 /// The prefix of share-link tokens, distinct from API tokens so each is checked only where
