@@ -22,6 +22,23 @@
 //! durability = "process"           # "process": commits survive kill -9; "full": fsync each
 //! live_buffer = 1024               # live events buffered per session before a client resyncs
 //! scripted_delay_ms = 20           # pause between the stand-in agent's events
+//!
+//! [slack]                          # the Slack app (docs/slack.md)
+//! bot_token_env = "SLACK_BOT_TOKEN"            # or bot_token_file
+//! signing_secret_env = "SLACK_SIGNING_SECRET"  # or signing_secret_file
+//! team_ids = ["T012AB3C4"]         # workspaces served; others are ignored
+//! public_url = "https://hangar.example.com"    # for links to sessions
+//! min_confidence = 0.7             # below this the person chooses the repository
+//! [slack.classifier]               # a fast model, like [model]; [model] when absent
+//! provider = "anthropic"
+//! base_url = "https://api.anthropic.com"
+//! model = "claude-haiku-4-5"
+//! api_key_env = "ANTHROPIC_API_KEY"
+//! [[slack.repos]]
+//! name = "acme/app"
+//! description = "The customer web app"
+//! keywords = ["checkout", "frontend"]
+//! channels = ["app-dev"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -46,6 +63,8 @@ pub struct Config {
     pub plugins: Vec<PluginSettings>,
     /// The warm pool of session sandboxes.
     pub pool: PoolSettings,
+    /// The Slack app, when Hangar answers in Slack.
+    pub slack: Option<SlackSettings>,
 }
 
 /// Warm pool settings.
@@ -125,31 +144,185 @@ impl ModelSettings {
     /// The API key, from the file or the environment variable configured (none configured:
     /// no key, as local servers such as Ollama need none).
     pub fn api_key(&self) -> Result<Option<String>, ConfigError> {
-        if let Some(path) = &self.api_key_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let key = text.lines().next().unwrap_or("").trim().to_string();
-            if key.is_empty() {
-                return Err(ConfigError::Invalid {
-                    key: "model.api_key_file",
-                    message: format!("{} is empty", path.display()),
-                });
-            }
-            return Ok(Some(key));
-        }
-        match &self.api_key_env {
-            Some(var) => match std::env::var(var) {
-                Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
-                _ => Err(ConfigError::Invalid {
-                    key: "model.api_key_env",
-                    message: format!("the environment variable {var} is not set"),
-                }),
-            },
-            None => Ok(None),
-        }
+        read_secret(
+            self.api_key_file.as_deref(),
+            self.api_key_env.as_deref(),
+            ("model.api_key_file", "model.api_key_env"),
+        )
     }
+}
+
+/// A secret from the first line of `file`, else from the environment variable `env`; `None`
+/// when neither is configured. `keys` name the two settings in errors.
+fn read_secret(
+    file: Option<&Path>,
+    env: Option<&str>,
+    keys: (&'static str, &'static str),
+) -> Result<Option<String>, ConfigError> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let secret = text.lines().next().unwrap_or("").trim().to_string();
+        if secret.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: keys.0,
+                message: format!("{} is empty", path.display()),
+            });
+        }
+        return Ok(Some(secret));
+    }
+    match env {
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
+            _ => Err(ConfigError::Invalid {
+                key: keys.1,
+                message: format!("the environment variable {var} is not set"),
+            }),
+        },
+        None => Ok(None),
+    }
+}
+
+/// The Slack app (see docs/slack.md). Its bot token and signing secret never appear in the
+/// file itself: they are read from the environment variables or files named here, and never
+/// logged.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSettings {
+    /// Environment variable holding the bot token (`xoxb-…`), e.g. `SLACK_BOT_TOKEN`.
+    #[serde(default)]
+    pub bot_token_env: Option<String>,
+    /// File holding the bot token (its first line).
+    #[serde(default)]
+    pub bot_token_file: Option<PathBuf>,
+    /// Environment variable holding the app's signing secret, e.g. `SLACK_SIGNING_SECRET`.
+    #[serde(default)]
+    pub signing_secret_env: Option<String>,
+    /// File holding the signing secret (its first line).
+    #[serde(default)]
+    pub signing_secret_file: Option<PathBuf>,
+    /// The workspaces (team ids, `T…`) served; events from any other are ignored.
+    pub team_ids: Vec<String>,
+    /// The Slack Web API.
+    #[serde(default = "default_slack_api")]
+    pub api_base_url: String,
+    /// Hangar's address as people open it, for links to sessions; by default the address
+    /// the server listens on.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Least time between two edits of a thread's progress message.
+    #[serde(default = "default_slack_update_ms")]
+    pub update_interval_ms: u64,
+    /// The classifier's choice of repository is used only at or above this confidence
+    /// (0-1); below it, the person is asked to choose.
+    #[serde(default = "default_min_confidence")]
+    pub min_confidence: f64,
+    /// The fast model that picks a request's repository; `[model]` when absent.
+    #[serde(default)]
+    pub classifier: Option<ModelSettings>,
+    /// The repositories requests may go to, with what helps choose between them.
+    #[serde(default)]
+    pub repos: Vec<RepoSettings>,
+}
+
+fn default_slack_api() -> String {
+    "https://slack.com/api".into()
+}
+
+fn default_slack_update_ms() -> u64 {
+    1500
+}
+
+fn default_min_confidence() -> f64 {
+    0.7
+}
+
+impl SlackSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.team_ids.is_empty() || self.team_ids.iter().any(|t| t.trim().is_empty()) {
+            return invalid(
+                "slack.team_ids",
+                "name the workspaces served, e.g. team_ids = [\"T012AB3C4\"]".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.min_confidence) {
+            return invalid("slack.min_confidence", "must be between 0 and 1".into());
+        }
+        if let Some(c) = &self.classifier
+            && !matches!(c.provider.as_str(), "anthropic" | "openai")
+        {
+            return invalid(
+                "slack.classifier.provider",
+                format!("{:?} is not one of \"anthropic\", \"openai\"", c.provider),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for r in &self.repos {
+            if r.name.trim().is_empty() || !names.insert(r.name.as_str()) {
+                return invalid(
+                    "slack.repos.name",
+                    format!("{:?}: every repository needs a distinct name", r.name),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The bot token (`xoxb-…`).
+    pub fn bot_token(&self) -> Result<String, ConfigError> {
+        read_secret(
+            self.bot_token_file.as_deref(),
+            self.bot_token_env.as_deref(),
+            ("slack.bot_token_file", "slack.bot_token_env"),
+        )?
+        .ok_or(ConfigError::Invalid {
+            key: "slack.bot_token_env",
+            message: "set bot_token_env or bot_token_file".into(),
+        })
+    }
+
+    /// The signing secret that every request from Slack is verified with.
+    pub fn signing_secret(&self) -> Result<String, ConfigError> {
+        read_secret(
+            self.signing_secret_file.as_deref(),
+            self.signing_secret_env.as_deref(),
+            ("slack.signing_secret_file", "slack.signing_secret_env"),
+        )?
+        .ok_or(ConfigError::Invalid {
+            key: "slack.signing_secret_env",
+            message: "set signing_secret_env or signing_secret_file".into(),
+        })
+    }
+}
+
+/// A repository that Slack requests may go to.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RepoSettings {
+    /// Its name, e.g. `acme/app`.
+    pub name: String,
+    /// Where it is cloned from.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Its default branch.
+    #[serde(default = "default_branch")]
+    pub default_branch: String,
+    /// What it is, in a sentence or two, for the classifier.
+    #[serde(default)]
+    pub description: String,
+    /// Words that point to it (components, products, services).
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    /// Slack channels (names without `#`) where requests are usually about it.
+    #[serde(default)]
+    pub channels: Vec<String>,
+}
+
+fn default_branch() -> String {
+    "main".into()
 }
 
 /// Session service settings.
@@ -224,6 +397,7 @@ impl Default for Config {
             model: None,
             plugins: Vec::new(),
             pool: PoolSettings::default(),
+            slack: None,
         }
     }
 }
@@ -367,6 +541,9 @@ impl Config {
                 key: "model.provider",
                 message: format!("{:?} is not one of \"anthropic\", \"openai\"", m.provider),
             });
+        }
+        if let Some(slack) = &self.slack {
+            slack.validate()?;
         }
         let s = &self.sandbox;
         if s.uid_base == 0 {
