@@ -10,8 +10,8 @@ use hangar_config::{Config, ModelSettings};
 use hangar_runner::{AgentExecutor, NoModel};
 use hangar_sandbox::{LocalRuntime, Network, Rootfs, SandboxSpec};
 use hangar_server::{AppState, Backend};
-use hangar_slack::{BotConfig, Classifier, FixedRepos, SlackBot, SlackClient, SlackState};
 use hangar_session::{Durability, Executor, ScriptedExecutor, Sessions, SessionsConfig};
+use hangar_slack::{BotConfig, Classifier, FixedRepos, SlackBot, SlackClient, SlackState};
 use hangar_store::Store;
 
 #[derive(Args)]
@@ -172,11 +172,7 @@ fn provider(model: &ModelSettings, retries: u32) -> anyhow::Result<Provider> {
 
 /// The Slack bot, when `[slack]` is configured: its secrets, the Web API client, the
 /// classifier (`[slack.classifier]`, else `[model]`), its state file and repositories.
-fn open_slack(
-    config: &Config,
-    sessions: &Sessions,
-    url: &str,
-) -> anyhow::Result<Option<SlackBot>> {
+fn open_slack(config: &Config, sessions: &Sessions, url: &str) -> anyhow::Result<Option<SlackBot>> {
     let Some(s) = &config.slack else {
         return Ok(None);
     };

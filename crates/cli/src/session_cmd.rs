@@ -372,11 +372,7 @@ pub async fn run(cmd: SessionCommand) -> anyhow::Result<std::process::ExitCode> 
         }
         SessionCommand::Slack(SlackCommand::Link { code, remote }) => {
             let r = Client::new(&remote)?
-                .call(
-                    Method::POST,
-                    "/api/slack/link",
-                    Some(json!({"code": code})),
-                )
+                .call(Method::POST, "/api/slack/link", Some(json!({"code": code})))
                 .await?;
             println!(
                 "linked Slack user {} to you; your request in Slack starts now",

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
-use hangar_testkit::fake_slack::{FakeSlack, Failure, now, signature};
+use hangar_testkit::fake_slack::{Failure, FakeSlack, now, signature};
 use serde_json::{Value, json};
 
 const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
@@ -62,7 +62,10 @@ impl Server {
             let Some(Ok(line)) = lines.next() else {
                 let _ = child.kill();
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("hangar serve exited before listening:\n{}", printed.lock().unwrap());
+                panic!(
+                    "hangar serve exited before listening:\n{}",
+                    printed.lock().unwrap()
+                );
             };
             if let Some(rest) = line.trim().strip_prefix("hangar login --server ") {
                 admin_token = Some(rest.split("--token ").nth(1).unwrap().trim().to_string());
@@ -228,7 +231,10 @@ keywords = ["terraform"]
     ) -> String {
         let ts = self.slack.say(channel, user, text, thread_ts);
         let resp = self
-            .event(&event_body(kind, event_id, TEAM, channel, user, text, &ts, thread_ts), &[])
+            .event(
+                &event_body(kind, event_id, TEAM, channel, user, text, &ts, thread_ts),
+                &[],
+            )
             .await;
         assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
         ts
@@ -254,11 +260,25 @@ keywords = ["terraform"]
             .unwrap()
             .to_string();
         let out = hangar(&self.server.data_dir)
-            .args(["slack", "link", &code, "--server", &self.server.url, "--token", &self.server.admin_token])
+            .args([
+                "slack",
+                "link",
+                &code,
+                "--server",
+                &self.server.url,
+                "--token",
+                &self.server.admin_token,
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("linked Slack user {user}")));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("linked Slack user {user}"))
+        );
     }
 
     async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -282,7 +302,11 @@ keywords = ["terraform"]
 
     async fn events(&self, id: &str) -> Vec<Value> {
         let (_, events) = self
-            .api(reqwest::Method::GET, &format!("/api/sessions/{id}/events"), None)
+            .api(
+                reqwest::Method::GET,
+                &format!("/api/sessions/{id}/events"),
+                None,
+            )
             .await;
         events.as_array().unwrap().clone()
     }
@@ -368,7 +392,14 @@ fn event_body(
     })
 }
 
-fn interaction_body(user: &str, channel: &str, message_ts: &str, thread_ts: &str, action_id: &str, value: &str) -> String {
+fn interaction_body(
+    user: &str,
+    channel: &str,
+    message_ts: &str,
+    thread_ts: &str,
+    action_id: &str,
+    value: &str,
+) -> String {
     let payload = json!({
         "type": "block_actions",
         "team": {"id": TEAM, "domain": "acme"},
@@ -387,17 +418,35 @@ fn interaction_body(user: &str, channel: &str, message_ts: &str, thread_ts: &str
 async fn a_mention_naming_a_repository_starts_a_session_that_the_thread_follows() {
     let h = Harness::start().await;
     let ts = h
-        .person_says("app_mention", "Ev1", "C1", "U1", "<@UBOT> fix the footer in acme/app deltas=4", None)
+        .person_says(
+            "app_mention",
+            "Ev1",
+            "C1",
+            "U1",
+            "<@UBOT> fix the footer in acme/app deltas=4",
+            None,
+        )
         .await;
     // alice is not linked yet: she alone gets a code, and nothing starts.
     h.link("U1").await;
     let id = h.session_of_thread("C1", &ts).await;
-    let session = h.sessions().await.into_iter().find(|s| s["id"] == id.as_str()).unwrap();
+    let session = h
+        .sessions()
+        .await
+        .into_iter()
+        .find(|s| s["id"] == id.as_str())
+        .unwrap();
     assert_eq!(session["repo"], "acme/app");
     assert_eq!(session["title"], "fix the footer in acme/app deltas=4");
     let results = h.results("C1", &ts, 1).await;
-    assert!(results[0].starts_with(":white_check_mark: Done (asked by admin)."), "{results:?}");
-    assert!(results[0].contains("part 3 of the answer to prompt 1"), "{results:?}");
+    assert!(
+        results[0].starts_with(":white_check_mark: Done (asked by admin)."),
+        "{results:?}"
+    );
+    assert!(
+        results[0].contains("part 3 of the answer to prompt 1"),
+        "{results:?}"
+    );
     // The progress message was edited in place to its final state, without a Stop button.
     let progress = eventually("the final progress", || {
         h.slack
@@ -408,13 +457,23 @@ async fn a_mention_naming_a_repository_starts_a_session_that_the_thread_follows(
     .await;
     assert!(progress.updates >= 1);
     assert_eq!(progress.blocks.as_array().unwrap().len(), 1);
-    assert!(h.slack.reactions().contains(&("C1".into(), ts.clone(), "eyes".into())));
+    assert!(
+        h.slack
+            .reactions()
+            .contains(&("C1".into(), ts.clone(), "eyes".into()))
+    );
     // Named: the classifier model was not asked.
     assert!(h.model.requests().is_empty());
     // The prompt is the request without the mention, attributed to the linked user.
     let events = h.events(&id).await;
-    let queued = events.iter().find(|e| e["type"] == "prompt.queued").unwrap();
-    assert_eq!(queued["data"]["prompt"]["text"], "fix the footer in acme/app deltas=4");
+    let queued = events
+        .iter()
+        .find(|e| e["type"] == "prompt.queued")
+        .unwrap();
+    assert_eq!(
+        queued["data"]["prompt"]["text"],
+        "fix the footer in acme/app deltas=4"
+    );
     assert_eq!(queued["data"]["prompt"]["author"]["login"], "admin");
 }
 
@@ -423,15 +482,30 @@ async fn the_channel_hint_picks_the_repository() {
     let h = Harness::start().await;
     h.classifier_says("acme/api", 0.9);
     let ts = h
-        .person_says("app_mention", "Ev1", "C2", "U1", "<@UBOT> the totals are rounded wrong", None)
+        .person_says(
+            "app_mention",
+            "Ev1",
+            "C2",
+            "U1",
+            "<@UBOT> the totals are rounded wrong",
+            None,
+        )
         .await;
     h.link("U1").await;
     let id = h.session_of_thread("C2", &ts).await;
-    let session = h.sessions().await.into_iter().find(|s| s["id"] == id.as_str()).unwrap();
+    let session = h
+        .sessions()
+        .await
+        .into_iter()
+        .find(|s| s["id"] == id.as_str())
+        .unwrap();
     assert_eq!(session["repo"], "acme/api");
     let asked = h.model.requests();
     assert_eq!(asked.len(), 1);
-    let question = asked[0].body["messages"][0]["content"][0]["text"].as_str().unwrap().to_string();
+    let question = asked[0].body["messages"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for needle in [
         "Channel: #api-dev",
         "acme/api: The REST API and billing (keywords: billing) (channels: #api-dev)",
@@ -447,22 +521,43 @@ async fn the_channel_hint_picks_the_repository() {
 async fn the_threads_earlier_messages_decide() {
     let h = Harness::start().await;
     h.classifier_says("acme/infra", 0.85);
-    let root = h.slack.say("C1", "U2", "The terraform plan fails on staging", None);
+    let root = h
+        .slack
+        .say("C1", "U2", "The terraform plan fails on staging", None);
     h.slack.say("C1", "U2", "since this morning", Some(&root));
     let ts = h
-        .person_says("app_mention", "Ev1", "C1", "U1", "<@UBOT> can you fix this?", Some(&root))
+        .person_says(
+            "app_mention",
+            "Ev1",
+            "C1",
+            "U1",
+            "<@UBOT> can you fix this?",
+            Some(&root),
+        )
         .await;
     h.link("U1").await;
     let id = h.session_of_thread("C1", &root).await;
-    let session = h.sessions().await.into_iter().find(|s| s["id"] == id.as_str()).unwrap();
+    let session = h
+        .sessions()
+        .await
+        .into_iter()
+        .find(|s| s["id"] == id.as_str())
+        .unwrap();
     assert_eq!(session["repo"], "acme/infra");
     let question = h.model.requests()[0].body["messages"][0]["content"][0]["text"]
         .as_str()
         .unwrap()
         .to_string();
-    assert!(question.contains("> The terraform plan fails on staging\n> since this morning\n"), "{question}");
+    assert!(
+        question.contains("> The terraform plan fails on staging\n> since this morning\n"),
+        "{question}"
+    );
     assert!(!question.contains("> can you fix this?"), "{question}");
-    assert!(h.slack.reactions().contains(&("C1".into(), ts, "eyes".into())));
+    assert!(
+        h.slack
+            .reactions()
+            .contains(&("C1".into(), ts, "eyes".into()))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,7 +565,14 @@ async fn an_unsure_classifier_asks_with_buttons_and_the_choice_starts_the_sessio
     let h = Harness::start().await;
     h.classifier_says("unknown", 0.3);
     let ts = h
-        .person_says("app_mention", "Ev1", "C1", "U1", "<@UBOT> the billing page is slow", None)
+        .person_says(
+            "app_mention",
+            "Ev1",
+            "C1",
+            "U1",
+            "<@UBOT> the billing page is slow",
+            None,
+        )
         .await;
     h.link("U1").await;
     let question = eventually("the repository question", || {
@@ -480,9 +582,15 @@ async fn an_unsure_classifier_asks_with_buttons_and_the_choice_starts_the_sessio
             .find(|m| m.text == "Which repository is this about?")
     })
     .await;
-    assert!(h.sessions().await.is_empty(), "nothing starts before the choice");
+    assert!(
+        h.sessions().await.is_empty(),
+        "nothing starts before the choice"
+    );
     let buttons = question.blocks[1]["elements"].as_array().unwrap().clone();
-    let labels: Vec<&str> = buttons.iter().map(|b| b["text"]["text"].as_str().unwrap()).collect();
+    let labels: Vec<&str> = buttons
+        .iter()
+        .map(|b| b["text"]["text"].as_str().unwrap())
+        .collect();
     // "billing" points to acme/api; then the rest in their order.
     assert_eq!(labels, ["acme/api", "acme/app", "acme/infra"]);
     let body = interaction_body(
@@ -494,11 +602,22 @@ async fn an_unsure_classifier_asks_with_buttons_and_the_choice_starts_the_sessio
         buttons[0]["value"].as_str().unwrap(),
     );
     let resp = h
-        .deliver_aged("/slack/interactivity", &body, "application/x-www-form-urlencoded", 0, &[])
+        .deliver_aged(
+            "/slack/interactivity",
+            &body,
+            "application/x-www-form-urlencoded",
+            0,
+            &[],
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let id = h.session_of_thread("C1", &ts).await;
-    let session = h.sessions().await.into_iter().find(|s| s["id"] == id.as_str()).unwrap();
+    let session = h
+        .sessions()
+        .await
+        .into_iter()
+        .find(|s| s["id"] == id.as_str())
+        .unwrap();
     assert_eq!(session["repo"], "acme/api");
     let chosen = eventually("the question replaced by the choice", || {
         h.slack
@@ -510,7 +629,13 @@ async fn an_unsure_classifier_asks_with_buttons_and_the_choice_starts_the_sessio
     assert!(chosen.text.contains("chosen by <@U1>"));
     // A second click on the same question starts nothing more.
     let again = h
-        .deliver_aged("/slack/interactivity", &body, "application/x-www-form-urlencoded", 0, &[])
+        .deliver_aged(
+            "/slack/interactivity",
+            &body,
+            "application/x-www-form-urlencoded",
+            0,
+            &[],
+        )
         .await;
     assert_eq!(again.status(), 200);
     h.results("C1", &ts, 1).await;
@@ -521,7 +646,17 @@ async fn an_unsure_classifier_asks_with_buttons_and_the_choice_starts_the_sessio
 async fn bad_signatures_and_stale_timestamps_are_refused_and_start_nothing() {
     let h = Harness::start().await;
     let ts = h.slack.say("C1", "U1", "<@UBOT> fix acme/app", None);
-    let body = event_body("app_mention", "Ev1", TEAM, "C1", "U1", "<@UBOT> fix acme/app", &ts, None).to_string();
+    let body = event_body(
+        "app_mention",
+        "Ev1",
+        TEAM,
+        "C1",
+        "U1",
+        "<@UBOT> fix acme/app",
+        &ts,
+        None,
+    )
+    .to_string();
     let url = format!("{}/slack/events", h.server.url);
     let fresh = now().to_string();
     let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
@@ -530,7 +665,10 @@ async fn bad_signatures_and_stale_timestamps_are_refused_and_start_nothing() {
             "wrong secret",
             vec![
                 ("x-slack-request-timestamp", fresh.clone()),
-                ("x-slack-signature", signature("another-secret", &fresh, &body)),
+                (
+                    "x-slack-signature",
+                    signature("another-secret", &fresh, &body),
+                ),
             ],
         ),
         (
@@ -549,7 +687,11 @@ async fn bad_signatures_and_stale_timestamps_are_refused_and_start_nothing() {
         ),
     ];
     for (what, headers) in cases {
-        let mut req = h.http.post(&url).header("content-type", "application/json").body(body.clone());
+        let mut req = h
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone());
         for (k, v) in headers {
             req = req.header(k, v);
         }
@@ -559,11 +701,21 @@ async fn bad_signatures_and_stale_timestamps_are_refused_and_start_nothing() {
         assert_eq!(err["error"]["code"], "unauthorized", "{what}");
     }
     // Correctly signed, but six minutes old: a replay.
-    let stale = h.deliver_aged("/slack/events", &body, "application/json", 360, &[]).await;
+    let stale = h
+        .deliver_aged("/slack/events", &body, "application/json", 360, &[])
+        .await;
     assert_eq!(stale.status(), 401);
     assert!(stale.text().await.unwrap().contains("5 minutes"));
     for path in ["/slack/commands", "/slack/interactivity"] {
-        let resp = h.deliver_aged(path, "payload=x", "application/x-www-form-urlencoded", 400, &[]).await;
+        let resp = h
+            .deliver_aged(
+                path,
+                "payload=x",
+                "application/x-www-form-urlencoded",
+                400,
+                &[],
+            )
+            .await;
         assert_eq!(resp.status(), 401, "{path}");
     }
     // Signed but undecodable: 400.
@@ -572,18 +724,30 @@ async fn bad_signatures_and_stale_timestamps_are_refused_and_start_nothing() {
         ("/slack/commands", "text=no+team"),
         ("/slack/interactivity", "payload=%7Bnope"),
     ] {
-        let resp = h.deliver_aged(path, body, "application/x-www-form-urlencoded", 0, &[]).await;
+        let resp = h
+            .deliver_aged(path, body, "application/x-www-form-urlencoded", 0, &[])
+            .await;
         assert_eq!(resp.status(), 400, "{path}");
         let err: Value = resp.json().await.unwrap();
         assert_eq!(err["error"]["code"], "bad_request");
     }
     // A bad link code is refused clearly.
     let (status, err) = h
-        .api(reqwest::Method::POST, "/api/slack/link", Some(json!({"code": "0123"})))
+        .api(
+            reqwest::Method::POST,
+            "/api/slack/link",
+            Some(json!({"code": "0123"})),
+        )
         .await;
     assert_eq!(status, 404);
     assert_eq!(err["error"]["code"], "link_code_not_found");
-    let (status, _) = h.api(reqwest::Method::POST, "/api/slack/link", Some(json!({"cod": 1}))).await;
+    let (status, _) = h
+        .api(
+            reqwest::Method::POST,
+            "/api/slack/link",
+            Some(json!({"cod": 1})),
+        )
+        .await;
     assert_eq!(status, 400);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(h.sessions().await.is_empty());
@@ -598,34 +762,73 @@ async fn url_verification_is_answered_with_the_challenge() {
     let resp = h.event(&body, &[]).await;
     assert_eq!(resp.status(), 200);
     let answer: Value = resp.json().await.unwrap();
-    assert_eq!(answer["challenge"], "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P");
+    assert_eq!(
+        answer["challenge"],
+        "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_delivery_and_the_mentions_second_event_start_one_session() {
     let h = Harness::start().await;
     let ts = h
-        .person_says("app_mention", "Ev1", "C1", "U1", "<@UBOT> tidy acme/app", None)
+        .person_says(
+            "app_mention",
+            "Ev1",
+            "C1",
+            "U1",
+            "<@UBOT> tidy acme/app",
+            None,
+        )
         .await;
     h.link("U1").await;
     let id = h.session_of_thread("C1", &ts).await;
     // Slack retries the same delivery, and also sends the channel `message` event of the
     // same mention under another event id.
-    let body = event_body("app_mention", "Ev1", TEAM, "C1", "U1", "<@UBOT> tidy acme/app", &ts, None);
+    let body = event_body(
+        "app_mention",
+        "Ev1",
+        TEAM,
+        "C1",
+        "U1",
+        "<@UBOT> tidy acme/app",
+        &ts,
+        None,
+    );
     for n in ["1", "2"] {
         let resp = h
-            .event(&body, &[("x-slack-retry-num", n), ("x-slack-retry-reason", "http_timeout")])
+            .event(
+                &body,
+                &[
+                    ("x-slack-retry-num", n),
+                    ("x-slack-retry-reason", "http_timeout"),
+                ],
+            )
             .await;
         assert_eq!(resp.status(), 200);
     }
-    let message = event_body("message", "Ev2", TEAM, "C1", "U1", "<@UBOT> tidy acme/app", &ts, None);
+    let message = event_body(
+        "message",
+        "Ev2",
+        TEAM,
+        "C1",
+        "U1",
+        "<@UBOT> tidy acme/app",
+        &ts,
+        None,
+    );
     assert_eq!(h.event(&message, &[]).await.status(), 200);
     h.results("C1", &ts, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let sessions = h.sessions().await;
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0]["id"], id.as_str());
-    let prompts = h.events(&id).await.into_iter().filter(|e| e["type"] == "prompt.queued").count();
+    let prompts = h
+        .events(&id)
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "prompt.queued")
+        .count();
     assert_eq!(prompts, 1);
     assert!(h.server.stderr().contains("already handled"));
 }
@@ -634,15 +837,35 @@ async fn a_retried_delivery_and_the_mentions_second_event_start_one_session() {
 async fn an_unknown_workspace_is_ignored_with_a_log_line() {
     let h = Harness::start().await;
     let ts = h.slack.say("C1", "U1", "<@UBOT> fix acme/app", None);
-    let body = event_body("app_mention", "Ev1", "T999", "C1", "U1", "<@UBOT> fix acme/app", &ts, None);
+    let body = event_body(
+        "app_mention",
+        "Ev1",
+        "T999",
+        "C1",
+        "U1",
+        "<@UBOT> fix acme/app",
+        &ts,
+        None,
+    );
     assert_eq!(h.event(&body, &[]).await.status(), 200);
     let command = "team_id=T999&channel_id=C1&channel_name=general&user_id=U1&command=%2Fhangar&text=fix+acme%2Fapp";
-    let resp = h.deliver_aged("/slack/commands", command, "application/x-www-form-urlencoded", 0, &[]).await;
+    let resp = h
+        .deliver_aged(
+            "/slack/commands",
+            command,
+            "application/x-www-form-urlencoded",
+            0,
+            &[],
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     let answer: Value = resp.json().await.unwrap();
     assert!(answer["text"].as_str().unwrap().contains("not connected"));
     eventually("the log line", || {
-        h.server.stderr().contains("Slack event from an unknown workspace ignored").then_some(())
+        h.server
+            .stderr()
+            .contains("Slack event from an unknown workspace ignored")
+            .then_some(())
     })
     .await;
     assert!(h.server.stderr().contains("T999"));
@@ -654,11 +877,19 @@ async fn an_unknown_workspace_is_ignored_with_a_log_line() {
 async fn slack_errors_and_rate_limits_are_waited_out_or_logged_never_looped() {
     let h = Harness::start().await;
     let ts = h
-        .person_says("app_mention", "Ev1", "C1", "U1", "<@UBOT> fix acme/app", None)
+        .person_says(
+            "app_mention",
+            "Ev1",
+            "C1",
+            "U1",
+            "<@UBOT> fix acme/app",
+            None,
+        )
         .await;
     h.link("U1").await;
     // The first answer is rate limited once: it goes out after Retry-After.
-    h.slack.fail_next("chat.postMessage", Failure::RateLimited(1));
+    h.slack
+        .fail_next("chat.postMessage", Failure::RateLimited(1));
     let id = h.session_of_thread("C1", &ts).await;
     h.results("C1", &ts, 1).await;
     let posts = h.slack.calls_of("chat.postMessage");
@@ -668,9 +899,15 @@ async fn slack_errors_and_rate_limits_are_waited_out_or_logged_never_looped() {
 
     // Slack refuses every answer in a thread (the bot was removed from the channel): the
     // session still runs, the failure is logged once per message, nothing loops.
-    h.slack.fail_next("chat.postMessage", Failure::Error("channel_not_found".into()));
-    h.slack.fail_next("chat.update", Failure::Error("channel_not_found".into()));
-    let reply = h.person_says("message", "Ev2", "C1", "U1", "and the header", Some(&ts)).await;
+    h.slack.fail_next(
+        "chat.postMessage",
+        Failure::Error("channel_not_found".into()),
+    );
+    h.slack
+        .fail_next("chat.update", Failure::Error("channel_not_found".into()));
+    let reply = h
+        .person_says("message", "Ev2", "C1", "U1", "and the header", Some(&ts))
+        .await;
     eventually("the failed result post logged", || {
         h.server
             .stderr()
@@ -678,7 +915,12 @@ async fn slack_errors_and_rate_limits_are_waited_out_or_logged_never_looped() {
             .then_some(())
     })
     .await;
-    let finished = h.events(&id).await.into_iter().filter(|e| e["type"] == "prompt.finished").count();
+    let finished = h
+        .events(&id)
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "prompt.finished")
+        .count();
     assert_eq!(finished, 2);
     // Let the last throttled edit go out, then nothing more may come.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -686,16 +928,41 @@ async fn slack_errors_and_rate_limits_are_waited_out_or_logged_never_looped() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(h.slack.calls().len(), calls_then, "no retry loop");
     assert!(h.server.stderr().contains("channel_not_found"));
-    assert!(h.slack.reactions().contains(&("C1".into(), reply, "eyes".into())));
+    assert!(
+        h.slack
+            .reactions()
+            .contains(&("C1".into(), reply, "eyes".into()))
+    );
 
     // Rate limited on every attempt: given up after a bounded number, the server lives on.
     for _ in 0..4 {
-        h.slack.fail_next("chat.postMessage", Failure::RateLimited(0));
+        h.slack
+            .fail_next("chat.postMessage", Failure::RateLimited(0));
     }
-    let root = h.person_says("app_mention", "Ev3", "C1", "U1", "<@UBOT> again in acme/app", None).await;
-    eventually("giving up", || h.server.stderr().contains("gave up after 4 attempts").then_some(())).await;
+    let root = h
+        .person_says(
+            "app_mention",
+            "Ev3",
+            "C1",
+            "U1",
+            "<@UBOT> again in acme/app",
+            None,
+        )
+        .await;
+    eventually("giving up", || {
+        h.server
+            .stderr()
+            .contains("gave up after 4 attempts")
+            .then_some(())
+    })
+    .await;
     assert_eq!(h.sessions().await.len(), 2, "the session runs anyway");
-    let resp = h.http.get(format!("{}/healthz", h.server.url)).send().await.unwrap();
+    let resp = h
+        .http
+        .get(format!("{}/healthz", h.server.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let _ = root;
 }
@@ -704,13 +971,27 @@ async fn slack_errors_and_rate_limits_are_waited_out_or_logged_never_looped() {
 async fn thread_replies_queue_follow_ups_and_prompts_from_the_web_show_in_the_thread() {
     let h = Harness::start().await;
     let ts = h
-        .person_says("app_mention", "Ev1", "C1", "U1", "<@UBOT> rework acme/app delay_ms=60 deltas=10", None)
+        .person_says(
+            "app_mention",
+            "Ev1",
+            "C1",
+            "U1",
+            "<@UBOT> rework acme/app delay_ms=60 deltas=10",
+            None,
+        )
         .await;
     h.link("U1").await;
     let id = h.session_of_thread("C1", &ts).await;
     // While the agent works, a reply in the thread is queued behind the running prompt.
-    h.person_says("message", "Ev2", "C1", "U1", "also update the docs deltas=1", Some(&ts))
-        .await;
+    h.person_says(
+        "message",
+        "Ev2",
+        "C1",
+        "U1",
+        "also update the docs deltas=1",
+        Some(&ts),
+    )
+    .await;
     let queued = eventually("the follow-up queued", || {
         let rt = tokio::runtime::Handle::current();
         let events = tokio::task::block_in_place(|| rt.block_on(h.events(&id)));
@@ -719,10 +1000,16 @@ async fn thread_replies_queue_follow_ups_and_prompts_from_the_web_show_in_the_th
             .find(|e| e["type"] == "prompt.queued" && e["data"]["prompt"]["id"] == 2)
     })
     .await;
-    assert_eq!(queued["data"]["prompt"]["text"], "also update the docs deltas=1");
+    assert_eq!(
+        queued["data"]["prompt"]["text"],
+        "also update the docs deltas=1"
+    );
     assert_eq!(queued["data"]["prompt"]["status"], "queued");
     // Another client (the web UI, the CLI) prompts the same session as another user.
-    let out = hangar(&h.server.data_dir).args(["user", "add", "bob", "--json"]).output().unwrap();
+    let out = hangar(&h.server.data_dir)
+        .args(["user", "add", "bob", "--json"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let bob: Value = serde_json::from_slice(&out.stdout).unwrap();
     let bob_token = bob["token"].as_str().unwrap();
@@ -744,8 +1031,14 @@ async fn thread_replies_queue_follow_ups_and_prompts_from_the_web_show_in_the_th
     .await;
     let results = h.results("C1", &ts, 3).await;
     assert!(results[0].contains("asked by admin"), "{results:?}");
-    assert!(results[1].contains("asked by admin") && results[1].contains("answer to prompt 2"), "{results:?}");
-    assert!(results[2].contains("asked by bob") && results[2].contains("answer to prompt 3"), "{results:?}");
+    assert!(
+        results[1].contains("asked by admin") && results[1].contains("answer to prompt 2"),
+        "{results:?}"
+    );
+    assert!(
+        results[2].contains("asked by bob") && results[2].contains("answer to prompt 3"),
+        "{results:?}"
+    );
     assert_eq!(h.sessions().await.len(), 1);
 }
 
@@ -753,26 +1046,53 @@ async fn thread_replies_queue_follow_ups_and_prompts_from_the_web_show_in_the_th
 async fn the_stop_button_stops_the_running_prompt() {
     let h = Harness::start().await;
     let ts = h
-        .person_says("app_mention", "Ev1", "C1", "U1", "<@UBOT> long job in acme/app delay_ms=100 deltas=500", None)
+        .person_says(
+            "app_mention",
+            "Ev1",
+            "C1",
+            "U1",
+            "<@UBOT> long job in acme/app delay_ms=100 deltas=500",
+            None,
+        )
         .await;
     h.link("U1").await;
     let id = h.session_of_thread("C1", &ts).await;
     let progress = eventually("the Stop button", || {
-        h.slack.bot_replies("C1", &ts).into_iter().find(|m| {
-            m.blocks[1]["elements"][0]["action_id"] == "stop"
-        })
+        h.slack
+            .bot_replies("C1", &ts)
+            .into_iter()
+            .find(|m| m.blocks[1]["elements"][0]["action_id"] == "stop")
     })
     .await;
     // Someone not linked to Hangar cannot stop it.
     let body = interaction_body("U2", "C1", &progress.ts, &ts, "stop", &id);
-    let resp = h.deliver_aged("/slack/interactivity", &body, "application/x-www-form-urlencoded", 0, &[]).await;
+    let resp = h
+        .deliver_aged(
+            "/slack/interactivity",
+            &body,
+            "application/x-www-form-urlencoded",
+            0,
+            &[],
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     eventually("the refusal logged", || {
-        h.server.stderr().contains("Stop from an unlinked Slack user ignored").then_some(())
+        h.server
+            .stderr()
+            .contains("Stop from an unlinked Slack user ignored")
+            .then_some(())
     })
     .await;
     let body = interaction_body("U1", "C1", &progress.ts, &ts, "stop", &id);
-    let resp = h.deliver_aged("/slack/interactivity", &body, "application/x-www-form-urlencoded", 0, &[]).await;
+    let resp = h
+        .deliver_aged(
+            "/slack/interactivity",
+            &body,
+            "application/x-www-form-urlencoded",
+            0,
+            &[],
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     let results = h.results("C1", &ts, 1).await;
     assert_eq!(results[0], ":octagonal_sign: Stopped (asked by admin).");
@@ -789,15 +1109,24 @@ async fn the_stop_button_stops_the_running_prompt() {
 async fn a_slash_command_and_a_direct_message_start_sessions() {
     let h = Harness::start().await;
     let command = "token=x&team_id=T1&team_domain=acme&channel_id=C1&channel_name=general&user_id=U1&user_name=alice&command=%2Fhangar&text=fix+the+footer+in+acme%2Fapp&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2F1&trigger_id=1";
-    let resp = h.deliver_aged("/slack/commands", command, "application/x-www-form-urlencoded", 0, &[]).await;
+    let resp = h
+        .deliver_aged(
+            "/slack/commands",
+            command,
+            "application/x-www-form-urlencoded",
+            0,
+            &[],
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     let answer: Value = resp.json().await.unwrap();
     assert_eq!(answer["response_type"], "ephemeral");
     let root = eventually("the command's message in the channel", || {
-        h.slack
-            .messages()
-            .into_iter()
-            .find(|m| m.user == "bot" && m.thread_ts.is_none() && m.text == "<@U1> asked: fix the footer in acme/app")
+        h.slack.messages().into_iter().find(|m| {
+            m.user == "bot"
+                && m.thread_ts.is_none()
+                && m.text == "<@U1> asked: fix the footer in acme/app"
+        })
     })
     .await;
     h.link("U1").await;
@@ -805,16 +1134,78 @@ async fn a_slash_command_and_a_direct_message_start_sessions() {
     h.results("C1", &root.ts, 1).await;
     // Help for an empty command.
     let resp = h
-        .deliver_aged("/slack/commands", "team_id=T1&channel_id=C1&user_id=U1&command=%2Fhangar&text=", "application/x-www-form-urlencoded", 0, &[])
+        .deliver_aged(
+            "/slack/commands",
+            "team_id=T1&channel_id=C1&user_id=U1&command=%2Fhangar&text=",
+            "application/x-www-form-urlencoded",
+            0,
+            &[],
+        )
         .await;
     let answer: Value = resp.json().await.unwrap();
     assert!(answer["text"].as_str().unwrap().contains("Mention me"));
     // A direct message, from the now linked user, in a DM channel.
     let dm = h
-        .person_says("message", "Ev9", "D1", "U1", "bump the deps in acme/app", None)
+        .person_says(
+            "message",
+            "Ev9",
+            "D1",
+            "U1",
+            "bump the deps in acme/app",
+            None,
+        )
         .await;
     let dm_session = h.session_of_thread("D1", &dm).await;
     assert_ne!(dm_session, id);
     h.results("D1", &dm, 1).await;
     assert_eq!(h.sessions().await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_slack_configured_the_routes_say_so_and_the_document_lists_them() {
+    let dir = hangar_testkit::scratch_dir();
+    let server = Server::start(
+        &dir.path().join("data"),
+        "[sessions]\nexecutor = \"scripted\"\n",
+    );
+    let http = reqwest::Client::new();
+    for path in ["/slack/events", "/slack/commands", "/slack/interactivity"] {
+        let resp = http
+            .post(format!("{}{path}", server.url))
+            .header("x-slack-request-timestamp", now().to_string())
+            .header("x-slack-signature", "v0=00")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "slack_not_configured", "{path}");
+    }
+    let resp = http
+        .post(format!("{}/api/slack/link", server.url))
+        .json(&json!({"code": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "linking needs a Hangar token");
+    let doc: Value = http
+        .get(format!("{}/openapi.json", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/slack/events",
+        "/slack/commands",
+        "/slack/interactivity",
+        "/api/slack/link",
+    ] {
+        assert!(
+            doc["paths"][path]["post"].is_object(),
+            "{path} missing from openapi.json"
+        );
+    }
 }

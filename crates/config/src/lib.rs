@@ -732,6 +732,68 @@ mod tests {
     }
 
     #[test]
+    fn slack_settings_read_secrets_and_refuse_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let text = format!(
+            "[slack]\nbot_token_env = \"HANGAR_TEST_SURELY_UNSET_TOKEN\"\nsigning_secret_file = {secret:?}\nteam_ids = [\"T1\"]\n[[slack.repos]]\nname = \"acme/app\"\nchannels = [\"app-dev\"]\n"
+        );
+        let c = Config::parse(&text, Path::new("x")).unwrap();
+        c.validate().unwrap();
+        let s = c.slack.unwrap();
+        assert_eq!(s.signing_secret().unwrap(), "s3cret");
+        assert!(
+            s.bot_token()
+                .unwrap_err()
+                .to_string()
+                .contains("HANGAR_TEST_SURELY_UNSET_TOKEN")
+        );
+        assert_eq!(s.api_base_url, "https://slack.com/api");
+        assert_eq!((s.min_confidence, s.update_interval_ms), (0.7, 1500));
+        assert_eq!(s.repos[0].default_branch, "main");
+        let none = SlackSettings {
+            signing_secret_file: None,
+            ..s.clone()
+        };
+        assert!(
+            none.signing_secret()
+                .unwrap_err()
+                .to_string()
+                .contains("signing_secret")
+        );
+        for (toml, key) in [
+            ("[slack]\nteam_ids = []", "slack.team_ids"),
+            (
+                "[slack]\nteam_ids = [\"T1\"]\nmin_confidence = 2.0",
+                "slack.min_confidence",
+            ),
+            (
+                "[slack]\nteam_ids = [\"T1\"]\n[[slack.repos]]\nname = \"a\"\n[[slack.repos]]\nname = \"a\"",
+                "slack.repos.name",
+            ),
+            (
+                "[slack]\nteam_ids = [\"T1\"]\n[slack.classifier]\nprovider = \"x\"\nbase_url = \"u\"\nmodel = \"m\"",
+                "slack.classifier.provider",
+            ),
+        ] {
+            let err = Config::parse(toml, Path::new("x"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{toml:?} gave {err:?}");
+        }
+        assert!(
+            Config::parse(
+                "[slack]\nteam_ids = [\"T1\"]\ntoken = \"xoxb\"",
+                Path::new("x")
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!(parse_size("512MiB"), Ok(512 << 20));
         assert_eq!(parse_size("2G"), Ok(2 << 30));

@@ -78,7 +78,10 @@ pub async fn events(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let bot = verified(&state, &headers, &body)?;
-    if let Some(n) = headers.get("x-slack-retry-num").and_then(|v| v.to_str().ok()) {
+    if let Some(n) = headers
+        .get("x-slack-retry-num")
+        .and_then(|v| v.to_str().ok())
+    {
         let reason = headers
             .get("x-slack-retry-reason")
             .and_then(|v| v.to_str().ok())

@@ -238,7 +238,10 @@ impl SlackClient {
             if answer["ok"].as_bool() == Some(true) {
                 return Ok(answer);
             }
-            let code = answer["error"].as_str().unwrap_or("unknown_error").to_string();
+            let code = answer["error"]
+                .as_str()
+                .unwrap_or("unknown_error")
+                .to_string();
             if code != "ratelimited" {
                 return Err(ApiError::Slack { method, code });
             }

@@ -162,13 +162,17 @@ impl SlackBot {
                 return Ok(EventsAnswer::Challenge(challenge));
             }
             Envelope::Other => return Ok(EventsAnswer::Ack),
-            Envelope::EventCallback(cb) => cb,
+            Envelope::EventCallback(cb) => *cb,
         };
         if !self.serves(&callback.team_id) {
             tracing::warn!(team = %callback.team_id, event = %callback.event_id, "Slack event from an unknown workspace ignored");
             return Ok(EventsAnswer::Ack);
         }
-        match self.inner.state.first_sighting(&format!("event:{}", callback.event_id)) {
+        match self
+            .inner
+            .state
+            .first_sighting(&format!("event:{}", callback.event_id))
+        {
             Ok(true) => {}
             Ok(false) => {
                 tracing::info!(event = %callback.event_id, "Slack event delivered again; already handled");
@@ -291,10 +295,10 @@ impl SlackBot {
         };
         let bot = self.clone();
         tokio::spawn(async move {
-            let followed = bot
-                .inner
-                .state
-                .thread(&request.team_id, &request.channel, &request.thread_ts);
+            let followed =
+                bot.inner
+                    .state
+                    .thread(&request.team_id, &request.channel, &request.thread_ts);
             match followed {
                 Ok(Some(thread)) if request.ts != request.thread_ts => {
                     bot.follow_up(&thread, &request, &user).await
@@ -365,14 +369,23 @@ impl SlackBot {
 
     async fn ask_repo(&self, request: &SlackRequest, choices: &[String]) {
         if choices.is_empty() {
-            self.say(request, "No repositories are configured for Slack yet (`[[slack.repos]]` in hangar.toml).").await;
+            self.say(
+                request,
+                "No repositories are configured for Slack yet (`[[slack.repos]]` in hangar.toml).",
+            )
+            .await;
             return;
         }
         let id = match self.inner.state.add_pending(request) {
             Ok(id) => id,
             Err(e) => {
                 tracing::error!("{e}");
-                return self.say(request, "Something went wrong on Hangar's side; please try again.").await;
+                return self
+                    .say(
+                        request,
+                        "Something went wrong on Hangar's side; please try again.",
+                    )
+                    .await;
             }
         };
         let buttons: Vec<_> = choices
@@ -424,7 +437,12 @@ impl SlackBot {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("cannot start a session from Slack: {e}");
-                return self.say(request, &format!(":x: Could not start a session: {}", escape(&e.to_string()))).await;
+                return self
+                    .say(
+                        request,
+                        &format!(":x: Could not start a session: {}", escape(&e.to_string())),
+                    )
+                    .await;
             }
         };
         tracing::info!(session = %record.id, user = %user.login, repo, "session started from Slack");
@@ -480,7 +498,11 @@ impl SlackBot {
                 self.follow(thread.clone(), user.clone());
             }
             Err(e) => {
-                self.say(request, &format!(":x: Could not add that prompt: {}", escape(&e.to_string()))).await;
+                self.say(
+                    request,
+                    &format!(":x: Could not add that prompt: {}", escape(&e.to_string())),
+                )
+                .await;
             }
         }
     }
@@ -499,7 +521,10 @@ impl SlackBot {
     }
 
     fn session_url(&self, id: &str) -> String {
-        format!("{}/sessions/{id}", self.inner.config.public_url.trim_end_matches('/'))
+        format!(
+            "{}/sessions/{id}",
+            self.inner.config.public_url.trim_end_matches('/')
+        )
     }
 
     /// A slash command (already verified): the text to show its author (only them).
@@ -525,7 +550,9 @@ impl SlackBot {
             Ok(ts) => ts,
             Err(e) => {
                 tracing::warn!("{e}");
-                return Ok(format!("I cannot post in this channel ({e}); invite me first, or DM me."));
+                return Ok(format!(
+                    "I cannot post in this channel ({e}); invite me first, or DM me."
+                ));
             }
         };
         let message = Message {
@@ -593,7 +620,13 @@ impl SlackBot {
                     continue;
                 };
                 let Ok(id) = id.parse::<i64>() else { continue };
-                if !self.inner.repos.repositories().iter().any(|r| r.name == repo) {
+                if !self
+                    .inner
+                    .repos
+                    .repositories()
+                    .iter()
+                    .any(|r| r.name == repo)
+                {
                     continue;
                 }
                 let Some(request) = state.take_pending(id)? else {
@@ -621,7 +654,11 @@ impl SlackBot {
     /// Starts following a session in its thread, unless a follower already does.
     fn follow(&self, thread: ThreadLink, user: User) {
         {
-            let mut following = self.inner.following.lock().unwrap_or_else(|p| p.into_inner());
+            let mut following = self
+                .inner
+                .following
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if !following.insert(thread.session_id.clone()) {
                 return;
             }

@@ -93,7 +93,12 @@ impl Classifier {
             };
         }
         let Some(model) = &self.model else {
-            return ask(None, request, repos, "no classifier model is configured".into());
+            return ask(
+                None,
+                request,
+                repos,
+                "no classifier model is configured".into(),
+            );
         };
         let model_request = ModelRequest {
             system: SYSTEM.to_string(),
@@ -168,7 +173,13 @@ fn one_line(text: &str) -> String {
 pub fn named_repo(text: &str, repos: &[Repository]) -> Option<String> {
     let lower = text.to_lowercase();
     let words: Vec<&str> = lower
-        .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '`' | '*' | '(' | ')' | '"' | '\'' | '<' | '>' | '|'))
+        .split(|c: char| {
+            c.is_whitespace()
+                || matches!(
+                    c,
+                    ',' | ';' | '`' | '*' | '(' | ')' | '"' | '\'' | '<' | '>' | '|'
+                )
+        })
         .map(|w| w.trim_end_matches(['.', ':', '!', '?']))
         .collect();
     let mut found = repos
@@ -204,7 +215,12 @@ pub fn parse_answer(text: &str, repos: &[Repository]) -> Option<(Option<String>,
 
 /// An `Ask` verdict offering `suggested` first, then the repositories the request's words
 /// and channel point to, then the rest, at most [`MAX_CHOICES`].
-fn ask(suggested: Option<&str>, request: &Request<'_>, repos: &[Repository], why: String) -> Verdict {
+fn ask(
+    suggested: Option<&str>,
+    request: &Request<'_>,
+    repos: &[Repository],
+    why: String,
+) -> Verdict {
     let text = format!("{} {}", request.message, request.thread.join(" ")).to_lowercase();
     let mut scored: Vec<(usize, usize, &Repository)> = repos
         .iter()
@@ -271,8 +287,18 @@ mod tests {
 
     fn repos() -> Vec<Repository> {
         vec![
-            repo("acme/app", "The web app", &["checkout", "frontend"], &["app-dev"]),
-            repo("acme/api", "The REST API", &["billing", "endpoint"], &["api-dev"]),
+            repo(
+                "acme/app",
+                "The web app",
+                &["checkout", "frontend"],
+                &["app-dev"],
+            ),
+            repo(
+                "acme/api",
+                "The REST API",
+                &["billing", "endpoint"],
+                &["api-dev"],
+            ),
             repo("acme/infra", "Terraform", &["terraform"], &[]),
         ]
     }
@@ -280,8 +306,14 @@ mod tests {
     #[test]
     fn a_named_repository_is_recognised_once() {
         let r = repos();
-        assert_eq!(named_repo("fix the footer in acme/app please", &r).as_deref(), Some("acme/app"));
-        assert_eq!(named_repo("In `ACME/API`: add an endpoint.", &r).as_deref(), Some("acme/api"));
+        assert_eq!(
+            named_repo("fix the footer in acme/app please", &r).as_deref(),
+            Some("acme/app")
+        );
+        assert_eq!(
+            named_repo("In `ACME/API`: add an endpoint.", &r).as_deref(),
+            Some("acme/api")
+        );
         assert_eq!(named_repo("move acme/app code to acme/api", &r), None);
         assert_eq!(named_repo("acme/apps is not a repo", &r), None);
     }
@@ -294,10 +326,16 @@ mod tests {
             Some((Some("acme/api".into()), 0.9))
         );
         assert_eq!(
-            parse_answer("Sure: {\"repo\":\"unknown\",\"confidence\":0.2} hope it helps", &r),
+            parse_answer(
+                "Sure: {\"repo\":\"unknown\",\"confidence\":0.2} hope it helps",
+                &r
+            ),
             Some((None, 0.2))
         );
-        assert_eq!(parse_answer("{\"repo\": \"acme/other\", \"confidence\": 1}", &r), None);
+        assert_eq!(
+            parse_answer("{\"repo\": \"acme/other\", \"confidence\": 1}", &r),
+            None
+        );
         assert_eq!(parse_answer("acme/app", &r), None);
         assert_eq!(
             parse_answer("{\"repo\": \"acme/app\", \"confidence\": 7}", &r),
@@ -345,8 +383,20 @@ mod tests {
         // #app-dev points to acme/app (10), billing+endpoint to acme/api (2).
         assert_eq!(choices, ["acme/app", "acme/api", "acme/infra"]);
         let one = c
-            .classify(&Request { message: "anything", ..Default::default() }, &repos()[..1])
+            .classify(
+                &Request {
+                    message: "anything",
+                    ..Default::default()
+                },
+                &repos()[..1],
+            )
             .await;
-        assert_eq!(one, Verdict::Chosen { repo: "acme/app".into(), confidence: 1.0 });
+        assert_eq!(
+            one,
+            Verdict::Chosen {
+                repo: "acme/app".into(),
+                confidence: 1.0
+            }
+        );
     }
 }

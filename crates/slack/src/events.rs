@@ -23,7 +23,7 @@ pub enum Envelope {
     },
     /// An event.
     #[serde(rename = "event_callback")]
-    EventCallback(Callback),
+    EventCallback(Box<Callback>),
     /// Anything else (e.g. `app_rate_limited`): acknowledged, not acted on.
     #[serde(other)]
     Other,
@@ -240,8 +240,9 @@ mod tests {
 
     #[test]
     fn url_verification_and_mentions_decode() {
-        let v = parse_envelope(br#"{"token":"x","challenge":"3eZbrw1a","type":"url_verification"}"#)
-            .unwrap();
+        let v =
+            parse_envelope(br#"{"token":"x","challenge":"3eZbrw1a","type":"url_verification"}"#)
+                .unwrap();
         assert!(matches!(v, Envelope::UrlVerification { challenge } if challenge == "3eZbrw1a"));
         let body = br#"{"token":"x","team_id":"T1","api_app_id":"A1","type":"event_callback","event_id":"Ev1","event_time":1,
             "event":{"type":"app_mention","user":"U1","text":"<@UBOT> fix the login page","ts":"1.000100","channel":"C1","event_ts":"1.000100"}}"#;
@@ -278,12 +279,15 @@ mod tests {
             br#"{"type":"event_callback","team_id":"T1","event_id":"Ev2","event":{"type":"reaction_added","user":"U1"}}"#,
         )
         .unwrap();
-        assert!(matches!(other, Envelope::EventCallback(Callback { event: Event::Other, .. })));
+        assert!(matches!(other, Envelope::EventCallback(cb) if matches!(cb.event, Event::Other)));
     }
 
     #[test]
     fn request_text_drops_mentions_and_unescapes() {
-        assert_eq!(request_text("<@U1>   make a &lt; b &amp;&amp; c"), "make a < b && c");
+        assert_eq!(
+            request_text("<@U1>   make a &lt; b &amp;&amp; c"),
+            "make a < b && c"
+        );
         assert_eq!(request_text("hey <@U1|bot> go"), "hey go");
         assert_eq!(request_text("broken <@U1"), "broken <@U1");
     }
@@ -291,7 +295,10 @@ mod tests {
     #[test]
     fn slash_commands_and_button_clicks_decode() {
         let c = parse_command(b"token=x&team_id=T1&channel_id=C1&channel_name=app-dev&user_id=U1&user_name=bob&command=%2Fhangar&text=fix+the+build&response_url=https%3A%2F%2Fhooks.slack.com%2Fx&trigger_id=1").unwrap();
-        assert_eq!((c.command.as_str(), c.text.as_str()), ("/hangar", "fix the build"));
+        assert_eq!(
+            (c.command.as_str(), c.text.as_str()),
+            ("/hangar", "fix the build")
+        );
         let payload = r#"{"type":"block_actions","team":{"id":"T1","domain":"acme"},"user":{"id":"U1","username":"bob"},"channel":{"id":"C1","name":"app-dev"},"message":{"type":"message","ts":"5.0","thread_ts":"1.0","text":"x"},"actions":[{"action_id":"stop","block_id":"b","value":"ses-0123456789abcdef","type":"button","action_ts":"6.0"}]}"#;
         let body = serde_urlencoded::to_string([("payload", payload)]).unwrap();
         let Interaction::BlockActions(a) = parse_interaction(body.as_bytes()).unwrap() else {
@@ -299,8 +306,11 @@ mod tests {
         };
         assert_eq!(a.actions[0].action_id, "stop");
         assert_eq!(a.message.unwrap().thread_ts.as_deref(), Some("1.0"));
-        let body = serde_urlencoded::to_string([("payload", r#"{"type":"view_submission"}"#)]).unwrap();
-        assert!(matches!(parse_interaction(body.as_bytes()).unwrap(), Interaction::Other(k) if k == "view_submission"));
+        let body =
+            serde_urlencoded::to_string([("payload", r#"{"type":"view_submission"}"#)]).unwrap();
+        assert!(
+            matches!(parse_interaction(body.as_bytes()).unwrap(), Interaction::Other(k) if k == "view_submission")
+        );
     }
 
     #[test]
@@ -311,5 +321,43 @@ mod tests {
         assert!(parse_command(b"text=only").is_err());
         assert!(parse_interaction(b"payload=%7Bnope").is_err());
         assert!(parse_interaction(b"nothing=1").is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever a signed body holds, decoding answers; it never panics.
+        #[test]
+        fn decoders_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_envelope(&body);
+            let _ = parse_command(&body);
+            let _ = parse_interaction(&body);
+            let _ = request_text(&String::from_utf8_lossy(&body));
+        }
+
+        /// Envelope-shaped JSON with arbitrary values decodes or fails cleanly.
+        #[test]
+        fn envelope_shaped_json_never_panics(
+            kind in "(event_callback|url_verification|app_rate_limited|x)",
+            event in "(app_mention|message|reaction_added)",
+            text in ".{0,40}",
+            ts in proptest::option::of("[0-9.]{0,12}"),
+        ) {
+            let body = serde_json::json!({
+                "type": kind, "team_id": "T1", "event_id": "Ev1", "challenge": text,
+                "event": {"type": event, "text": text, "channel": "C1", "ts": ts, "thread_ts": ts},
+            });
+            if let Ok(Envelope::EventCallback(cb)) = parse_envelope(body.to_string().as_bytes())
+                && let Event::AppMention(m) | Event::Message(m) = cb.event
+            {
+                let _ = (m.thread(), m.is_reply(), m.is_direct(), request_text(&m.text));
+            }
+        }
     }
 }

@@ -79,7 +79,9 @@ impl Progress {
                 }
                 _ => Shown::Nothing,
             },
-            EventBody::ToolStarted { prompt_id, tool, .. } => match &mut self.running {
+            EventBody::ToolStarted {
+                prompt_id, tool, ..
+            } => match &mut self.running {
                 Some(r) if r.id == *prompt_id => {
                     r.tool_calls += 1;
                     r.last_tool = Some(tool.clone());
@@ -97,7 +99,10 @@ impl Progress {
             }
             EventBody::PrOpened { url, title, .. } => {
                 self.pr = Some(url.clone());
-                Shown::Post(format!(":link: Pull request opened: <{url}|{}>", escape(title)))
+                Shown::Post(format!(
+                    ":link: Pull request opened: <{url}|{}>",
+                    escape(title)
+                ))
             }
             EventBody::PromptFinished {
                 prompt_id,
@@ -147,7 +152,10 @@ impl Progress {
         let mut lines = vec![head];
         match &self.running {
             Some(r) => {
-                let mut line = format!(":hourglass_flowing_sand: Working on a prompt by {}", r.author);
+                let mut line = format!(
+                    ":hourglass_flowing_sand: Working on a prompt by {}",
+                    r.author
+                );
                 if r.tool_calls > 0 {
                     line.push_str(&format!(
                         " · {} tool call{} (last: {})",
@@ -271,16 +279,28 @@ mod tests {
     #[test]
     fn a_prompt_shows_its_work_then_its_summary() {
         let mut p = Progress::new("ses-1", "acme/app", "http://h/sessions/ses-1");
-        assert_eq!(p.apply(&EventBody::PromptStarted { prompt_id: 1, author: bob() }), Shown::Progress);
+        assert_eq!(
+            p.apply(&EventBody::PromptStarted {
+                prompt_id: 1,
+                author: bob()
+            }),
+            Shown::Progress
+        );
         p.apply(&EventBody::ToolStarted {
             prompt_id: 1,
             call_id: "c1".into(),
             tool: "shell".into(),
             input: json!({}),
         });
-        p.apply(&EventBody::ModelDelta { prompt_id: 1, text: "Fixed the <footer>.".into() });
+        p.apply(&EventBody::ModelDelta {
+            prompt_id: 1,
+            text: "Fixed the <footer>.".into(),
+        });
         let (text, blocks) = p.render();
-        assert!(text.contains("prompt by bob · 1 tool call (last: shell)"), "{text}");
+        assert!(
+            text.contains("prompt by bob · 1 tool call (last: shell)"),
+            "{text}"
+        );
         assert!(text.contains("> Fixed the &lt;footer&gt;."), "{text}");
         assert_eq!(blocks[1]["elements"][0]["action_id"], "stop");
         let shown = p.apply(&EventBody::PromptFinished {
@@ -288,22 +308,40 @@ mod tests {
             outcome: PromptOutcome::Done,
             error: None,
         });
-        assert_eq!(shown, Shown::Post(":white_check_mark: Done (asked by bob).\nFixed the <footer>.".into()));
+        assert_eq!(
+            shown,
+            Shown::Post(":white_check_mark: Done (asked by bob).\nFixed the <footer>.".into())
+        );
         let (text, blocks) = p.render();
         assert!(text.contains("Idle after 1 prompt"), "{text}");
-        assert_eq!(blocks.as_array().unwrap().len(), 1, "no Stop button when idle");
+        assert_eq!(
+            blocks.as_array().unwrap().len(),
+            1,
+            "no Stop button when idle"
+        );
     }
 
     #[test]
     fn failures_stops_and_pull_requests_are_posted() {
         let mut p = Progress::new("ses-1", "acme/app", "u");
-        p.apply(&EventBody::PromptStarted { prompt_id: 1, author: bob() });
+        p.apply(&EventBody::PromptStarted {
+            prompt_id: 1,
+            author: bob(),
+        });
         assert_eq!(
-            p.apply(&EventBody::PromptFinished { prompt_id: 1, outcome: PromptOutcome::Stopped, error: None }),
+            p.apply(&EventBody::PromptFinished {
+                prompt_id: 1,
+                outcome: PromptOutcome::Stopped,
+                error: None
+            }),
             Shown::Post(":octagonal_sign: Stopped (asked by bob).".into())
         );
         assert_eq!(
-            p.apply(&EventBody::PrOpened { number: 3, url: "https://gh/pr/3".into(), title: "Fix".into() }),
+            p.apply(&EventBody::PrOpened {
+                number: 3,
+                url: "https://gh/pr/3".into(),
+                title: "Fix".into()
+            }),
             Shown::Post(":link: Pull request opened: <https://gh/pr/3|Fix>".into())
         );
         assert!(p.render().0.contains("Pull request: https://gh/pr/3"));

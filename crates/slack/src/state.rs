@@ -65,7 +65,9 @@ pub enum StateError {
     #[error("Slack state database: {0}")]
     Db(#[from] rusqlite::Error),
     /// The file was written by a newer Hangar.
-    #[error("Slack state database has schema {found}, newer than this Hangar ({supported}); upgrade Hangar")]
+    #[error(
+        "Slack state database has schema {found}, newer than this Hangar ({supported}); upgrade Hangar"
+    )]
     TooNew {
         /// Found.
         found: i64,
@@ -307,8 +309,7 @@ impl SlackState {
                 |r| r.get(0),
             )
             .optional()?;
-        let Some(request) = json.and_then(|j| serde_json::from_str::<SlackRequest>(&j).ok())
-        else {
+        let Some(request) = json.and_then(|j| serde_json::from_str::<SlackRequest>(&j).ok()) else {
             tx.commit()?;
             return Ok(None);
         };
@@ -407,7 +408,13 @@ mod tests {
         s.set_last_seq(&t.session_id, 4).unwrap();
         let got = s.thread("T1", "C1", "1.0").unwrap().unwrap();
         assert_eq!(got.last_seq, 9);
-        assert_eq!(s.thread_of_session(&t.session_id).unwrap().unwrap().thread_ts, "1.0");
+        assert_eq!(
+            s.thread_of_session(&t.session_id)
+                .unwrap()
+                .unwrap()
+                .thread_ts,
+            "1.0"
+        );
         assert_eq!(s.thread("T1", "C1", "3.0").unwrap(), None);
         let id = s.add_pending(&request()).unwrap();
         assert_eq!(s.take_pending(id).unwrap(), Some(request()));
@@ -422,6 +429,9 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         drop(conn);
-        assert!(matches!(SlackState::open(&path), Err(StateError::TooNew { .. })));
+        assert!(matches!(
+            SlackState::open(&path),
+            Err(StateError::TooNew { .. })
+        ));
     }
 }

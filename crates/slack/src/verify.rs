@@ -50,7 +50,11 @@ pub fn verify(
     let expected = sign(secret, timestamp.trim(), body);
     // Compared in constant time, so the answer's timing says nothing about how much of a
     // forged signature was right.
-    if expected.as_bytes().ct_eq(signature.trim().as_bytes()).into() {
+    if expected
+        .as_bytes()
+        .ct_eq(signature.trim().as_bytes())
+        .into()
+    {
         Ok(())
     } else {
         Err(VerifyError::BadSignature)
@@ -91,7 +95,13 @@ mod tests {
     fn slacks_documented_example_verifies() {
         assert_eq!(sign(SECRET, TS, BODY.as_bytes()), SIG);
         assert_eq!(
-            verify(SECRET, Some(TS), Some(SIG), BODY.as_bytes(), 1531420618 + 10),
+            verify(
+                SECRET,
+                Some(TS),
+                Some(SIG),
+                BODY.as_bytes(),
+                1531420618 + 10
+            ),
             Ok(())
         );
     }
@@ -100,12 +110,54 @@ mod tests {
     fn tampered_bodies_wrong_secrets_and_old_requests_are_refused() {
         let now = 1531420618;
         let cases = [
-            (SECRET, Some(TS), Some(SIG), "x", now, VerifyError::BadSignature),
-            ("other", Some(TS), Some(SIG), BODY, now, VerifyError::BadSignature),
-            (SECRET, Some(TS), Some("v0=00"), BODY, now, VerifyError::BadSignature),
-            (SECRET, Some(TS), Some(SIG), BODY, now + 301, VerifyError::Stale),
-            (SECRET, Some(TS), Some(SIG), BODY, now - 301, VerifyError::Stale),
-            (SECRET, Some("soon"), Some(SIG), BODY, now, VerifyError::BadTimestamp),
+            (
+                SECRET,
+                Some(TS),
+                Some(SIG),
+                "x",
+                now,
+                VerifyError::BadSignature,
+            ),
+            (
+                "other",
+                Some(TS),
+                Some(SIG),
+                BODY,
+                now,
+                VerifyError::BadSignature,
+            ),
+            (
+                SECRET,
+                Some(TS),
+                Some("v0=00"),
+                BODY,
+                now,
+                VerifyError::BadSignature,
+            ),
+            (
+                SECRET,
+                Some(TS),
+                Some(SIG),
+                BODY,
+                now + 301,
+                VerifyError::Stale,
+            ),
+            (
+                SECRET,
+                Some(TS),
+                Some(SIG),
+                BODY,
+                now - 301,
+                VerifyError::Stale,
+            ),
+            (
+                SECRET,
+                Some("soon"),
+                Some(SIG),
+                BODY,
+                now,
+                VerifyError::BadTimestamp,
+            ),
             (
                 SECRET,
                 None,
@@ -114,7 +166,14 @@ mod tests {
                 now,
                 VerifyError::Missing("X-Slack-Request-Timestamp"),
             ),
-            (SECRET, Some(TS), None, BODY, now, VerifyError::Missing("X-Slack-Signature")),
+            (
+                SECRET,
+                Some(TS),
+                None,
+                BODY,
+                now,
+                VerifyError::Missing("X-Slack-Signature"),
+            ),
         ];
         for (secret, ts, sig, body, now, want) in cases {
             assert_eq!(verify(secret, ts, sig, body.as_bytes(), now), Err(want));

@@ -263,9 +263,11 @@ fn answer(
     if let Some(f) = w.failures.get_mut(method).and_then(VecDeque::pop_front) {
         return match f {
             Failure::Error(code) => (StatusCode::OK, None, err(&code)),
-            Failure::RateLimited(secs) => {
-                (StatusCode::TOO_MANY_REQUESTS, Some(secs), err("ratelimited"))
-            }
+            Failure::RateLimited(secs) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(secs),
+                err("ratelimited"),
+            ),
         };
     }
     let arg = |k: &str| args[k].as_str().unwrap_or("").to_string();
@@ -290,7 +292,9 @@ fn answer(
                 blocks: args["blocks"].clone(),
                 updates: 0,
             });
-            ok(json!({"channel": channel, "ts": ts, "message": {"type": "message", "text": arg("text"), "bot_id": "B1", "ts": ts}}))
+            ok(
+                json!({"channel": channel, "ts": ts, "message": {"type": "message", "text": arg("text"), "bot_id": "B1", "ts": ts}}),
+            )
         }
         "chat.postEphemeral" => {
             if !known(w, &arg("channel")) {
@@ -323,7 +327,11 @@ fn answer(
         }
         "reactions.add" => {
             let (channel, ts, name) = (arg("channel"), arg("timestamp"), arg("name"));
-            if !w.messages.iter().any(|m| m.channel == channel && m.ts == ts) {
+            if !w
+                .messages
+                .iter()
+                .any(|m| m.channel == channel && m.ts == ts)
+            {
                 return (StatusCode::OK, None, err("message_not_found"));
             }
             let r = (channel, ts, name);
@@ -334,7 +342,9 @@ fn answer(
             ok(json!({}))
         }
         "users.info" => match w.users.get(&arg("user")) {
-            Some(name) => ok(json!({"user": {"id": arg("user"), "team_id": "T1", "name": name, "deleted": false, "is_bot": false, "real_name": name, "profile": {"display_name": name}}})),
+            Some(name) => ok(
+                json!({"user": {"id": arg("user"), "team_id": "T1", "name": name, "deleted": false, "is_bot": false, "real_name": name, "profile": {"display_name": name}}}),
+            ),
             None => err("user_not_found"),
         },
         "conversations.info" => {
@@ -343,7 +353,9 @@ fn answer(
                 ok(json!({"channel": {"id": id, "is_im": true, "user": "U1"}}))
             } else {
                 match w.channels.get(&id) {
-                    Some(name) => ok(json!({"channel": {"id": id, "name": name, "is_channel": true, "is_member": true}})),
+                    Some(name) => ok(
+                        json!({"channel": {"id": id, "name": name, "is_channel": true, "is_member": true}}),
+                    ),
                     None => err("channel_not_found"),
                 }
             }
@@ -356,9 +368,12 @@ fn answer(
             let messages: Vec<Value> = w
                 .messages
                 .iter()
-                .filter(|m| m.channel == channel && (m.ts == ts || m.thread_ts.as_deref() == Some(&ts)))
+                .filter(|m| {
+                    m.channel == channel && (m.ts == ts || m.thread_ts.as_deref() == Some(&ts))
+                })
                 .map(|m| {
-                    let mut v = json!({"type": "message", "text": m.text, "ts": m.ts, "thread_ts": ts});
+                    let mut v =
+                        json!({"type": "message", "text": m.text, "ts": m.ts, "thread_ts": ts});
                     if m.user == "bot" {
                         v["bot_id"] = json!("B1");
                     } else {
