@@ -11,7 +11,9 @@ use hangar_runner::{AgentExecutor, NoModel};
 use hangar_sandbox::{LocalRuntime, Network, Rootfs, SandboxSpec};
 use hangar_server::{AppState, Backend};
 use hangar_session::{Durability, Executor, ScriptedExecutor, Sessions, SessionsConfig};
-use hangar_slack::{BotConfig, Classifier, FixedRepos, SlackBot, SlackClient, SlackState};
+use hangar_slack::{
+    BotConfig, Classifier, FixedRepos, RegistryRepos, SlackBot, SlackClient, SlackState,
+};
 use hangar_store::Store;
 
 #[derive(Args)]
@@ -23,6 +25,8 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
+    // Settings that can be wrong are checked before anything is created.
+    let credentials = git_credentials(config)?;
     let runtime = LocalRuntime::open(config)?;
     let recovery = runtime
         .recover()
@@ -61,7 +65,7 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(store);
-    let (sessions, pool) = open_sessions(config, Arc::clone(&store)).await?;
+    let (sessions, pool) = open_sessions(config, Arc::clone(&store), credentials).await?;
     let interrupted = sessions
         .recover()
         .await
@@ -97,6 +101,7 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
 async fn open_sessions(
     config: &Config,
     store: Arc<Store>,
+    credentials: Arc<dyn hangar_images::Credentials>,
 ) -> anyhow::Result<(Sessions, Option<hangar_pool::Pool>)> {
     let settings = &config.sessions;
     let mut sessions_config = SessionsConfig::new(config.data_dir.join("sessions"));
@@ -121,9 +126,18 @@ async fn open_sessions(
                 network: Network::None,
             };
             let runtime: Arc<dyn hangar_sandbox::Runtime> = Arc::new(local);
+            let worktrees = Arc::new(hangar_runner::Worktrees::new(
+                Arc::clone(&store),
+                config.data_dir.join("git"),
+                credentials,
+                settings.workdir.clone(),
+            ));
             let pool = hangar_pool::Pool::new(
                 runtime.clone(),
-                Arc::new(hangar_pool::AlreadySynced),
+                Arc::new(hangar_runner::GitSyncer {
+                    worktrees: worktrees.clone(),
+                    runtime: runtime.clone(),
+                }),
                 hangar_pool::PoolConfig {
                     min: config.pool.min,
                     max: config.pool.max,
@@ -136,6 +150,7 @@ async fn open_sessions(
                 .with_limits(model.max_tokens, model.context_limit);
             executor.persist_conversations(config.data_dir.join("sessions"));
             executor.use_pool(pool.clone());
+            executor.use_git(worktrees);
             warm_pool = Some(pool);
             executor.use_plugins(start_plugins(config).await?);
             agent = Some(executor.clone());
@@ -197,12 +212,23 @@ fn open_slack(config: &Config, sessions: &Sessions, url: &str) -> anyhow::Result
         },
         client,
         Classifier::new(model, s.min_confidence),
-        Arc::new(FixedRepos::from(&s.repos[..])),
+        Arc::new(RegistryRepos::new(
+            sessions.store().clone(),
+            FixedRepos::from(&s.repos[..]),
+        )),
         state,
         sessions.clone(),
     );
     tracing::info!(teams = ?s.team_ids, "Slack app enabled at /slack/events, /slack/commands, /slack/interactivity");
     Ok(Some(bot))
+}
+
+/// The credentials for git remotes from `[[git.credentials]]`, each checked now so a
+/// missing token file stops the start with its name rather than failing a session later.
+pub fn git_credentials(config: &Config) -> anyhow::Result<Arc<dyn hangar_images::Credentials>> {
+    let configured = hangar_images::ConfiguredCredentials(config.git.credentials.clone());
+    configured.check().map_err(anyhow::Error::msg)?;
+    Ok(Arc::new(configured))
 }
 
 /// Starts the external plugins configured, failing clearly if one cannot start.

@@ -1209,3 +1209,55 @@ async fn without_slack_configured_the_routes_say_so_and_the_document_lists_them(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_repositories_and_their_hints_are_offered_to_the_classifier() {
+    let h = Harness::start().await;
+    h.slack.add_channel("C3", "web-dev");
+    let (status, _) = h
+        .api(
+            reqwest::Method::POST,
+            "/api/repos",
+            Some(json!({
+                "name": "acme/web",
+                "url": "https://git.example.com/acme/web.git",
+                "description": "The marketing site",
+                "hints": ["#web-dev", "landing page"],
+            })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    h.classifier_says("acme/web", 0.95);
+    let ts = h
+        .person_says(
+            "app_mention",
+            "Ev1",
+            "C3",
+            "U1",
+            "<@UBOT> the hero image is blurry",
+            None,
+        )
+        .await;
+    h.link("U1").await;
+    let id = h.session_of_thread("C3", &ts).await;
+    let session = h
+        .sessions()
+        .await
+        .into_iter()
+        .find(|s| s["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(session["repo"], "acme/web");
+    let question = h.model.requests()[0].body["messages"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        question
+            .contains("acme/web: The marketing site (keywords: landing page) (channels: #web-dev)"),
+        "{question}"
+    );
+    assert!(
+        question.contains("acme/app: The customer web app"),
+        "{question}"
+    );
+}

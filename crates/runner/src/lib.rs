@@ -9,6 +9,7 @@
 //! conversation stays valid for the next prompt.
 
 mod subsessions;
+mod worktree;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use hangar_session::{Executor, PromptRun, RunFuture, Sessions};
 pub use subsessions::{Family, MAX_CHILDREN, MAX_DEPTH, SessionReport, SpawnSession};
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
+pub use worktree::{GitSyncer, Identity, Worktrees, branch_of};
 
 /// The executor of a deployment with no model configured: every prompt fails, saying how
 /// to configure one.
@@ -52,6 +54,9 @@ you could not do.";
 struct SessionState {
     sandbox: Option<String>,
     conversation: Arc<Mutex<Vec<Message>>>,
+    /// Authors of prompts whose changes are not committed yet (a stopped prompt's work is
+    /// committed with the next one, crediting both).
+    uncommitted_authors: Vec<Identity>,
 }
 
 struct Inner {
@@ -73,6 +78,8 @@ struct Inner {
     family: Arc<Family>,
     /// Plugins of the deployment, shared by every session's agent.
     plugins: OnceLock<Vec<Arc<dyn Plugin>>>,
+    /// Git for registered repositories: sync, commit as the author, push.
+    worktrees: OnceLock<Arc<Worktrees>>,
 }
 
 /// Drives prompts with the agent in a sandbox per session.
@@ -103,6 +110,7 @@ impl AgentExecutor {
                 pool: OnceLock::new(),
                 conversations: OnceLock::new(),
                 plugins: OnceLock::new(),
+                worktrees: OnceLock::new(),
                 family: Arc::default(),
             }),
         }
@@ -131,6 +139,12 @@ impl AgentExecutor {
     /// Adds the deployment's plugins to every session's agent (after the built-in ones).
     pub fn use_plugins(&self, plugins: Vec<Arc<dyn Plugin>>) {
         let _ = self.inner.plugins.set(plugins);
+    }
+
+    /// Syncs session checkouts of registered repositories and, after each prompt, commits
+    /// the agent's changes as the prompt's author and pushes the session's branch.
+    pub fn use_git(&self, worktrees: Arc<Worktrees>) {
+        let _ = self.inner.worktrees.set(worktrees);
     }
 
     /// Keeps each session's conversation in `dir` (written after every prompt, read when a
@@ -210,6 +224,7 @@ impl Inner {
             .or_insert_with(|| SessionState {
                 sandbox: None,
                 conversation: Arc::new(Mutex::new(self.load_conversation(id))),
+                uncommitted_authors: Vec::new(),
             })
     }
 
@@ -256,12 +271,8 @@ impl Inner {
     ) -> Result<(String, Option<watch::Receiver<SyncState>>), String> {
         let started =
             |e: &dyn std::fmt::Display| format!("could not start the session's sandbox: {e}");
-        let repo = self
-            .service
-            .get()
-            .and_then(|s| s.record(id).ok())
-            .map(|r| r.repo);
-        if let (Some(pool), Some(repo)) = (self.pool.get(), repo) {
+        let repo = self.repo_of(id);
+        if let (Some(pool), Some(repo)) = (self.pool.get(), repo.clone()) {
             if let Some(claim) = pool.take_reservation(&author.login, &repo).await {
                 return Ok((claim.sandbox, Some(claim.sync)));
             }
@@ -281,7 +292,79 @@ impl Inner {
             .create(self.spec.clone())
             .await
             .map_err(|e| started(&e))?;
-        Ok((sandbox.id, None))
+        // Without a pool, the sync starts here, as a claim would start it.
+        let sync = match (self.worktrees.get(), repo) {
+            (Some(worktrees), Some(repo)) => {
+                let syncer = GitSyncer {
+                    worktrees: worktrees.clone(),
+                    runtime: self.runtime.clone(),
+                };
+                let (tx, rx) = watch::channel(SyncState::Syncing);
+                let sandbox = sandbox.id.clone();
+                tokio::spawn(async move {
+                    use hangar_pool::Syncer;
+                    let state = match syncer.sync(&repo, &sandbox).await {
+                        Ok(()) => SyncState::Synced,
+                        Err(why) => SyncState::Failed(why),
+                    };
+                    let _ = tx.send(state);
+                });
+                Some(rx)
+            }
+            _ => None,
+        };
+        Ok((sandbox.id, sync))
+    }
+
+    /// The repository of session `id`.
+    fn repo_of(&self, id: &str) -> Option<String> {
+        self.service
+            .get()
+            .and_then(|s| s.record(id).ok())
+            .map(|r| r.repo)
+    }
+
+    /// Commits what the prompt changed as its author (crediting the authors of earlier
+    /// uncommitted prompts) and pushes; the outcome goes into the log as git events. A
+    /// git failure never fails the prompt: it is reported as an event.
+    async fn commit_prompt(&self, run: &PromptRun, envd: &hangar_envd_client::EnvdClient) {
+        let (Some(worktrees), Some(service)) = (self.worktrees.get(), self.service.get()) else {
+            return;
+        };
+        let Some(repo) = self.repo_of(&run.session_id) else {
+            return;
+        };
+        let author = worktree::identity_of(service.store(), &run.prompt.author);
+        let co_authors = {
+            let mut sessions = self.sessions.lock().await;
+            let state = self.state(&mut sessions, &run.session_id);
+            std::mem::take(&mut state.uncommitted_authors)
+        };
+        let result = worktrees
+            .commit_and_push(
+                &repo,
+                envd,
+                &run.session_id,
+                &author,
+                &co_authors,
+                &run.prompt.text,
+            )
+            .await;
+        let events = match result {
+            Ok(outcome) => outcome.events,
+            Err(reason) => {
+                tracing::warn!(session = %run.session_id, "git: {reason}");
+                vec![EventBody::GitPushFailed {
+                    branch: branch_of(&run.session_id),
+                    reason,
+                }]
+            }
+        };
+        for body in events {
+            if let Err(e) = run.events.emit(body).await {
+                tracing::warn!(session = %run.session_id, "could not log a git event: {e}");
+            }
+        }
     }
 }
 
@@ -338,12 +421,26 @@ impl Executor for AgentExecutor {
                 .envd(&sandbox)
                 .await
                 .map_err(|e| e.to_string())?;
+            if let (Some(_), Some(service)) = (inner.worktrees.get(), inner.service.get()) {
+                // Recorded first: if this prompt is stopped, its work is credited later.
+                let who = worktree::identity_of(service.store(), &run.prompt.author);
+                let mut sessions = inner.sessions.lock().await;
+                let pending = &mut inner
+                    .state(&mut sessions, &run.session_id)
+                    .uncommitted_authors;
+                if !pending.contains(&who) {
+                    pending.push(who);
+                }
+            }
             let mut agent = Agent::new(
                 inner.provider.clone(),
                 Tools::new(envd.clone(), inner.workdir.clone()),
                 SYSTEM_PROMPT.to_string(),
             )
-            .with_plugin(Arc::new(RepoContext::new(envd, inner.workdir.clone())));
+            .with_plugin(Arc::new(RepoContext::new(
+                envd.clone(),
+                inner.workdir.clone(),
+            )));
             if let Some(service) = inner.service.get() {
                 agent = agent
                     .with_tool(Arc::new(SpawnSession {
@@ -363,7 +460,15 @@ impl Executor for AgentExecutor {
                     }));
             }
             if let Some(sync) = sync {
-                agent = agent.with_plugin(Arc::new(SyncGate::new(sync)));
+                // Without a checkout in the image, the sync makes the first one: reads
+                // wait for it too.
+                let checkout = format!("{}/.git", inner.workdir.trim_end_matches('/'));
+                let gate = if envd.stat(&checkout).await.is_ok() {
+                    SyncGate::new(sync)
+                } else {
+                    SyncGate::for_everything(sync)
+                };
+                agent = agent.with_plugin(Arc::new(gate));
             }
             for plugin in inner.plugins.get().into_iter().flatten() {
                 agent = agent.with_plugin(plugin.clone());
@@ -435,11 +540,13 @@ impl Executor for AgentExecutor {
                     run.events.emit(body).await.map_err(|e| e.to_string())?;
                 }
             }
-            match task.await {
+            let result = match task.await {
                 Ok(Ok(_outcome)) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(format!("the agent failed: {e}")),
-            }
+            };
+            inner.commit_prompt(&run, &envd).await;
+            result
         })
     }
 }

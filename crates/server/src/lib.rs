@@ -16,6 +16,7 @@ mod auth;
 pub mod error;
 mod extract;
 mod metrics;
+mod repo_routes;
 mod routes;
 pub mod session_api;
 mod session_routes;
@@ -175,6 +176,9 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::get_sandbox, routes::delete_sandbox))
         .routes(routes!(routes::exec))
         .routes(routes!(routes::pool_stats))
+        .routes(routes!(repo_routes::list_repos, repo_routes::create_repo))
+        .routes(routes!(repo_routes::get_repo, repo_routes::delete_repo))
+        .routes(routes!(repo_routes::put_recipe, repo_routes::delete_recipe))
         .routes(routes!(slack_routes::link))
         .split_for_parts();
     doc.merge(api_doc);

@@ -7,7 +7,8 @@
 //!   bounded number of times).
 //! - [`classify`]: the repository classifier (a named repository, else a fast model through
 //!   the agent's provider layer; unsure means asking, never guessing).
-//! - [`repos`]: where repositories come from ([`RepoDirectory`]).
+//! - [`repos`]: where repositories come from ([`RepoDirectory`]): the registry in the
+//!   index, plus `[[slack.repos]]`.
 //! - [`state`]: the app's own SQLite file: thread ↔ session, deliveries seen, Slack ↔
 //!   Hangar user links, link codes, requests waiting for a choice.
 //! - [`progress`]: a session as its thread shows it (pure), and the edit throttle.
@@ -36,6 +37,6 @@ pub mod verify;
 pub use api::{SlackClient, SlackUser};
 pub use bot::{BotConfig, EventsAnswer, LinkError, Linked, SlackBot};
 pub use classify::{Classifier, Verdict};
-pub use repos::{FixedRepos, RepoDirectory, Repository};
+pub use repos::{FixedRepos, RegistryRepos, RepoDirectory, Repository};
 pub use state::SlackState;
 pub use verify::VerifyError;
