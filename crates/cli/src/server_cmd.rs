@@ -85,7 +85,10 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         None => state,
     };
     let state = match open_slack(config, &sessions_for_slack, &url)? {
-        Some(bot) => state.with_slack(bot),
+        Some(bot) => {
+            bot.resume(&interrupted).await;
+            state.with_slack(bot)
+        }
         None => state,
     };
     println!("hangar listening on {url}");

@@ -38,6 +38,12 @@ fn hangar(data_dir: &Path) -> Command {
 
 impl Server {
     fn start(data_dir: &Path, toml: &str) -> Server {
+        Server::start_as(data_dir, toml, None)
+    }
+
+    /// Starts the server; `admin_token` is the one printed by an earlier start.
+    fn start_as(data_dir: &Path, toml: &str, admin_token: Option<String>) -> Server {
+        let mut admin_token = admin_token;
         std::fs::create_dir_all(data_dir).unwrap();
         std::fs::write(data_dir.join("hangar.toml"), toml).unwrap();
         let mut child = hangar(data_dir)
@@ -57,7 +63,6 @@ impl Server {
             }
         });
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut admin_token = None;
         let url = loop {
             let Some(Ok(line)) = lines.next() else {
                 let _ = child.kill();
@@ -111,6 +116,7 @@ async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 struct Harness {
     server: Server,
+    toml: String,
     slack: FakeSlack,
     model: FakeModel,
     http: reqwest::Client,
@@ -177,11 +183,20 @@ keywords = ["terraform"]
         let server = Server::start(&dir.path().join("data"), &toml);
         Harness {
             server,
+            toml,
             slack,
             model,
             http: reqwest::Client::new(),
             _dir: dir,
         }
+    }
+
+    /// Kills the server (`kill -9`) and starts it again on the same data.
+    fn restart(&mut self) {
+        self.server.child.kill().unwrap();
+        self.server.child.wait().unwrap();
+        let token = self.server.admin_token.clone();
+        self.server = Server::start_as(&self.server.data_dir.clone(), &self.toml, Some(token));
     }
 
     /// POSTs `body` to `path` signed as Slack signs it, `age` seconds ago.
@@ -1260,4 +1275,54 @@ async fn registered_repositories_and_their_hints_are_offered_to_the_classifier()
         question.contains("acme/app: The customer web app"),
         "{question}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_thread_says_the_prompt_was_interrupted() {
+    let mut h = Harness::start().await;
+    let ts = h
+        .person_says(
+            "app_mention",
+            "Ev1",
+            "C1",
+            "U1",
+            "<@UBOT> long job in acme/app delay_ms=100 deltas=500",
+            None,
+        )
+        .await;
+    h.link("U1").await;
+    let id = h.session_of_thread("C1", &ts).await;
+    eventually("the agent at work", || {
+        h.slack
+            .bot_replies("C1", &ts)
+            .into_iter()
+            .find(|m| m.text.contains("Working on a prompt by admin"))
+    })
+    .await;
+    h.restart();
+    let note = eventually("the interruption in the thread", || {
+        h.slack
+            .bot_replies("C1", &ts)
+            .into_iter()
+            .find(|m| m.text.starts_with(":warning: Interrupted"))
+    })
+    .await;
+    assert_eq!(
+        note.text,
+        ":warning: Interrupted (asked by admin): Hangar restarted while it ran."
+    );
+    eventually("the progress message showing it", || {
+        h.slack.bot_replies("C1", &ts).into_iter().find(|m| {
+            m.text.contains("Working on it in")
+                && m.text.contains(":warning: Interrupted; reply to go on.")
+        })
+    })
+    .await;
+    // A reply in the thread goes on in the same session.
+    h.person_says("message", "Ev2", "C1", "U1", "go on deltas=2", Some(&ts))
+        .await;
+    let results = h.results("C1", &ts, 1).await;
+    assert!(results[0].contains("answer to prompt 2"), "{results:?}");
+    assert_eq!(h.sessions().await.len(), 1);
+    assert_eq!(h.sessions().await[0]["id"], id.as_str());
 }

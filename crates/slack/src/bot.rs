@@ -310,6 +310,28 @@ impl SlackBot {
         Ok(linked)
     }
 
+    /// After a restart: follows the threads of `session_ids` again (the sessions the last
+    /// stop interrupted), so each thread shows how its session ended.
+    pub async fn resume(&self, session_ids: &[String]) {
+        for id in session_ids {
+            let thread = match self.inner.state.thread_of_session(id) {
+                Ok(Some(t)) => t,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(session = %id, "{e}");
+                    continue;
+                }
+            };
+            let store = self.inner.sessions.store().clone();
+            let user_id = thread.user_id;
+            match tokio::task::spawn_blocking(move || store.user(user_id)).await {
+                Ok(Ok(user)) => self.follow(thread, user),
+                Ok(Err(e)) => tracing::warn!(session = %id, "cannot follow in Slack: {e}"),
+                Err(e) => tracing::error!(session = %id, "{e}"),
+            }
+        }
+    }
+
     /// A new request: pick the repository (or ask), then start a session.
     async fn start(&self, request: SlackRequest, user: User) {
         let client = &self.inner.client;
