@@ -256,3 +256,18 @@ impl SlackClient {
         Err(ApiError::RateLimited { method })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let client =
+            SlackClient::new("https://slack.com/api/", "xoxb-secret-value".into()).unwrap();
+        let shown = format!("{client:?}");
+        assert!(!shown.contains("xoxb-secret-value"), "{shown}");
+        assert!(shown.contains("https://slack.com/api"));
+    }
+}

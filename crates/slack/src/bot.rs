@@ -824,3 +824,23 @@ fn author(user: &User) -> Author {
 }
 
 const HELP: &str = "Mention me (or DM me, or use `/hangar`) with what you want done, e.g. _fix the flaky login test in acme/app_. I pick the repository (or ask), start a session and report here; reply in the thread to add to it.";
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn the_signing_secret_never_shows_in_debug_output() {
+        let config = BotConfig {
+            team_ids: vec!["T1".into()],
+            signing_secret: "very-secret-signing-key".into(),
+            public_url: "https://h".into(),
+            update_interval: Duration::from_secs(1),
+            follow_idle: Duration::from_secs(1),
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("very-secret-signing-key"), "{shown}");
+        assert!(shown.contains("T1"));
+    }
+}

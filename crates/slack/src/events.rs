@@ -83,9 +83,15 @@ pub struct Message {
 }
 
 impl Message {
-    /// A person wrote it, as a plain message (not an edit, a join or a bot's message).
+    /// A person wrote it, as a plain message (not an edit, a join or a bot's message). A
+    /// thread reply also sent to the channel and a message with files count as plain.
     pub fn is_from_person(&self) -> bool {
-        self.user.is_some() && self.bot_id.is_none() && self.subtype.is_none()
+        self.user.is_some()
+            && self.bot_id.is_none()
+            && matches!(
+                self.subtype.as_deref(),
+                None | Some("thread_broadcast") | Some("file_share")
+            )
     }
 
     /// A direct message to the bot.
@@ -275,6 +281,16 @@ mod tests {
         )
         .unwrap();
         assert!(!bot.is_from_person());
+        let broadcast: Message = serde_json::from_str(
+            r#"{"type":"message","subtype":"thread_broadcast","user":"U1","text":"also here","ts":"5.0","thread_ts":"1.0","channel":"C1"}"#,
+        )
+        .unwrap();
+        assert!(broadcast.is_from_person() && broadcast.is_reply());
+        let edit: Message = serde_json::from_str(
+            r#"{"type":"message","subtype":"message_changed","user":"U1","ts":"6.0","channel":"C1"}"#,
+        )
+        .unwrap();
+        assert!(!edit.is_from_person());
         let other = parse_envelope(
             br#"{"type":"event_callback","team_id":"T1","event_id":"Ev2","event":{"type":"reaction_added","user":"U1"}}"#,
         )
