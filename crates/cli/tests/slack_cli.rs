@@ -902,15 +902,20 @@ async fn slack_errors_and_rate_limits_are_waited_out_or_logged_never_looped() {
         )
         .await;
     h.link("U1").await;
-    // The first answer is rate limited once: it goes out after Retry-After.
+    // The first answer is rate limited once, then meets a 503: it goes out after the
+    // Retry-After and a backoff.
     h.slack
         .fail_next("chat.postMessage", Failure::RateLimited(1));
+    h.slack
+        .fail_next("chat.postMessage", Failure::Unavailable(503));
     let id = h.session_of_thread("C1", &ts).await;
     h.results("C1", &ts, 1).await;
     let posts = h.slack.calls_of("chat.postMessage");
     assert_eq!(posts[0].answer, "ratelimited");
-    assert_eq!(posts[1].answer, "ok");
+    assert_eq!(posts[1].answer, "503");
+    assert_eq!(posts[2].answer, "ok");
     assert!(h.server.stderr().contains("Slack rate limit"));
+    assert!(h.server.stderr().contains("Slack failed, retrying"));
 
     // Slack refuses every answer in a thread (the bot was removed from the channel): the
     // session still runs, the failure is logged once per message, nothing loops.

@@ -5,8 +5,9 @@
 //! Every answer is `{"ok": true, …}` or `{"ok": false, "error": "…"}`. Rate limits are HTTP
 //! 429 with `Retry-After` (seconds); they are retried after that wait, at most
 //! [`MAX_ATTEMPTS`] times in all and never waiting more than [`MAX_WAIT`] at once, so a
-//! throttled workspace slows Hangar down instead of making it loop. Other errors are
-//! returned to the caller, which reports or logs them.
+//! throttled workspace slows Hangar down instead of making it loop. Slack's own failures
+//! (5xx, a connection that cannot be made) are retried the same way with a doubling wait.
+//! Other errors are returned to the caller, which reports or logs them.
 
 use std::time::Duration;
 
@@ -31,8 +32,10 @@ pub enum ApiError {
         /// Slack's error code, e.g. `channel_not_found`.
         code: String,
     },
-    /// Still rate limited after every attempt.
-    #[error("Slack's {method} is rate limited; gave up after {MAX_ATTEMPTS} attempts")]
+    /// Still rate limited (or failing on Slack's side) after every attempt.
+    #[error(
+        "Slack's {method} is rate limited or unavailable; gave up after {MAX_ATTEMPTS} attempts"
+    )]
     RateLimited {
         /// The method called.
         method: &'static str,
@@ -217,11 +220,23 @@ impl SlackClient {
                 Some(b) => self.http.post(&url).json(b),
                 None => self.http.get(&url).query(query),
             };
-            let resp = req
-                .bearer_auth(&self.token)
-                .send()
-                .await
-                .map_err(|e| transport(e.without_url().to_string()))?;
+            let resp = match req.bearer_auth(&self.token).send().await {
+                Ok(resp) => resp,
+                // Slack unreachable for a moment: wait and try again, like a rate limit.
+                Err(e) if attempt < MAX_ATTEMPTS && (e.is_connect() || e.is_timeout()) => {
+                    tracing::warn!(
+                        method,
+                        attempt,
+                        ?wait,
+                        "cannot reach Slack, retrying: {}",
+                        e.without_url()
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_WAIT);
+                    continue;
+                }
+                Err(e) => return Err(transport(e.without_url().to_string())),
+            };
             let status = resp.status();
             let retry_after = resp
                 .headers()
@@ -230,6 +245,9 @@ impl SlackClient {
                 .map(Duration::from_secs);
             let answer: Value = if status.as_u16() == 429 {
                 json!({"ok": false, "error": "ratelimited"})
+            } else if status.is_server_error() {
+                // Slack's own trouble (500, 503): retried like a rate limit.
+                json!({"ok": false, "error": "ratelimited", "status": status.as_u16()})
             } else {
                 resp.json()
                     .await
@@ -249,7 +267,12 @@ impl SlackClient {
                 break;
             }
             let pause = retry_after.unwrap_or(wait).min(MAX_WAIT);
-            tracing::warn!(method, attempt, ?pause, "Slack rate limit, waiting");
+            match answer["status"].as_u64() {
+                Some(status) => {
+                    tracing::warn!(method, attempt, ?pause, status, "Slack failed, retrying")
+                }
+                None => tracing::warn!(method, attempt, ?pause, "Slack rate limit, waiting"),
+            }
             tokio::time::sleep(pause).await;
             wait = (wait * 2).min(MAX_WAIT);
         }

@@ -32,6 +32,7 @@ pub struct Progress {
     queued: usize,
     finished: u32,
     pr: Option<String>,
+    pushed: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +56,7 @@ impl Progress {
             queued: 0,
             finished: 0,
             pr: None,
+            pushed: None,
         }
     }
 
@@ -104,6 +106,15 @@ impl Progress {
                     escape(title)
                 ))
             }
+            EventBody::GitPushed { branch, commit } => {
+                self.pushed = Some((branch.clone(), commit.chars().take(7).collect()));
+                Shown::Progress
+            }
+            EventBody::GitPushFailed { branch, reason } => Shown::Post(format!(
+                ":warning: Pushing `{}` failed: {}",
+                escape(branch),
+                escape(reason)
+            )),
             EventBody::PromptFinished {
                 prompt_id,
                 outcome,
@@ -180,6 +191,9 @@ impl Progress {
         }
         if self.queued > 0 {
             lines.push(format!("{} more queued", self.queued));
+        }
+        if let Some((branch, commit)) = &self.pushed {
+            lines.push(format!("Branch `{}` pushed ({commit})", escape(branch)));
         }
         if let Some(pr) = &self.pr {
             lines.push(format!("Pull request: {pr}"));
@@ -345,6 +359,27 @@ mod tests {
             Shown::Post(":link: Pull request opened: <https://gh/pr/3|Fix>".into())
         );
         assert!(p.render().0.contains("Pull request: https://gh/pr/3"));
+        assert_eq!(
+            p.apply(&EventBody::GitPushed {
+                branch: "hangar/ses-1".into(),
+                commit: "0123456789abcdef".into()
+            }),
+            Shown::Progress
+        );
+        assert!(
+            p.render()
+                .0
+                .contains("Branch `hangar/ses-1` pushed (0123456)")
+        );
+        assert_eq!(
+            p.apply(&EventBody::GitPushFailed {
+                branch: "hangar/ses-1".into(),
+                reason: "rejected <non-fast-forward>".into()
+            }),
+            Shown::Post(
+                ":warning: Pushing `hangar/ses-1` failed: rejected &lt;non-fast-forward&gt;".into()
+            )
+        );
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub enum Failure {
     Error(String),
     /// HTTP 429 with `Retry-After: secs`.
     RateLimited(u64),
+    /// Slack's own trouble: this HTTP status with a non-JSON body.
+    Unavailable(u16),
 }
 
 #[derive(Default)]
@@ -229,6 +231,14 @@ async fn handle(
         .map(str::to_string);
     let mut w = s.world.lock().unwrap();
     let (status, retry_after, answer) = answer(&mut w, &s.token, &method, auth, &args);
+    if status.is_server_error() {
+        w.calls.push(Call {
+            method,
+            args,
+            answer: status.as_u16().to_string(),
+        });
+        return (status, "upstream unavailable").into_response();
+    }
     let code = if answer["ok"] == true {
         "ok".to_string()
     } else {
@@ -267,6 +277,11 @@ fn answer(
                 StatusCode::TOO_MANY_REQUESTS,
                 Some(secs),
                 err("ratelimited"),
+            ),
+            Failure::Unavailable(code) => (
+                StatusCode::from_u16(code).unwrap(),
+                None,
+                err("service_unavailable"),
             ),
         };
     }
