@@ -1331,3 +1331,43 @@ async fn after_a_restart_the_thread_says_the_prompt_was_interrupted() {
     assert_eq!(h.sessions().await.len(), 1);
     assert_eq!(h.sessions().await[0]["id"], id.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_compatible_classifier_works_too() {
+    let h = Harness::start_with(|toml| {
+        *toml = toml.replace("provider = \"anthropic\"", "provider = \"openai\"");
+    })
+    .await;
+    let answer = json!({"repo": "acme/api", "confidence": 0.8}).to_string();
+    h.model.push(Reply::sse(hangar_testkit::fake_model::openai(
+        &[&answer],
+        &[],
+        "stop",
+    )));
+    let ts = h
+        .person_says(
+            "app_mention",
+            "Ev1",
+            "C2",
+            "U1",
+            "<@UBOT> invoices are late",
+            None,
+        )
+        .await;
+    h.link("U1").await;
+    let id = h.session_of_thread("C2", &ts).await;
+    let session = h
+        .sessions()
+        .await
+        .into_iter()
+        .find(|s| s["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(session["repo"], "acme/api");
+    let asked = h.model.requests();
+    assert!(
+        asked[0].path.ends_with("/chat/completions"),
+        "{}",
+        asked[0].path
+    );
+    assert!(asked[0].body.to_string().contains("Channel: #api-dev"));
+}
