@@ -443,6 +443,29 @@ async fn a_mention_naming_a_repository_starts_a_session_that_the_thread_follows(
         )
         .await;
     // alice is not linked yet: she alone gets a code, and nothing starts.
+    let ephemeral = eventually("the link code", || {
+        h.slack.calls_of("chat.postEphemeral").pop()
+    })
+    .await;
+    let text = ephemeral.args["text"].as_str().unwrap();
+    assert!(text.starts_with("Hi alice,"), "{text}");
+    assert!(
+        text.contains("https://hangar.example.com/api/slack/link"),
+        "{text}"
+    );
+    assert_eq!(ephemeral.args["thread_ts"], ts.as_str());
+    assert!(h.sessions().await.is_empty());
+    let code = text
+        .split("hangar slack link ")
+        .nth(1)
+        .unwrap()
+        .split('`')
+        .next()
+        .unwrap();
+    assert!(
+        h.slack.messages().iter().all(|m| !m.text.contains(code)),
+        "the code is never posted where others see it"
+    );
     h.link("U1").await;
     let id = h.session_of_thread("C1", &ts).await;
     let session = h

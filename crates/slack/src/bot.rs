@@ -256,17 +256,17 @@ impl SlackBot {
                 Err(e) => tracing::error!("looking up Hangar user {id}: {e}"),
             }
         }
-        let code = state.new_link_code(request)?;
         let name = match self.inner.client.user(&request.slack_user).await {
             Ok(u) if u.is_bot || u.deleted => return Ok(None),
-            Ok(u) => u.name,
+            Ok(u) => format!(" {}", u.name),
             Err(e) => {
                 tracing::warn!("{e}");
                 String::new()
             }
         };
+        let code = state.new_link_code(request)?;
         let text = format!(
-            "Hi {name}, I don't know your Hangar account yet. Link it once: run `hangar slack link {code}` (or `POST {}/api/slack/link` with `{{\"code\": \"{code}\"}}` and your Hangar token). I'll start this request as soon as you do; the code works once, for an hour.",
+            "Hi{name}, I don't know your Hangar account yet. Link it once: run `hangar slack link {code}` (or `POST {}/api/slack/link` with `{{\"code\": \"{code}\"}}` and your Hangar token). I'll start this request as soon as you do; the code works once, for an hour.",
             self.inner.config.public_url
         );
         let body = json!({
