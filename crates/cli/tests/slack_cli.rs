@@ -787,6 +787,25 @@ async fn bad_signatures_and_stale_timestamps_are_refused_and_start_nothing() {
         )
         .await;
     assert_eq!(status, 400);
+    let out = hangar(&h.server.data_dir)
+        .args([
+            "slack",
+            "link",
+            "0123",
+            "--server",
+            &h.server.url,
+            "--token",
+            &h.server.admin_token,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("hangar: ") && err.contains("no such link code"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(h.sessions().await.is_empty());
     assert!(h.slack.calls().is_empty(), "{:?}", h.slack.calls());
