@@ -130,6 +130,20 @@ async fn prompts_are_committed_as_their_authors_and_the_branch_is_pushed() {
         .map(|e| e["data"]["text"].as_str().unwrap().to_string())
         .collect();
     assert!(outputs.contains('2'), "{outputs}");
+    // The write was seen as it happened; git's own files and the sync's checkout are not
+    // reported.
+    let changed = of(&events, "file.changed");
+    assert!(
+        changed.iter().any(|e| e["data"]["path"] == "hello.txt"),
+        "{changed:#?}"
+    );
+    assert!(
+        changed.iter().all(|e| {
+            let p = e["data"]["path"].as_str().unwrap();
+            !p.starts_with(".git") && !p.ends_with(".tmp") && p != "README.md"
+        }),
+        "{changed:#?}"
+    );
     let committed = of(&events, "git.committed");
     assert_eq!(committed.len(), 1, "{events:#?}");
     assert_eq!(committed[0]["data"]["branch"], branch.as_str());
@@ -167,6 +181,63 @@ async fn prompts_are_committed_as_their_authors_and_the_branch_is_pushed() {
     assert_eq!(log, "bob|bob's part");
     assert_eq!(git(&remote, &["rev-parse", &format!("{second}^")]), first);
 
+    // The session's changes against its base, for clients.
+    let (status, diff) = api.get(&format!("/api/sessions/{id}/diff")).await;
+    assert_eq!(status, StatusCode::OK, "{diff}");
+    assert_eq!(diff["head"], second.as_str());
+    assert_eq!(diff["base"], "main");
+    let files: Vec<(&str, u64)> = diff["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap(),
+                f["additions"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(files, [("bob.txt", 1), ("hello.txt", 1)], "{diff}");
+    assert!(
+        diff["patch"].as_str().unwrap().contains("+from bob"),
+        "{diff}"
+    );
+    assert_error(
+        api.get("/api/sessions/ses-0000000000000000/diff").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let (_, other) = api
+        .send(
+            "POST",
+            "/api/sessions",
+            json!({"repo": "acme/unregistered"}),
+        )
+        .await;
+    let message = assert_error(
+        api.get(&format!(
+            "/api/sessions/{}/diff",
+            other["id"].as_str().unwrap()
+        ))
+        .await,
+        StatusCode::CONFLICT,
+        "no_git",
+    );
+    assert!(message.contains("acme/unregistered"), "{message}");
+
+    // The session's sandbox dies: the next prompt gets a new one, on the session's branch.
+    let (_, sandboxes) = api.get("/api/sandboxes").await;
+    for sb in sandboxes.as_array().unwrap() {
+        let (status, body) = api
+            .raw(
+                "DELETE",
+                &format!("/api/sandboxes/{}", sb["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+
     // The remote refuses pushes from now on: a clear event, nothing retried.
     let hook = remote.join("hooks/pre-receive");
     std::fs::write(&hook, "#!/bin/sh\necho 'branch is protected' >&2\nexit 1\n").unwrap();
@@ -178,7 +249,12 @@ async fn prompts_are_committed_as_their_authors_and_the_branch_is_pushed() {
     assert_eq!(failed.len(), 1, "{events:#?}");
     let reason = failed[0]["data"]["reason"].as_str().unwrap();
     assert!(reason.contains("branch is protected"), "{reason}");
-    assert_eq!(of(&events, "git.committed").len(), 3);
+    let committed = of(&events, "git.committed");
+    assert_eq!(committed.len(), 3);
+    // Committed on top of the branch restored into the new sandbox.
+    let third = committed[2]["data"]["commit"].as_str().unwrap();
+    let mirror = data.join("git/acme/app.git");
+    assert_eq!(git(&mirror, &["rev-parse", &format!("{third}^")]), second);
     assert_eq!(
         git(&remote, &["rev-parse", &branch]),
         second,
@@ -366,4 +442,148 @@ async fn a_wrong_or_missing_token_is_a_clear_error() {
     );
     let branches = git(&remote, &["branch", "--list", "hangar/*"]);
     assert!(branches.is_empty(), "{branches}");
+}
+
+/// Polls a build until it ends.
+async fn wait_build(api: &Api, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let (status, b) = api.get(&format!("/api/images/builds/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{b}");
+        if b["status"] != "running" {
+            return b;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "build never ended: {b}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn sessions_start_from_the_image_built_through_the_api() {
+    use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+    let (dir, data) = scratch();
+    let remote = remote_with_history(dir.path());
+    let main_tip = git(&remote, &["rev-parse", "main"]);
+    let shell = json!({"command": "cat /marker/built; git log -1 --format=%s"}).to_string();
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(&[], &[("t1", "shell", &[&shell])], "tool_use")),
+        Reply::sse(anthropic(&["Done."], &[], "end_turn")),
+    ])
+    .await;
+    let server = Server::start_with_config(
+        &data,
+        &format!(
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n",
+            fake.url()
+        ),
+    );
+    let api = Api::new(&server, server.admin_token.as_ref().unwrap());
+    let (status, _) = api
+        .send(
+            "POST",
+            "/api/repos",
+            json!({"name": "acme/app", "url": remote.to_str().unwrap()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let recipe = "base = \"host\"\n[[setup]]\nrun = \"mkdir -p /marker && echo built-by-recipe > /marker/built\"\n";
+    let (status, r) = api
+        .raw("PUT", "/api/repos/acme/app/recipe", Some(recipe.into()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+
+    let (status, build) = api
+        .send("POST", "/api/images/builds", json!({"repo": "acme/app"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{build}");
+    // One build per repository at a time.
+    assert_error(
+        api.send("POST", "/api/images/builds", json!({"repo": "acme/app"}))
+            .await,
+        StatusCode::CONFLICT,
+        "build_running",
+    );
+    let build = wait_build(&api, build["id"].as_str().unwrap()).await;
+    assert_eq!(build["status"], "succeeded", "{build}");
+    assert_eq!(build["commit"], main_tip.as_str());
+    assert!(build["steps"].as_array().unwrap().len() >= 2, "{build}");
+    let image = build["image"].as_str().unwrap().to_string();
+    let (_, images) = api.get("/api/images").await;
+    let current: Vec<&Value> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["current"] == true)
+        .collect();
+    assert_eq!(current.len(), 1, "{images}");
+    assert_eq!(current[0]["id"], image.as_str());
+
+    // A session starts from that image: the recipe's work and the checkout are there.
+    let id = api.create_session().await;
+    api.prompt(&id, "look around").await;
+    let events = wait_finished(&api, &id, 1).await;
+    let out: String = events
+        .iter()
+        .filter(|e| e["type"] == "tool.output")
+        .map(|e| e["data"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        out.contains("built-by-recipe") && out.contains("second"),
+        "{out}"
+    );
+
+    // A failing step: the build says which step and why; the image stays current.
+    let broken = "base = \"host\"\n[[setup]]\nname = \"compile\"\nrun = \"echo compiler exploded; exit 3\"\n";
+    api.raw("PUT", "/api/repos/acme/app/recipe", Some(broken.into()))
+        .await;
+    let (_, build) = api
+        .send("POST", "/api/images/builds", json!({"repo": "acme/app"}))
+        .await;
+    let build = wait_build(&api, build["id"].as_str().unwrap()).await;
+    assert_eq!(build["status"], "failed", "{build}");
+    let error = build["error"].as_str().unwrap();
+    assert!(
+        error.contains("compile") && error.contains("compiler exploded"),
+        "{error}"
+    );
+    let (_, images) = api.get("/api/images").await;
+    let still: Vec<&Value> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["current"] == true)
+        .collect();
+    assert_eq!(still[0]["id"], image.as_str(), "{images}");
+
+    // Bad input.
+    assert_error(
+        api.send("POST", "/api/images/builds", json!({"repo": "acme/nope"}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "unknown_repo",
+    );
+    assert_error(
+        api.send(
+            "POST",
+            "/api/images/builds",
+            json!({"repo": "acme/app", "ref": "a..b"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    );
+    assert_error(
+        api.send("POST", "/api/images/builds", json!({"repo": 7}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        api.get("/api/images/builds/bld-000000000000").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
 }

@@ -25,7 +25,7 @@ use hangar_session::{Executor, PromptRun, RunFuture, Sessions};
 pub use subsessions::{Family, MAX_CHILDREN, MAX_DEPTH, SessionReport, SpawnSession};
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
-pub use worktree::{GitSyncer, Identity, Worktrees, branch_of};
+pub use worktree::{FileDiff, GitSyncer, Identity, SessionDiff, Worktrees, branch_of};
 
 /// The executor of a deployment with no model configured: every prompt fails, saying how
 /// to configure one.
@@ -80,7 +80,12 @@ struct Inner {
     plugins: OnceLock<Vec<Arc<dyn Plugin>>>,
     /// Git for registered repositories: sync, commit as the author, push.
     worktrees: OnceLock<Arc<Worktrees>>,
+    /// A repository's current image, when it has one (else sessions use `spec`).
+    images: OnceLock<SpecForRepo>,
 }
+
+/// The sandbox spec of a repository's current image, `None` when it has none.
+pub type SpecForRepo = Arc<dyn Fn(&str) -> Option<SandboxSpec> + Send + Sync>;
 
 /// Drives prompts with the agent in a sandbox per session.
 #[derive(Clone)]
@@ -111,6 +116,7 @@ impl AgentExecutor {
                 conversations: OnceLock::new(),
                 plugins: OnceLock::new(),
                 worktrees: OnceLock::new(),
+                images: OnceLock::new(),
                 family: Arc::default(),
             }),
         }
@@ -139,6 +145,12 @@ impl AgentExecutor {
     /// Adds the deployment's plugins to every session's agent (after the built-in ones).
     pub fn use_plugins(&self, plugins: Vec<Arc<dyn Plugin>>) {
         let _ = self.inner.plugins.set(plugins);
+    }
+
+    /// Starts a repository's first sessions from its current image, when `images` knows
+    /// one (later images reach the pool through `Pool::set_image`).
+    pub fn use_images(&self, images: SpecForRepo) {
+        let _ = self.inner.images.set(images);
     }
 
     /// Syncs session checkouts of registered repositories and, after each prompt, commits
@@ -195,6 +207,9 @@ impl Inner {
                     sync: None,
                 });
             }
+            // Its init died (OOM, crash): it is replaced below; nothing of it is reused.
+            tracing::warn!(session = %id, sandbox = %sb, "the session's sandbox died; starting another");
+            let _ = self.runtime.destroy(sb).await;
         }
         let (sandbox, sync) = self.take_sandbox(id, author).await?;
         let envd = self
@@ -205,6 +220,35 @@ impl Inner {
         envd.mkdir(&self.workdir, true)
             .await
             .map_err(|e| format!("could not create {} in the sandbox: {e}", self.workdir))?;
+        // A session that already committed work continues on its branch in the new
+        // sandbox (after a restart, or when its sandbox died).
+        let sync = match (self.worktrees.get(), self.repo_of(id), sync) {
+            (Some(worktrees), Some(repo), Some(mut upstream)) => {
+                let (tx, rx) = watch::channel(SyncState::Syncing);
+                let (worktrees, envd, id) = (worktrees.clone(), envd.clone(), id.to_string());
+                tokio::spawn(async move {
+                    let synced = upstream
+                        .wait_for(|s| *s != SyncState::Syncing)
+                        .await
+                        .map(|s| s.clone())
+                        .unwrap_or_else(|_| {
+                            SyncState::Failed("the sync ended without a result".into())
+                        });
+                    let state = match synced {
+                        SyncState::Synced => {
+                            match worktrees.restore_branch(&repo, &envd, &id).await {
+                                Ok(()) => SyncState::Synced,
+                                Err(why) => SyncState::Failed(why),
+                            }
+                        }
+                        other => other,
+                    };
+                    let _ = tx.send(state);
+                });
+                Some(rx)
+            }
+            (_, _, sync) => sync,
+        };
         state.sandbox = Some(sandbox.clone());
         Ok(SessionSandbox {
             sandbox,
@@ -278,8 +322,8 @@ impl Inner {
             }
             let claim = match pool.claim(&repo).await {
                 Err(PoolError::UnknownRepo(_)) => {
-                    // First session of this repository: it gets the default image and a pool.
-                    pool.set_image(&repo, self.spec.clone()).await;
+                    // First session of this repository: it gets its image and a pool.
+                    pool.set_image(&repo, self.spec_for(&repo)).await;
                     pool.claim(&repo).await
                 }
                 other => other,
@@ -287,11 +331,11 @@ impl Inner {
             .map_err(|e| started(&e))?;
             return Ok((claim.sandbox, Some(claim.sync)));
         }
-        let sandbox = self
-            .runtime
-            .create(self.spec.clone())
-            .await
-            .map_err(|e| started(&e))?;
+        let spec = match &repo {
+            Some(r) => self.spec_for(r),
+            None => self.spec.clone(),
+        };
+        let sandbox = self.runtime.create(spec).await.map_err(|e| started(&e))?;
         // Without a pool, the sync starts here, as a claim would start it.
         let sync = match (self.worktrees.get(), repo) {
             (Some(worktrees), Some(repo)) => {
@@ -314,6 +358,14 @@ impl Inner {
             _ => None,
         };
         Ok((sandbox.id, sync))
+    }
+
+    /// The spec of `repo`'s sessions: its current image, else the default.
+    fn spec_for(&self, repo: &str) -> SandboxSpec {
+        self.images
+            .get()
+            .and_then(|f| f(repo))
+            .unwrap_or_else(|| self.spec.clone())
     }
 
     /// The repository of session `id`.
@@ -368,6 +420,15 @@ impl Inner {
     }
 }
 
+/// Aborts a task when dropped (when the prompt's run ends or is aborted).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A session's sandbox and conversation.
 struct SessionSandbox {
     sandbox: String,
@@ -399,7 +460,8 @@ impl Executor for AgentExecutor {
             };
             let mut result = pool.typing(&login, &record.repo).await;
             if let Err(PoolError::UnknownRepo(_)) = result {
-                pool.set_image(&record.repo, inner.spec.clone()).await;
+                pool.set_image(&record.repo, inner.spec_for(&record.repo))
+                    .await;
                 result = pool.typing(&login, &record.repo).await;
             }
             if let Err(e) = result {
@@ -459,6 +521,13 @@ impl Executor for AgentExecutor {
                         result: true,
                     }));
             }
+            // Every change in the working tree during the prompt, whoever made it (a tool,
+            // a build the agent ran), is logged as it happens; the watch ends with the
+            // prompt. It starts once the sync is done (the sync's own checkout is not a
+            // change of the session), and the gate opens only once it is watching.
+            let (_watching, sync) =
+                worktree::watch_changes(&envd, &inner.workdir, run.events.clone(), sync).await;
+            let _watching = AbortOnDrop(_watching.abort_handle());
             if let Some(sync) = sync {
                 // Without a checkout in the image, the sync makes the first one: reads
                 // wait for it too.

@@ -11,12 +11,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use hangar_agent::SyncState;
+use hangar_envd_client::ChangeKind;
 use hangar_envd_client::{EnvdClient as Envd, ExecRequest};
 use hangar_images::git::{Credentials, Git, GitError};
-use hangar_protocol::session::{Author, EventBody};
+use hangar_protocol::session::{Author, EventBody, FileChange};
 use hangar_sandbox::Runtime;
 use hangar_store::{Repo, Store, StoreError};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 /// How much of a git command's output is kept (bundles are read whole, up to this).
 const OUTPUT_LIMIT: usize = 512 << 20;
@@ -49,6 +51,37 @@ pub struct Outcome {
     /// Events to append to the session's log, in order.
     pub events: Vec<EventBody>,
 }
+
+/// A session's changes: its branch against the base branch.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SessionDiff {
+    /// The session's branch.
+    pub branch: String,
+    /// The base branch.
+    pub base: String,
+    /// The branch's last commit, once it has one.
+    pub head: Option<String>,
+    /// Changed files.
+    pub files: Vec<FileDiff>,
+    /// The unified diff (cut at 1 MiB).
+    pub patch: String,
+    /// True when the patch was cut.
+    pub truncated: bool,
+}
+
+/// One changed file.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FileDiff {
+    /// Path in the repository.
+    pub path: String,
+    /// Lines added (`None` for a binary file).
+    pub additions: Option<u64>,
+    /// Lines removed (likewise).
+    pub deletions: Option<u64>,
+}
+
+/// The largest patch returned.
+const PATCH_LIMIT: usize = 1 << 20;
 
 /// Git for sessions: mirrors, syncs, commits and pushes.
 pub struct Worktrees {
@@ -162,6 +195,60 @@ impl Worktrees {
         )
         .await
         .map_err(|e| format!("updating the checkout to {tip}: {e}"))?;
+        Ok(())
+    }
+
+    /// Puts the session's branch, as last committed, into the sandbox and checks it out,
+    /// when the mirror has it (the session committed before, in another sandbox).
+    pub async fn restore_branch(
+        &self,
+        repo: &str,
+        envd: &Envd,
+        session_id: &str,
+    ) -> Result<(), String> {
+        let Some(repo) = self.repo(repo)? else {
+            return Ok(());
+        };
+        let mirror = self.mirror_dir(&repo);
+        if !mirror.join("HEAD").is_file() {
+            return Ok(());
+        }
+        let branch = branch_of(session_id);
+        let refname = format!("refs/heads/{branch}");
+        let bundle = {
+            let lock = self.lock(&repo.name).await;
+            let _held = lock.lock().await;
+            let (git, _scratch) = self.git(&repo)?;
+            if git
+                .rev_parse(&mirror, &refname)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                return Ok(());
+            }
+            let head = self
+                .sandbox_git(envd, "git rev-parse -q --verify HEAD", &[])
+                .await
+                .ok();
+            git.bundle(&mirror, &refname, head.as_deref().map(str::trim))
+                .await
+                .map_err(|e| format!("bundling {branch}: {e}"))?
+        };
+        self.put_bundle(envd, &bundle).await?;
+        self.sandbox_git(
+            envd,
+            r#"git fetch -q --no-tags "$HANGAR_BUNDLE" "+$HANGAR_REF:$HANGAR_REF" \
+               && git checkout -q "$HANGAR_BRANCH" && rm -f "$HANGAR_BUNDLE""#,
+            &[
+                ("HANGAR_BUNDLE", SANDBOX_BUNDLE),
+                ("HANGAR_REF", &refname),
+                ("HANGAR_BRANCH", &branch),
+            ],
+        )
+        .await
+        .map_err(|e| format!("restoring {branch}: {e}"))?;
+        tracing::info!(session = session_id, "restored {branch} in a new sandbox");
         Ok(())
     }
 
@@ -322,6 +409,50 @@ impl Worktrees {
         Ok(outcome)
     }
 
+    /// What the session has committed so far (every prompt's work is committed when it
+    /// ends), against its base branch; `None` for a repository with no git.
+    pub async fn diff(&self, repo: &str, session_id: &str) -> Result<Option<SessionDiff>, String> {
+        let Some(repo) = self.repo(repo)? else {
+            return Ok(None);
+        };
+        let branch = branch_of(session_id);
+        let mut out = SessionDiff {
+            branch: branch.clone(),
+            base: repo.default_branch.clone(),
+            ..Default::default()
+        };
+        let mirror = self.mirror_dir(&repo);
+        if !mirror.join("HEAD").is_file() {
+            return Ok(Some(out));
+        }
+        let (git, _scratch) = self.git(&repo)?;
+        let head_ref = format!("refs/heads/{branch}");
+        let Some(head) = git
+            .rev_parse(&mirror, &head_ref)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(Some(out));
+        };
+        let base_ref = format!("refs/remotes/origin/{}", repo.default_branch);
+        let (files, patch, truncated) = git
+            .diff(&mirror, &base_ref, &head_ref, PATCH_LIMIT)
+            .await
+            .map_err(|e| e.to_string())?;
+        out.head = Some(head);
+        out.files = files
+            .into_iter()
+            .map(|(path, additions, deletions)| FileDiff {
+                path,
+                additions,
+                deletions,
+            })
+            .collect();
+        out.patch = patch;
+        out.truncated = truncated;
+        Ok(Some(out))
+    }
+
     /// Takes the session's branch out of the sandbox into the mirror and pushes it.
     async fn push(&self, repo: &Repo, envd: &Envd, branch: &str) -> Result<String, String> {
         // Everything the remote already has is left out; a shallow checkout's boundary
@@ -402,6 +533,82 @@ pub fn identity_of(store: &Store, author: &Author) -> Identity {
             name: author.login.clone(),
             email: noreply,
         },
+    }
+}
+
+/// Logs `file.changed` for every change under `workdir` in the sandbox (git's own files
+/// and envd's temporary files left out, a change repeated at once logged once), starting
+/// once `sync` (if any) has settled. Returns the watching task and the sync state to gate
+/// tools on: it settles only after the watch is in place, so no change made through the
+/// gate is missed and the sync's own checkout is never reported.
+pub async fn watch_changes(
+    envd: &Envd,
+    workdir: &str,
+    events: hangar_session::EventSink,
+    sync: Option<watch::Receiver<SyncState>>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Option<watch::Receiver<SyncState>>,
+) {
+    let (envd, root) = (envd.clone(), workdir.to_string());
+    let Some(mut upstream) = sync else {
+        let watch = envd.watch(&root, true).await;
+        return (tokio::spawn(forward_changes(watch, root, events)), None);
+    };
+    let (gated_tx, gated) = watch::channel(SyncState::Syncing);
+    let task = tokio::spawn(async move {
+        let settled = upstream
+            .wait_for(|s| *s != SyncState::Syncing)
+            .await
+            .map(|s| s.clone())
+            .unwrap_or_else(|_| SyncState::Failed("the sync ended without a result".into()));
+        let watch = envd.watch(&root, true).await;
+        let _ = gated_tx.send(settled);
+        forward_changes(watch, root, events).await;
+    });
+    (task, Some(gated))
+}
+
+async fn forward_changes(
+    watch: Result<hangar_envd_client::Watch, hangar_envd_client::Error>,
+    workdir: String,
+    events: hangar_session::EventSink,
+) {
+    let mut watch = match watch {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::debug!("no file change events: {e}");
+            return;
+        }
+    };
+    let root = format!("{}/", workdir.trim_end_matches('/'));
+    let mut last: Option<(String, FileChange)> = None;
+    while let Ok(change) = watch.next().await {
+        let Some(path) = change.path.strip_prefix(&root) else {
+            continue;
+        };
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let envd_temp = name.starts_with('.') && name.contains(".envd-") && name.ends_with(".tmp");
+        if path == ".git" || path.starts_with(".git/") || envd_temp {
+            continue;
+        }
+        let kind = match change.kind {
+            ChangeKind::Created => FileChange::Created,
+            ChangeKind::Modified => FileChange::Modified,
+            ChangeKind::Removed => FileChange::Deleted,
+        };
+        let this = (path.to_string(), kind);
+        if last.as_ref() == Some(&this) {
+            continue;
+        }
+        last = Some(this.clone());
+        let body = EventBody::FileChanged {
+            path: this.0,
+            change: this.1,
+        };
+        if events.emit(body).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -13,8 +13,10 @@
 
 pub mod api;
 mod auth;
+pub mod builds;
 pub mod error;
 mod extract;
+mod image_routes;
 mod metrics;
 mod repo_routes;
 mod routes;
@@ -91,6 +93,10 @@ pub struct AppState {
     metrics: Metrics,
     /// The warm pool, when sessions take sandboxes from one.
     pool: Option<hangar_pool::Pool>,
+    /// Image builds, when this server builds images.
+    builds: Option<Arc<builds::Builds>>,
+    /// Sessions' git (branches, diffs), when sessions have it.
+    worktrees: Option<Arc<hangar_runner::Worktrees>>,
     /// The Slack app, when configured.
     slack: Option<hangar_slack::SlackBot>,
     /// Set when the server begins to stop: WebSocket connections close with 1001.
@@ -110,9 +116,23 @@ impl AppState {
             sessions,
             metrics: Metrics::new()?,
             pool: None,
+            builds: None,
+            worktrees: None,
             slack: None,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         })
+    }
+
+    /// Serves sessions' diffs from `worktrees`.
+    pub fn with_git(mut self, worktrees: Arc<hangar_runner::Worktrees>) -> AppState {
+        self.worktrees = Some(worktrees);
+        self
+    }
+
+    /// Serves `/api/images` and builds from `builds`.
+    pub fn with_builds(mut self, builds: Arc<builds::Builds>) -> AppState {
+        self.builds = Some(builds);
+        self
     }
 
     /// Serves the Slack app's endpoints with `bot`.
@@ -179,6 +199,12 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         .routes(routes!(repo_routes::list_repos, repo_routes::create_repo))
         .routes(routes!(repo_routes::get_repo, repo_routes::delete_repo))
         .routes(routes!(repo_routes::put_recipe, repo_routes::delete_recipe))
+        .routes(routes!(image_routes::list_images))
+        .routes(routes!(
+            image_routes::list_builds,
+            image_routes::start_build
+        ))
+        .routes(routes!(image_routes::get_build))
         .routes(routes!(slack_routes::link))
         .split_for_parts();
     doc.merge(api_doc);
@@ -196,6 +222,7 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(session_routes::stop_session))
         .routes(routes!(session_routes::get_events))
+        .routes(routes!(session_routes::get_diff))
         .routes(routes!(session_routes::create_share))
         .routes(routes!(session_routes::delete_share))
         .routes(routes!(session_ws::session_ws))
