@@ -1194,6 +1194,17 @@ async fn a_slash_command_and_a_direct_message_start_sessions() {
     h.link("U1").await;
     let id = h.session_of_thread("C1", &root.ts).await;
     h.results("C1", &root.ts, 1).await;
+    // Slack's certificate check of the command URL.
+    let resp = h
+        .deliver_aged(
+            "/slack/commands",
+            "ssl_check=1&token=x",
+            "application/x-www-form-urlencoded",
+            0,
+            &[],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
     // Help for an empty command.
     let resp = h
         .deliver_aged(

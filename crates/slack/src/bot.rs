@@ -20,7 +20,7 @@ use crate::api::{Post, SlackClient};
 use crate::classify::{Classifier, Request, Verdict};
 use crate::events::{
     BlockActions, Callback, DecodeError, Envelope, Event as SlackEvent, Interaction, Message,
-    parse_command, parse_envelope, parse_interaction, request_text,
+    is_ssl_check, parse_command, parse_envelope, parse_interaction, request_text,
 };
 use crate::progress::{Progress, Shown, Throttle, escape};
 use crate::repos::RepoDirectory;
@@ -551,6 +551,9 @@ impl SlackBot {
 
     /// A slash command (already verified): the text to show its author (only them).
     pub async fn on_command(&self, body: &[u8]) -> Result<String, DecodeError> {
+        if is_ssl_check(body) {
+            return Ok(String::new());
+        }
         let cmd = parse_command(body)?;
         if !self.serves(&cmd.team_id) {
             tracing::warn!(team = %cmd.team_id, "Slack command from an unknown workspace ignored");

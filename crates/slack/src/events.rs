@@ -157,6 +157,13 @@ pub struct SlashCommand {
     pub text: String,
 }
 
+/// Slack's periodic certificate check of a command URL (`ssl_check=1`): answered 200,
+/// nothing to do.
+pub fn is_ssl_check(body: &[u8]) -> bool {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .is_ok_and(|pairs| pairs.iter().any(|(k, v)| k == "ssl_check" && v == "1"))
+}
+
 /// Decodes a slash command's form body.
 pub fn parse_command(body: &[u8]) -> Result<SlashCommand, DecodeError> {
     serde_urlencoded::from_bytes(body)
@@ -315,6 +322,8 @@ mod tests {
             (c.command.as_str(), c.text.as_str()),
             ("/hangar", "fix the build")
         );
+        assert!(is_ssl_check(b"ssl_check=1&token=x"));
+        assert!(!is_ssl_check(b"token=x&team_id=T1&text=ssl_check%3D1"));
         let payload = r#"{"type":"block_actions","team":{"id":"T1","domain":"acme"},"user":{"id":"U1","username":"bob"},"channel":{"id":"C1","name":"app-dev"},"message":{"type":"message","ts":"5.0","thread_ts":"1.0","text":"x"},"actions":[{"action_id":"stop","block_id":"b","value":"ses-0123456789abcdef","type":"button","action_ts":"6.0"}]}"#;
         let body = serde_urlencoded::to_string([("payload", payload)]).unwrap();
         let Interaction::BlockActions(a) = parse_interaction(body.as_bytes()).unwrap() else {
