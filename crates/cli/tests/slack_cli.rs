@@ -631,6 +631,32 @@ async fn an_unsure_classifier_asks_with_buttons_and_the_choice_starts_the_sessio
         .collect();
     // "billing" points to acme/api; then the rest in their order.
     assert_eq!(labels, ["acme/api", "acme/app", "acme/infra"]);
+    // carol is not linked: her click changes nothing.
+    let carol = interaction_body(
+        "U2",
+        "C1",
+        &question.ts,
+        &ts,
+        buttons[0]["action_id"].as_str().unwrap(),
+        buttons[0]["value"].as_str().unwrap(),
+    );
+    let resp = h
+        .deliver_aged(
+            "/slack/interactivity",
+            &carol,
+            "application/x-www-form-urlencoded",
+            0,
+            &[],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    eventually("carol's click ignored", || {
+        h.server
+            .stderr()
+            .contains("repository choice from an unlinked Slack user ignored")
+            .then_some(())
+    })
+    .await;
     let body = interaction_body(
         "U1",
         "C1",

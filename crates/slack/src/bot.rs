@@ -654,6 +654,10 @@ impl SlackBot {
                 {
                     continue;
                 }
+                if state.linked_user(&a.team.id, &a.user.id)?.is_none() {
+                    tracing::info!(slack_user = %a.user.id, "repository choice from an unlinked Slack user ignored");
+                    continue;
+                }
                 let Some(request) = state.take_pending(id)? else {
                     continue; // chosen already
                 };
