@@ -96,7 +96,7 @@ async fn prompts_are_committed_as_their_authors_and_the_branch_is_pushed() {
     let server = Server::start_with_config(
         &data,
         &format!(
-            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n",
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\n",
             fake.url()
         ),
     );
@@ -295,7 +295,7 @@ async fn a_token_protected_http_remote_is_used_without_the_token_reaching_the_sa
     let server = Server::start_with_config(
         &data,
         &format!(
-            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n\
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\n\n\
              [[git.credentials]]\nurl_prefix = \"{}\"\nusername = \"x-access-token\"\npassword_file = \"{}\"\n",
             fake.url(),
             http.url(""),
@@ -364,7 +364,7 @@ async fn a_wrong_or_missing_token_is_a_clear_error() {
     let http = GitHttp::start(&served, Some(("x-access-token", "the-right-one"))).await;
     let model = |url: &str| {
         format!(
-            "[model]\nprovider = \"anthropic\"\nbase_url = \"{url}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n"
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{url}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\n\n"
         )
     };
 
@@ -476,7 +476,7 @@ async fn sessions_start_from_the_image_built_through_the_api() {
     let server = Server::start_with_config(
         &data,
         &format!(
-            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n",
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\n",
             fake.url()
         ),
     );
@@ -586,4 +586,75 @@ async fn sessions_start_from_the_image_built_through_the_api() {
         StatusCode::NOT_FOUND,
         "not_found",
     );
+}
+
+#[tokio::test]
+async fn registered_repositories_are_built_before_anyone_asks_and_rebuilt_when_their_branch_moves()
+{
+    let (dir, data) = scratch();
+    let remote = remote_with_history(dir.path());
+    let server = Server::start_with_config(
+        &data,
+        "[sessions]\nexecutor = \"scripted\"\n\n[images]\nrebuild_every_s = 1\n",
+    );
+    let api = Api::new(&server, server.admin_token.as_ref().unwrap());
+    let (status, _) = api
+        .send(
+            "POST",
+            "/api/repos",
+            json!({"name": "acme/app", "url": remote.to_str().unwrap()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let recipe = "base = \"host\"\n";
+    api.raw("PUT", "/api/repos/acme/app/recipe", Some(recipe.into()))
+        .await;
+
+    // Waits for a scheduled build of `commit` to succeed.
+    let built = |commit: String| {
+        let api = api.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                let (_, builds) = api.get("/api/images/builds").await;
+                let done = builds.as_array().unwrap().iter().find(|b| {
+                    b["trigger"] == "schedule"
+                        && b["commit"] == commit.as_str()
+                        && b["status"] != "running"
+                });
+                if let Some(b) = done {
+                    assert_eq!(b["status"], "succeeded", "{b}");
+                    return b.clone();
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no scheduled build of {commit}: {builds}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let first = built(git(&remote, &["rev-parse", "main"])).await;
+
+    // A new commit upstream: rebuilt on the next look, and only then.
+    let work = dir.path().join("work");
+    std::fs::write(work.join("VERSION"), "3\n").unwrap();
+    git(&work, &["commit", "-q", "-am", "third"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let second = built(git(&remote, &["rev-parse", "main"])).await;
+    assert_ne!(first["image"], second["image"]);
+    let (_, images) = api.get("/api/images").await;
+    let current: Vec<&Value> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["current"] == true)
+        .collect();
+    assert_eq!(current.len(), 1, "{images}");
+    assert_eq!(current[0]["id"], second["image"], "{images}");
+    // Unchanged since: no further build, though the schedule looks every second.
+    let (_, before) = api.get("/api/images/builds").await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (_, after) = api.get("/api/images/builds").await;
+    assert_eq!(before, after);
 }

@@ -94,7 +94,7 @@ pub struct AppState {
     /// The warm pool, when sessions take sandboxes from one.
     pool: Option<hangar_pool::Pool>,
     /// Image builds, when this server builds images.
-    builds: Option<Arc<builds::Builds>>,
+    pub(crate) builds: Option<Arc<builds::Builds>>,
     /// Sessions' git (branches, diffs), when sessions have it.
     worktrees: Option<Arc<hangar_runner::Worktrees>>,
     /// The Slack app, when configured.
