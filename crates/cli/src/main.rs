@@ -100,6 +100,12 @@ fn main() -> ExitCode {
         }
         let env = hangar_config::Env::from_process();
         let config = hangar_config::Config::load(&env, cli.data_dir.as_deref())?;
+        if matches!(
+            cli.command,
+            Command::Up(_) | Command::Serve(_) | Command::Sandbox(_) | Command::Image(_)
+        ) {
+            hangar_sandbox::storage::prepare(&config)?;
+        }
         match cli.command {
             Command::Up(args) | Command::Serve(args) => {
                 server_cmd::run(args, &config).await?;

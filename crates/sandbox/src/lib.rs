@@ -13,6 +13,7 @@ pub mod jail;
 mod local;
 pub mod network;
 pub mod policy;
+pub mod storage;
 
 use std::path::PathBuf;
 
