@@ -4,7 +4,7 @@
 import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import "./style.css";
-import { parseShareLink, setShareToken, setUserToken, userToken } from "./auth";
+import { parseShareLink, setShareToken, setUserToken, tokenFor, userToken } from "./auth";
 import { client, type Me } from "./api";
 import { linkClick, navigate, onNavigate, route } from "./router";
 import { SignIn } from "./pages/SignIn";
@@ -54,11 +54,12 @@ function App() {
       });
   }, [token]);
 
-  const r = route(location.pathname, location.search);
+  let r = route(location.pathname, location.search);
   // Every page but sign-in and a session opened through a share link needs a user.
-  if (!token && r.page !== "sign-in" && r.page !== "session") {
-    navigate(`/sign-in?next=${encodeURIComponent(location.pathname)}`, true);
-    return null;
+  if (!token && r.page !== "sign-in" && (r.page !== "session" || !tokenFor(r.id))) {
+    const next = location.pathname + location.search;
+    history.replaceState(null, "", `/sign-in?next=${encodeURIComponent(next)}`);
+    r = { page: "sign-in", next };
   }
   let page;
   switch (r.page) {

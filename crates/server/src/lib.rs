@@ -1,7 +1,7 @@
 //! The session server's HTTP API: health, Prometheus metrics, the OpenAPI document, bearer
 //! token auth, the sandbox endpoints ([`routes`]), and sessions: REST (`session_routes`),
-//! the WebSocket stream (`session_ws`) and share links. The web UI will be a further route
-//! module.
+//! the WebSocket stream (`session_ws`) and share links, and the embedded web UI (`web`),
+//! which answers every other GET.
 //!
 //! **API boundary:** HTTP stops here. Handlers decode and validate requests ([`api`]), call
 //! the sandbox [`Runtime`] or the [`Store`], and turn every failure into
@@ -19,6 +19,7 @@ mod routes;
 pub mod session_api;
 mod session_routes;
 mod session_ws;
+mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use web::embedded as web_ui_embedded;
 
 /// The largest request body accepted; larger ones get 413.
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -161,6 +163,7 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::get_sandbox, routes::delete_sandbox))
         .routes(routes!(routes::exec))
         .routes(routes!(routes::pool_stats))
+        .routes(routes!(routes::typing))
         .split_for_parts();
     doc.merge(api_doc);
     let (sessions, sessions_doc) = OpenApiRouter::new()
@@ -207,7 +210,7 @@ pub fn app(state: AppState) -> Router {
     public
         .merge(api)
         .merge(sessions)
-        .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
+        .fallback(web::fallback)
         .method_not_allowed_fallback(|| async {
             ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
         })

@@ -30,13 +30,7 @@ pub struct CreateSession {
 impl CreateSession {
     /// The repository and title, checked.
     pub fn validate(&self) -> Result<(String, String), ApiError> {
-        let repo = self.repo.trim();
-        if repo.is_empty() || repo.len() > MAX_NAME || repo.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                "invalid_request",
-                format!("repo must be 1-{MAX_NAME} characters without control characters"),
-            ));
-        }
+        let repo = valid_repo(&self.repo)?;
         let title = match (&self.title, &self.prompt) {
             (Some(t), _) => t.trim().to_string(),
             (None, Some(p)) => p.lines().next().unwrap_or_default().trim().to_string(),
@@ -49,6 +43,34 @@ impl CreateSession {
             .collect();
         Ok((repo.to_string(), title))
     }
+}
+
+/// A repository argument, trimmed and checked.
+pub fn valid_repo(repo: &str) -> Result<&str, ApiError> {
+    let repo = repo.trim();
+    if repo.is_empty() || repo.len() > MAX_NAME || repo.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "invalid_request",
+            format!("repo must be 1-{MAX_NAME} characters without control characters"),
+        ));
+    }
+    Ok(repo)
+}
+
+/// `POST /api/typing`.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TypingBody {
+    /// The repository of the draft (`owner/name` or a git URL).
+    pub repo: String,
+}
+
+/// The answer to `POST /api/typing`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TypingView {
+    /// True when a warm pool runs and will reserve a sandbox for the draft; false when
+    /// this server has no pool (the signal is then only noted).
+    pub warming: bool,
 }
 
 /// A prompt's author as the API shows it (same as in events).
@@ -107,6 +129,9 @@ pub struct SessionView {
     pub status: String,
     /// The user who created it.
     pub created_by: i64,
+    /// Their login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by_login: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: i64,
     /// Last status change.
@@ -131,6 +156,7 @@ impl SessionView {
             title: r.title,
             status: r.status,
             created_by: r.created_by,
+            created_by_login: None,
             created_at_ms: r.created_at_ms,
             updated_at_ms: r.updated_at_ms,
             last_seq: None,
@@ -144,6 +170,12 @@ impl SessionView {
             view.queue = Some(info.queue.into_iter().map(PromptView::from).collect());
         }
         view
+    }
+
+    /// With the creator's login.
+    pub fn with_login(mut self, login: Option<String>) -> SessionView {
+        self.created_by_login = login;
+        self
     }
 }
 

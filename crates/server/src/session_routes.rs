@@ -74,12 +74,19 @@ pub async fn list_sessions(
 ) -> Result<Json<Vec<SessionView>>, ApiError> {
     access.check(None, Need::Manage)?;
     let store = state.sessions.store().clone();
-    let list = tokio::task::spawn_blocking(move || store.sessions(100))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let (list, users) = tokio::task::spawn_blocking(move || {
+        Ok::<_, hangar_store::StoreError>((store.sessions(100)?, store.users()?))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let logins: std::collections::HashMap<i64, String> =
+        users.into_iter().map(|u| (u.id, u.login)).collect();
     Ok(Json(
         list.into_iter()
-            .map(|r| SessionView::new(r, None))
+            .map(|r| {
+                let login = logins.get(&r.created_by).cloned();
+                SessionView::new(r, None).with_login(login)
+            })
             .collect(),
     ))
 }
@@ -118,7 +125,7 @@ pub async fn create_session(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(SessionView::new(record, Some(info))),
+        Json(SessionView::new(record, Some(info)).with_login(Some(caller.user.login.clone()))),
     )
         .into_response())
 }
@@ -139,7 +146,8 @@ pub async fn get_session(
     access.check(Some(&id), Need::View)?;
     let record = state.sessions.record(&id)?;
     let info = state.sessions.info(&id).await?;
-    Ok(Json(SessionView::new(record, Some(info))))
+    let login = state.store.user(record.created_by).ok().map(|u| u.login);
+    Ok(Json(SessionView::new(record, Some(info)).with_login(login)))
 }
 
 /// Adds a prompt, attributed to the caller: it starts at once, or queues while the agent

@@ -8,7 +8,7 @@ import { shareToken, shareUrl, tokenFor } from "../auth";
 import { LiveSession, throttle } from "../live";
 import type { Author, Prompt } from "../protocol";
 import { typingOthers, type Turn } from "../session_state";
-import { linkClick, navigate } from "../router";
+import { linkClick } from "../router";
 import { toolSummary } from "../format";
 
 const draftKey = (id: string) => `hangar.draft.${id}`;
@@ -51,10 +51,7 @@ export function SessionPage({ id, me }: { id: string; me: Me | null }) {
     };
   }, [id, token]);
 
-  if (!token || !api) {
-    navigate(`/sign-in?next=${encodeURIComponent(location.pathname)}`, true);
-    return null;
-  }
+  if (!token || !api) return null;
 
   const isMine = (a: Author, promptId?: number) =>
     (promptId !== undefined && mine.has(promptId)) || (!guest && me !== null && a.user_id === me.id);
