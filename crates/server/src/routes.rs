@@ -16,8 +16,8 @@ use crate::api::{
 };
 use crate::auth::Caller;
 use crate::error::ErrorResponse;
-use crate::session_api::{TypingBody, TypingView, valid_repo};
 use crate::extract::JsonBody;
+use crate::session_api::{TypingBody, TypingView, valid_repo};
 use crate::{ApiError, AppState};
 
 /// Middleware: counts every answered request by method, route template and status.

@@ -153,8 +153,18 @@ mod tests {
             target("/assets/index-abc.js", has),
             Target::File("assets/index-abc.js".into())
         );
-        assert_eq!(target("/favicon.svg", has), Target::File("favicon.svg".into()));
-        for p in ["/", "/index.html", "/sessions/ses-1", "/sign-in", "/apiary", "/envs/e"] {
+        assert_eq!(
+            target("/favicon.svg", has),
+            Target::File("favicon.svg".into())
+        );
+        for p in [
+            "/",
+            "/index.html",
+            "/sessions/ses-1",
+            "/sign-in",
+            "/apiary",
+            "/envs/e",
+        ] {
             assert_eq!(target(p, has), Target::Page, "{p}");
         }
     }
