@@ -132,6 +132,7 @@ impl Scheduler {
                     repo: s.repo.clone(),
                     reference: s.reference.clone(),
                     recipe: s.recipe.clone(),
+                    detached: false,
                 },
                 &tx,
             )

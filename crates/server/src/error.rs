@@ -144,7 +144,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::InvalidToken => ApiError::unauthorized(message),
             StoreError::NotFound { .. } => ApiError::not_found(message),
-            StoreError::DuplicateLogin(_) => {
+            StoreError::EnvironmentNotFound(_) | StoreError::SessionNotFound(_) => {
+                ApiError::not_found(message)
+            }
+            StoreError::DuplicateLogin(_) | StoreError::DuplicateEnvironment(_) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
             StoreError::Invalid(_) => ApiError::invalid("invalid_request", message),

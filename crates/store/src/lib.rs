@@ -80,6 +80,18 @@ const MIGRATIONS: &[&str] = &[
         revoked_at INTEGER
     );
     CREATE INDEX share_links_session ON share_links(session_id);",
+    // 3: environments: shared sandboxes without an agent.
+    "CREATE TABLE environments (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        python TEXT NOT NULL,
+        suite TEXT NOT NULL,
+        repo TEXT,
+        image TEXT NOT NULL,
+        sandbox TEXT NOT NULL,
+        created_by INTEGER NOT NULL REFERENCES users(id),
+        created_at INTEGER NOT NULL
+    );",
 ];
 
 /// The prefix of share-link tokens, distinct from API tokens so each is checked only where
@@ -202,6 +214,14 @@ pub enum StoreError {
     /// No such session.
     #[error("no session with id {0}")]
     SessionNotFound(String),
+    /// No environment with this id or name.
+    #[error("no environment {0:?}; `hangar env ls` lists them")]
+    EnvironmentNotFound(String),
+    /// An environment with this name exists already.
+    #[error(
+        "an environment named {0:?} exists already; choose another name or remove it with `hangar env rm {0}`"
+    )]
+    DuplicateEnvironment(String),
     /// The system's random source failed.
     #[error("cannot generate a token: {0}")]
     Random(String),
@@ -256,7 +276,9 @@ fn new_secret_with(prefix: &str) -> Result<TokenSecret, StoreError> {
     Ok(TokenSecret(s))
 }
 
+mod envs;
 mod sessions;
+pub use envs::EnvironmentRecord;
 pub use sessions::{NewSession, SessionRecord, ShareLink, ShareScope};
 
 fn is_sqlite_code(e: &rusqlite::Error, code: rusqlite::ErrorCode) -> bool {
@@ -719,6 +741,6 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
-        assert_eq!(Store::schema_version(), 2);
+        assert_eq!(Store::schema_version(), 3);
     }
 }
