@@ -49,17 +49,19 @@ export interface ShareView {
   token?: string;
 }
 
-/** An environment (`/api/envs`). */
+/** An environment (`/api/environments`). */
 export interface EnvView {
   id: string;
   name: string;
   python: string;
   suite: string;
   repo?: string | null;
+  image: string;
   sandbox: string;
   status: string;
   created_by: number;
   created_at_ms: number;
+  path: string;
 }
 
 /** Turns a failed response into an `ApiError`, whatever its body. */
@@ -119,8 +121,8 @@ export function client(token: string) {
     share: (id: string, scope: "view" | "prompt") =>
       call<ShareView>(token, "POST", `/api/sessions/${enc(id)}/shares`, { scope }),
     typing: (repo: string) => call<void>(token, "POST", "/api/typing", { repo }),
-    envs: () => call<EnvView[]>(token, "GET", "/api/envs"),
-    env: (id: string) => call<EnvView>(token, "GET", `/api/envs/${enc(id)}`),
+    envs: () => call<EnvView[]>(token, "GET", "/api/environments"),
+    env: (id: string) => call<EnvView>(token, "GET", `/api/environments/${enc(id)}`),
   };
 }
 

@@ -1,4 +1,4 @@
-// The environment terminal's wire format (`GET /api/envs/{id}/terminal`): binary frames
+// The environment terminal's wire format (`GET /api/environments/{id}/ws`): binary frames
 // carry the PTY's bytes both ways; text frames carry JSON control messages.
 
 /** What the server sends as text. */
@@ -12,7 +12,7 @@ export type TerminalClientMessage = { type: "resize"; cols: number; rows: number
 
 /** The terminal WebSocket's URL for environment `id`, at this size. */
 export function terminalUrl(base: string, id: string, token: string, cols: number, rows: number): string {
-  const u = new URL(`/api/envs/${encodeURIComponent(id)}/terminal`, base);
+  const u = new URL(`/api/environments/${encodeURIComponent(id)}/ws`, base);
   u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
   u.searchParams.set("cols", String(cols));
   u.searchParams.set("rows", String(rows));

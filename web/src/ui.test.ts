@@ -50,7 +50,7 @@ describe("the WebSocket", () => {
       "wss://h.example/api/sessions/s%201/ws?after_seq=42&token=hgr_x",
     );
     expect(wsUrl("http://127.0.0.1:7070/", "s", 0, "t")).toBe("ws://127.0.0.1:7070/api/sessions/s/ws?after_seq=0&token=t");
-    expect(terminalUrl("http://h/envs/e", "e", "t", 80, 24)).toBe("ws://h/api/envs/e/terminal?cols=80&rows=24&token=t");
+    expect(terminalUrl("http://h/envs/e", "e", "t", 80, 24)).toBe("ws://h/api/environments/e/ws?cols=80&rows=24&token=t");
   });
   it("backs off up to five seconds", () => {
     expect([0, 1, 2, 3, 4, 5, 9].map(backoffMs)).toEqual([250, 500, 1000, 2000, 4000, 5000, 5000]);

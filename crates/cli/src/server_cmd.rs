@@ -72,8 +72,10 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
             interrupted.join(", ")
         );
     }
-    let state =
-        AppState::new(Backend::local(runtime), store, sessions).context("setting up metrics")?;
+    let envs = open_environments(config, Arc::clone(&store))?;
+    let state = AppState::new(Backend::local(runtime), store, sessions)
+        .context("setting up metrics")?
+        .with_envs(envs);
     let state = match pool {
         Some(pool) => state.with_pool(pool),
         None => state,
@@ -84,6 +86,21 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         .context("serving HTTP")?;
     eprintln!("hangar: stopped (sandboxes keep running; the next start adopts them)");
     Ok(())
+}
+
+/// Environments: sandboxes from images of this machine's layer store.
+fn open_environments(
+    config: &Config,
+    index: Arc<Store>,
+) -> anyhow::Result<hangar_envs::Environments> {
+    let images = hangar_images::Store::open(&config.data_dir).context("opening the image store")?;
+    let runtime = Arc::new(LocalRuntime::open(config)?);
+    let builder = hangar_images::Builder::new(runtime.clone(), images, config.clone());
+    Ok(hangar_envs::Environments::new(
+        runtime,
+        Arc::new(builder),
+        index,
+    ))
 }
 
 /// The session service, its prompts answered by the agent with the configured model (or,

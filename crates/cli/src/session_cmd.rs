@@ -86,14 +86,14 @@ pub enum SessionCommand {
     },
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
-    server: String,
+    pub(crate) server: String,
     token: String,
 }
 
 impl Client {
-    fn new(remote: &Remote) -> anyhow::Result<Client> {
+    pub(crate) fn new(remote: &Remote) -> anyhow::Result<Client> {
         let saved: Option<Credentials> = credentials_path()
             .ok()
             .and_then(|p| std::fs::read_to_string(p).ok())
@@ -118,16 +118,31 @@ impl Client {
         })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
+        self.call_waiting(method, path, body, None).await
+    }
+
+    /// Like `call`, waiting up to `timeout` (instead of 30 s) for an answer that takes long
+    /// to prepare, such as a new environment.
+    pub(crate) async fn call_waiting(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: Option<std::time::Duration>,
+    ) -> anyhow::Result<Value> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.server))
             .bearer_auth(&self.token);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }

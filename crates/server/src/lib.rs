@@ -1,6 +1,7 @@
 //! The session server's HTTP API: health, Prometheus metrics, the OpenAPI document, bearer
 //! token auth, the sandbox endpoints ([`routes`]), and sessions: REST (`session_routes`),
-//! the WebSocket stream (`session_ws`) and share links, and the embedded web UI (`web`),
+//! the WebSocket stream (`session_ws`) and share links, environments and their
+//! terminals (`env_routes`), and the embedded web UI (`web`),
 //! which answers every other GET.
 //!
 //! **API boundary:** HTTP stops here. Handlers decode and validate requests ([`api`]), call
@@ -12,6 +13,7 @@
 
 pub mod api;
 mod auth;
+pub mod env_routes;
 pub mod error;
 mod extract;
 mod metrics;
@@ -92,6 +94,10 @@ pub struct AppState {
     pool: Option<hangar_pool::Pool>,
     /// Set when the server begins to stop: WebSocket connections close with 1001.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Environments, when the server runs the local sandbox backend.
+    envs: Option<hangar_envs::Environments>,
+    /// Who has terminals open on which environment.
+    terminals: env_routes::Terminals,
 }
 
 impl AppState {
@@ -108,7 +114,15 @@ impl AppState {
             metrics: Metrics::new()?,
             pool: None,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
+            envs: None,
+            terminals: env_routes::Terminals::default(),
         })
+    }
+
+    /// Serves environments (`/api/environments`) from `envs`.
+    pub fn with_envs(mut self, envs: hangar_envs::Environments) -> AppState {
+        self.envs = Some(envs);
+        self
     }
 
     /// Shows `pool`'s figures at `/api/pool` and on `/metrics`.
@@ -164,6 +178,14 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::exec))
         .routes(routes!(routes::pool_stats))
         .routes(routes!(routes::typing))
+        .routes(routes!(
+            env_routes::list_environments,
+            env_routes::create_environment
+        ))
+        .routes(routes!(
+            env_routes::get_environment,
+            env_routes::delete_environment
+        ))
         .split_for_parts();
     doc.merge(api_doc);
     let (sessions, sessions_doc) = OpenApiRouter::new()
@@ -183,6 +205,7 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         .routes(routes!(session_routes::create_share))
         .routes(routes!(session_routes::delete_share))
         .routes(routes!(session_ws::session_ws))
+        .routes(routes!(env_routes::terminal_ws))
         .split_for_parts();
     doc.merge(sessions_doc);
     (public, api, sessions, doc)

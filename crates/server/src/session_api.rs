@@ -372,6 +372,16 @@ pub fn events_query(
     Ok((after, limit, token))
 }
 
+/// The `token` of a WebSocket route's query string, if present and not empty. (Each
+/// route checks its other parameters itself.)
+pub fn query_token(raw: &str) -> Option<String> {
+    raw.split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == "token")
+        .map(|(_, v)| v.to_string())
+        .filter(|v| !v.is_empty())
+}
+
 /// A seq the log has not reached yet is a client error, named as such.
 pub fn check_after_seq(after: u64, last_seq: u64) -> Result<(), ApiError> {
     if after > last_seq {

@@ -17,7 +17,7 @@ use crate::error::ErrorResponse;
 use crate::extract::JsonBody;
 use crate::session_api::{
     Access, CreateSession, CreateShare, EventDoc, Need, PromptBody, PromptView, SessionView,
-    ShareView, StopResult, check_after_seq, events_query,
+    ShareView, StopResult, check_after_seq, events_query, query_token,
 };
 use crate::{ApiError, AppState};
 
@@ -34,9 +34,8 @@ pub async fn require_access(
         Err(e) => {
             let from_query = req.uri().path().ends_with("/ws")
                 && req.headers().get(header::AUTHORIZATION).is_none();
-            let query = req.uri().query().map(str::to_string);
-            match events_query(query.as_deref(), MAX_EVENTS_PAGE) {
-                Ok((_, _, Some(t))) if from_query && !t.is_empty() => t,
+            match req.uri().query().and_then(query_token) {
+                Some(t) if from_query => t,
                 _ => return e.into_response(),
             }
         }
