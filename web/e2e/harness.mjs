@@ -3,7 +3,7 @@
 // here skips: a missing binary or browser fails the run with what to do.
 
 import { spawn, execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -67,6 +67,12 @@ export async function startServer(name, extraToml = "") {
   const dataDir = scratch(name);
   mkdirSync(dataDir, { recursive: true });
   writeFileSync(join(dataDir, "hangar.toml"), `[sessions]\nexecutor = "scripted"\n${extraToml}\n`);
+  // Debian base rootfs tarballs (mmdebstrap, a minute or two each) are shared between
+  // runs through the test cache, like the Rust suites' bullseye rootfs.
+  const cache = join(process.env.HANGAR_TEST_CACHE ?? "/var/cache/hangar-test", "bases");
+  mkdirSync(cache, { recursive: true });
+  mkdirSync(join(dataDir, "images"), { recursive: true });
+  symlinkSync(cache, join(dataDir, "images", "bases"));
   const child = spawn(bin, ["serve", "--listen", "127.0.0.1:0"], {
     env: hangarEnv(dataDir),
     stdio: ["ignore", "pipe", "pipe"],
@@ -102,6 +108,7 @@ export async function startServer(name, extraToml = "") {
     /** An API call as `token`. */
     async api(token, method, path, body) {
       const res = await fetch(started.url + path, {
+        signal: AbortSignal.timeout(20 * 60_000),
         method,
         headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
         body: body === undefined ? undefined : JSON.stringify(body),

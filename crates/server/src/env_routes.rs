@@ -350,7 +350,6 @@ pub async fn terminal_ws(
         .exec(ExecRequest {
             argv: vec!["/bin/bash".into(), "-l".into()],
             cwd: Some(hangar_envs::workdir(&env).into()),
-            env: BTreeMap::from([("PS1".to_string(), format!("{}:\\w\\$ ", env.name))]),
             stdin: true,
             pty: Some(size),
             ..Default::default()
