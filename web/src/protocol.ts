@@ -33,6 +33,11 @@ export type EventBody =
   | { type: "participant.joined"; data: { participant: Author } }
   | { type: "participant.left"; data: { participant: Author } }
   | { type: "queue.updated"; data: { queue: Prompt[] } }
+  | {
+      type: "git.committed";
+      data: { branch: string; commit: string; author: string; author_email: string; co_authors?: string[] };
+    }
+  | { type: "git.push_failed"; data: { branch: string; reason: string } }
   | { type: "git.pushed"; data: { branch: string; commit: string } }
   | { type: "pr.opened"; data: { number: number; url: string; title: string } }
   | { type: "pr.updated"; data: { number: number; url: string; state: string } }
@@ -85,6 +90,8 @@ export const EVENT_TYPES: ReadonlyArray<EventBody["type"]> = [
   "participant.joined",
   "participant.left",
   "queue.updated",
+  "git.committed",
+  "git.push_failed",
   "git.pushed",
   "pr.opened",
   "pr.updated",

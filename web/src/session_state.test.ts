@@ -14,7 +14,7 @@ describe("the session state", () => {
   it("folds a whole stream into turns, tools, queue, files, PRs and presence", () => {
     const s = emptyState();
     for (const m of messages) apply(s, m);
-    expect(s.lastSeq).toBe(24);
+    expect(s.lastSeq).toBe(26);
     expect(s.status).toBe("idle");
     expect(s.turns.map((t) => [t.promptId, t.author?.login, t.text, t.state])).toEqual([
       [1, "alice", "fix the test", "stopped"],
@@ -32,6 +32,10 @@ describe("the session state", () => {
     expect(s.files.get("src/lib.rs")).toBe("modified");
     expect(s.prs).toEqual([{ number: 7, url: "https://github.com/acme/app/pull/7", title: "Fix the test", state: "merged" }]);
     expect(s.pushes[0].branch).toBe("hangar/fix-test");
+    expect(s.commits).toEqual([
+      { branch: "hangar/fix-test", commit: "0123456789abcdef0123456789abcdef01234567", author: "Alice", coAuthors: ["Bob"] },
+    ]);
+    expect(s.pushFailed).toBeUndefined();
     expect(s.spawned).toEqual([{ sessionId: "s_child", repo: "acme/lib" }]);
     expect(s.participants[0].participant.login).toBe("bob");
     expect(typingOthers(s, () => false)).toEqual(["bob"]);

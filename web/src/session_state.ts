@@ -48,6 +48,10 @@ export interface SessionState {
   participants: PresenceEntry[];
   files: Map<string, string>;
   pushes: { branch: string; commit: string }[];
+  /** Commits on the session's branch, oldest first. */
+  commits: { branch: string; commit: string; author: string; coAuthors: string[] }[];
+  /** Why the last push failed, until a push succeeds. */
+  pushFailed?: string;
   prs: PullRequest[];
   spawned: { sessionId: string; repo: string }[];
   /** Prompt texts and authors by id, from `prompt.queued`. */
@@ -68,6 +72,7 @@ export function emptyState(): SessionState {
     participants: [],
     files: new Map(),
     pushes: [],
+    commits: [],
     prs: [],
     spawned: [],
     prompts: new Map(),
@@ -157,8 +162,20 @@ export function apply(s: SessionState, msg: ServerMessage): boolean {
       s.queue = msg.data.queue;
       for (const p of msg.data.queue) s.prompts.set(p.id, p);
       break;
+    case "git.committed":
+      s.commits.push({
+        branch: msg.data.branch,
+        commit: msg.data.commit,
+        author: msg.data.author,
+        coAuthors: msg.data.co_authors ?? [],
+      });
+      break;
+    case "git.push_failed":
+      s.pushFailed = `push of ${msg.data.branch} failed: ${msg.data.reason}`;
+      break;
     case "git.pushed":
       s.pushes.push({ branch: msg.data.branch, commit: msg.data.commit });
+      s.pushFailed = undefined;
       break;
     case "pr.opened":
       s.prs.push({ number: msg.data.number, url: msg.data.url, title: msg.data.title, state: "open" });

@@ -116,14 +116,11 @@ async fn create(
         if let Some(r) = repo {
             body["repo"] = json!(r);
         }
-        let env = client
-            .call_waiting(
-                reqwest::Method::POST,
-                "/api/environments",
-                Some(body),
-                Some(CREATE_TIMEOUT),
-            )
-            .await?;
+        let req = client
+            .request(reqwest::Method::POST, "/api/environments")
+            .json(&body)
+            .timeout(CREATE_TIMEOUT);
+        let env = client.send(req).await?;
         anyhow::Ok(success(&client.server, &env))
     }
     .await;

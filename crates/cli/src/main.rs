@@ -5,6 +5,7 @@
 mod env_cmd;
 mod image_cmd;
 mod login_cmd;
+mod repo_cmd;
 mod sandbox_cmd;
 mod server_cmd;
 mod session_cmd;
@@ -53,6 +54,9 @@ enum Command {
     /// Environments: shared sandboxes with a chosen Python and no agent, on a server.
     #[command(subcommand)]
     Env(env_cmd::EnvCommand),
+    /// Register and list the repositories sessions work on (on a server).
+    #[command(subcommand)]
+    Repo(repo_cmd::RepoCommand),
     #[command(flatten)]
     Session(session_cmd::SessionCommand),
 }
@@ -98,6 +102,9 @@ fn main() -> ExitCode {
         if let Command::Env(cmd) = cli.command {
             return env_cmd::run(cmd).await;
         }
+        if let Command::Repo(cmd) = cli.command {
+            return repo_cmd::run(cmd).await;
+        }
         let env = hangar_config::Env::from_process();
         let config = hangar_config::Config::load(&env, cli.data_dir.as_deref())?;
         match cli.command {
@@ -105,7 +112,9 @@ fn main() -> ExitCode {
                 server_cmd::run(args, &config).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Login(_) | Command::Session(_) | Command::Env(_) => Ok(ExitCode::SUCCESS),
+            Command::Login(_) | Command::Session(_) | Command::Env(_) | Command::Repo(_) => {
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Sandbox(cmd) => sandbox_cmd::run(cmd, &config).await,
             Command::Image(cmd) => image_cmd::run(cmd, &config).await,
             Command::User(cmd) => user_cmd::run(cmd, &config).map(|()| ExitCode::SUCCESS),

@@ -124,28 +124,22 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        self.call_waiting(method, path, body, None).await
-    }
-
-    /// Like `call`, waiting up to `timeout` (instead of 30 s) for an answer that takes long
-    /// to prepare, such as a new environment.
-    pub(crate) async fn call_waiting(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-        timeout: Option<std::time::Duration>,
-    ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.server))
-            .bearer_auth(&self.token);
-        if let Some(t) = timeout {
-            req = req.timeout(t);
-        }
+        let mut req = self.request(method, path);
         if let Some(b) = body {
             req = req.json(&b);
         }
+        self.send(req).await
+    }
+
+    /// A request to `path` on the server, with the token.
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.server))
+            .bearer_auth(&self.token)
+    }
+
+    /// Sends `req`; a non-success answer becomes an error carrying the server's message.
+    pub(crate) async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let resp = req.send().await.map_err(|e| {
             if e.is_connect() || e.is_timeout() {
                 anyhow::anyhow!(

@@ -147,8 +147,13 @@ impl From<StoreError> for ApiError {
             StoreError::EnvironmentNotFound(_) | StoreError::SessionNotFound(_) => {
                 ApiError::not_found(message)
             }
-            StoreError::DuplicateLogin(_) | StoreError::DuplicateEnvironment(_) => {
+            StoreError::DuplicateLogin(_)
+            | StoreError::DuplicateRepo(_)
+            | StoreError::DuplicateEnvironment(_) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            StoreError::RepoNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_repo", message)
             }
             StoreError::Invalid(_) => ApiError::invalid("invalid_request", message),
             _ => ApiError::internal(message),

@@ -13,10 +13,13 @@
 
 pub mod api;
 mod auth;
+pub mod builds;
 pub mod env_routes;
 pub mod error;
 mod extract;
+mod image_routes;
 mod metrics;
+mod repo_routes;
 mod routes;
 pub mod session_api;
 mod session_routes;
@@ -92,6 +95,10 @@ pub struct AppState {
     metrics: Metrics,
     /// The warm pool, when sessions take sandboxes from one.
     pool: Option<hangar_pool::Pool>,
+    /// Image builds, when this server builds images.
+    builds: Option<Arc<builds::Builds>>,
+    /// Sessions' git (branches, diffs), when sessions have it.
+    worktrees: Option<Arc<hangar_runner::Worktrees>>,
     /// Set when the server begins to stop: WebSocket connections close with 1001.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
     /// Environments, when the server runs the local sandbox backend.
@@ -113,6 +120,8 @@ impl AppState {
             sessions,
             metrics: Metrics::new()?,
             pool: None,
+            builds: None,
+            worktrees: None,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
             envs: None,
             terminals: env_routes::Terminals::default(),
@@ -122,6 +131,18 @@ impl AppState {
     /// Serves environments (`/api/environments`) from `envs`.
     pub fn with_envs(mut self, envs: hangar_envs::Environments) -> AppState {
         self.envs = Some(envs);
+        self
+    }
+
+    /// Serves sessions' diffs from `worktrees`.
+    pub fn with_git(mut self, worktrees: Arc<hangar_runner::Worktrees>) -> AppState {
+        self.worktrees = Some(worktrees);
+        self
+    }
+
+    /// Serves `/api/images` and builds from `builds`.
+    pub fn with_builds(mut self, builds: Arc<builds::Builds>) -> AppState {
+        self.builds = Some(builds);
         self
     }
 
@@ -186,6 +207,15 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
             env_routes::get_environment,
             env_routes::delete_environment
         ))
+        .routes(routes!(repo_routes::list_repos, repo_routes::create_repo))
+        .routes(routes!(repo_routes::get_repo, repo_routes::delete_repo))
+        .routes(routes!(repo_routes::put_recipe, repo_routes::delete_recipe))
+        .routes(routes!(image_routes::list_images))
+        .routes(routes!(
+            image_routes::list_builds,
+            image_routes::start_build
+        ))
+        .routes(routes!(image_routes::get_build))
         .split_for_parts();
     doc.merge(api_doc);
     let (sessions, sessions_doc) = OpenApiRouter::new()
@@ -202,6 +232,7 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(session_routes::stop_session))
         .routes(routes!(session_routes::get_events))
+        .routes(routes!(session_routes::get_diff))
         .routes(routes!(session_routes::create_share))
         .routes(routes!(session_routes::delete_share))
         .routes(routes!(session_ws::session_ws))

@@ -1,6 +1,6 @@
 //! The index database: one SQLite file (`<data dir>/index.db`, WAL mode) holding users, API
-//! tokens, sessions, participants and share links, and later repositories, images and
-//! metrics. Session event logs live in their own files, not here (see DESIGN.md), so no
+//! tokens, the repository registry, sessions, participants and share links, and later
+//! images and metrics. Session event logs live in their own files, not here (see DESIGN.md), so no
 //! session can slow another. Share links are scoped tokens (`hgs_…`, `view` or `prompt`,
 //! one session each), stored hashed like API tokens and revocable.
 //!
@@ -80,7 +80,19 @@ const MIGRATIONS: &[&str] = &[
         revoked_at INTEGER
     );
     CREATE INDEX share_links_session ON share_links(session_id);",
-    // 3: environments: shared sandboxes without an agent.
+    // 3: the repository registry.
+    "CREATE TABLE repos (
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        default_branch TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        hints TEXT NOT NULL DEFAULT '[]',
+        recipe TEXT,
+        created_by INTEGER REFERENCES users(id) ON DELETE SET NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );",
+    // 4: environments: shared sandboxes without an agent.
     "CREATE TABLE environments (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
@@ -222,6 +234,12 @@ pub enum StoreError {
         "an environment named {0:?} exists already; choose another name or remove it with `hangar env rm {0}`"
     )]
     DuplicateEnvironment(String),
+    /// No such repository.
+    #[error("no repository {0} is registered (add it with `hangar repo add`)")]
+    RepoNotFound(String),
+    /// A repository with this name is registered already.
+    #[error("repository {0} is registered already")]
+    DuplicateRepo(String),
     /// The system's random source failed.
     #[error("cannot generate a token: {0}")]
     Random(String),
@@ -277,8 +295,10 @@ fn new_secret_with(prefix: &str) -> Result<TokenSecret, StoreError> {
 }
 
 mod envs;
+mod repos;
 mod sessions;
 pub use envs::EnvironmentRecord;
+pub use repos::{NewRepo, Repo, check_branch_name, check_repo_name};
 pub use sessions::{NewSession, SessionRecord, ShareLink, ShareScope};
 
 fn is_sqlite_code(e: &rusqlite::Error, code: rusqlite::ErrorCode) -> bool {
@@ -741,6 +761,11 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
-        assert_eq!(Store::schema_version(), 3);
+        assert_eq!(Store::schema_version(), MIGRATIONS.len() as i64);
+        let on_disk: i64 = store
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(on_disk, Store::schema_version());
     }
 }

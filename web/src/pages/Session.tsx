@@ -129,9 +129,16 @@ export function SessionPage({ id, me }: { id: string; me: Me | null }) {
               </ul>
             </section>
           )}
-          {s && (s.prs.length > 0 || s.pushes.length > 0) && (
+          {s && (s.prs.length > 0 || s.pushes.length > 0 || s.commits.length > 0 || s.pushFailed) && (
             <section>
-              <h2>Pull request</h2>
+              <h2>Branch and pull request</h2>
+              {s.commits.map((c) => (
+                <p class="hint">
+                  {c.commit.slice(0, 10)} by {c.author}
+                  {c.coAuthors.length > 0 && ` with ${c.coAuthors.join(", ")}`}
+                </p>
+              ))}
+              {s.pushFailed && <p class="error">{s.pushFailed}</p>}
               {s.prs.map((p) => (
                 <p>
                   <a href={p.url} target="_blank" rel="noreferrer">
