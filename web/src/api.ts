@@ -49,6 +49,14 @@ export interface ShareView {
   token?: string;
 }
 
+/** A registered repository (`GET /api/repos`). */
+export interface RepoView {
+  name: string;
+  url: string;
+  default_branch: string;
+  description: string;
+}
+
 /** An environment (`/api/environments`). */
 export interface EnvView {
   id: string;
@@ -120,6 +128,7 @@ export function client(token: string) {
     stop: (id: string) => call<{ stopped: number | null }>(token, "POST", `/api/sessions/${enc(id)}/stop`),
     share: (id: string, scope: "view" | "prompt") =>
       call<ShareView>(token, "POST", `/api/sessions/${enc(id)}/shares`, { scope }),
+    repos: () => call<RepoView[]>(token, "GET", "/api/repos"),
     typing: (repo: string) => call<void>(token, "POST", "/api/typing", { repo }),
     envs: () => call<EnvView[]>(token, "GET", "/api/environments"),
     env: (id: string) => call<EnvView>(token, "GET", `/api/environments/${enc(id)}`),

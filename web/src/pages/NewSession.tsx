@@ -1,8 +1,8 @@
 // A new session: the repository, the first prompt. Typing the prompt sends the typing
 // signal (POST /api/typing), so a sandbox is warmed up before the prompt arrives.
 
-import { useMemo, useState } from "preact/hooks";
-import { client } from "../api";
+import { useEffect, useMemo, useState } from "preact/hooks";
+import { client, type RepoView } from "../api";
 import { throttle } from "../live";
 import { navigate } from "../router";
 
@@ -14,6 +14,12 @@ export function NewSession({ token }: { token: string }) {
   const [text, setText] = useState(() => sessionStorage.getItem(DRAFT_KEY) ?? "");
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
+  const [repos, setRepos] = useState<RepoView[]>([]);
+  useEffect(() => {
+    // The picker offers the registered repositories; any other name or URL may be typed.
+    api.repos().then(setRepos, () => setRepos([]));
+  }, [token]);
+  const picked = repos.find((r) => r.name === repo.trim());
   // The signal is advice: a failure to send it must not bother the person typing.
   const typing = useMemo(() => throttle(2000, () => repo.trim() && api.typing(repo.trim()).catch(() => {})), [repo, token]);
 
@@ -44,12 +50,25 @@ export function NewSession({ token }: { token: string }) {
         <input
           id="repo"
           name="repo"
+          list="repo-list"
           placeholder="owner/name or https://…/repo.git"
           autoComplete="off"
           spellcheck={false}
           value={repo}
           onInput={(e) => setRepo((e.target as HTMLInputElement).value)}
         />
+        <datalist id="repo-list" data-testid="repo-list">
+          {repos.map((r) => (
+            <option value={r.name}>{r.description || r.url}</option>
+          ))}
+        </datalist>
+        {picked ? (
+          <p class="hint">
+            {picked.description || picked.url} · from {picked.default_branch}
+          </p>
+        ) : (
+          repos.length > 0 && repo.trim() && <p class="hint">Not a registered repository: the session works in a plain directory.</p>
+        )}
         <label for="prompt">What should the agent do?</label>
         <textarea
           id="prompt"
