@@ -72,6 +72,19 @@ test("the terminal echoes input and runs Python 3.9; everyone sees who is there"
   await bob.page.keyboard.press("Enter");
   await waitForScreen(bob.page, /^shared\s*$/m);
 
+  // A guest with the environment's share link gets a terminal too, and is seen.
+  assert.match(env.share_path, new RegExp(`^/envs/${env.id}#share=hgs_`));
+  const guestCtx = await b.newContext();
+  const guest = await guestCtx.newPage();
+  await guest.goto(server.url + env.share_path);
+  await guest.locator("[data-testid=terminal-state]", { hasText: "connected" }).waitFor();
+  await alice.page.locator("[data-testid=env-participants]", { hasText: "guest-" }).waitFor();
+  await guest.locator("[data-testid=terminal]").click();
+  await guest.keyboard.type("cat /tmp/note");
+  await guest.keyboard.press("Enter");
+  await waitForScreen(guest, /^shared\s*$/m);
+  await guestCtx.close();
+
   await screenshot(alice.page, "env-desktop");
   await screenshot(bob.page, "env-phone");
 

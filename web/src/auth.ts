@@ -5,8 +5,10 @@
 const USER_KEY = "hangar.token";
 const shareKey = (sessionId: string) => `hangar.share.${sessionId}`;
 
-/** A parsed share link. */
+/** A parsed share link: it opens one session or one environment (`sessionId` is the id
+ * of either; they never collide). */
 export interface ShareLink {
+  kind: "session" | "env";
   sessionId: string;
   token: string;
 }
@@ -16,7 +18,7 @@ export function shareUrl(origin: string, sessionId: string, token: string): stri
   return `${origin}/sessions/${encodeURIComponent(sessionId)}#share=${encodeURIComponent(token)}`;
 }
 
-/** Reads a share link (`…/sessions/ID#share=hgs_…`), or null. */
+/** Reads a share link (`…/sessions/ID#share=hgs_…` or `…/envs/ID#share=hgs_…`), or null. */
 export function parseShareLink(text: string): ShareLink | null {
   let u: URL;
   try {
@@ -24,10 +26,10 @@ export function parseShareLink(text: string): ShareLink | null {
   } catch {
     return null;
   }
-  const m = /^\/sessions\/([^/]+)\/?$/.exec(u.pathname);
+  const m = /^\/(sessions|envs)\/([^/]+)\/?$/.exec(u.pathname);
   const token = new URLSearchParams(u.hash.replace(/^#/, "")).get("share");
   if (!m || !token || !token.startsWith("hgs_")) return null;
-  return { sessionId: decodeURIComponent(m[1]), token };
+  return { kind: m[1] === "envs" ? "env" : "session", sessionId: decodeURIComponent(m[2]), token };
 }
 
 /** What a pasted sign-in text is: an API token, a share link, or neither (with why). */
@@ -60,7 +62,7 @@ export function shareToken(sessionId: string): string | null {
 }
 
 /** Keeps a share link's token for this tab. */
-export function setShareToken(link: ShareLink | { sessionId: string; token: null }) {
+export function setShareToken(link: { sessionId: string; token: string | null }) {
   if (link.token) sessionStorage.setItem(shareKey(link.sessionId), link.token);
   else sessionStorage.removeItem(shareKey(link.sessionId));
 }

@@ -56,7 +56,8 @@ function App() {
 
   let r = route(location.pathname, location.search);
   // Every page but sign-in and a session opened through a share link needs a user.
-  if (!token && r.page !== "sign-in" && (r.page !== "session" || !tokenFor(r.id))) {
+  const shared = (r.page === "session" || r.page === "env") && tokenFor(r.id) !== null;
+  if (!token && r.page !== "sign-in" && !shared) {
     const next = location.pathname + location.search;
     history.replaceState(null, "", `/sign-in?next=${encodeURIComponent(next)}`);
     r = { page: "sign-in", next };
@@ -79,7 +80,7 @@ function App() {
       page = <Lazy name="Envs" props={{ token }} />;
       break;
     case "env":
-      page = <Lazy key={r.id} name="EnvPage" props={{ id: r.id, token, me }} />;
+      page = <Lazy key={r.id} name="EnvPage" props={{ id: r.id, token: tokenFor(r.id), me }} />;
       break;
     case "not-found":
       page = (

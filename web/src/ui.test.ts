@@ -11,8 +11,9 @@ describe("sign-in", () => {
   it("reads a share link back from the URL it makes", () => {
     const url = shareUrl("https://hangar.example", "s_1", "hgs_abc");
     expect(url).toBe("https://hangar.example/sessions/s_1#share=hgs_abc");
-    expect(parseShareLink(url)).toEqual({ sessionId: "s_1", token: "hgs_abc" });
-    expect(parseShareLink("/sessions/s_1#share=hgs_abc")).toEqual({ sessionId: "s_1", token: "hgs_abc" });
+    expect(parseShareLink(url)).toEqual({ kind: "session", sessionId: "s_1", token: "hgs_abc" });
+    expect(parseShareLink("/sessions/s_1#share=hgs_abc")).toEqual({ kind: "session", sessionId: "s_1", token: "hgs_abc" });
+    expect(parseShareLink("http://h/envs/env-1#share=hgs_e")).toEqual({ kind: "env", sessionId: "env-1", token: "hgs_e" });
   });
   it("refuses what is not a share link", () => {
     expect(parseShareLink("https://x/sessions/s_1")).toBeNull();

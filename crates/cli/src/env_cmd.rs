@@ -1,6 +1,7 @@
 //! `hangar env create|ls|rm`: environments, shared sandboxes without an agent, on a server
 //! (the same `--server`/`--token` as the session commands). `env create` prints one JSON
-//! document, `{"status": "success", "id", "name", "python", "url", "share_url", ...}` or
+//! document, `{"status": "success", "id", "name", "python", "url", "share_url", ...}` (the
+//! share URL carries a token that opens this environment without an API token) or
 //! `{"status": "error", "message"}` with a non-zero exit.
 
 use std::process::ExitCode;
@@ -141,6 +142,10 @@ async fn create(
 /// The success document for an environment as the server shows it.
 fn success(server: &str, env: &Value) -> Value {
     let url = format!("{server}{}", env["path"].as_str().unwrap_or(""));
+    let share_url = env["share_path"]
+        .as_str()
+        .map(|p| format!("{server}{p}"))
+        .unwrap_or_else(|| url.clone());
     json!({
         "status": "success",
         "id": env["id"],
@@ -150,8 +155,7 @@ fn success(server: &str, env: &Value) -> Value {
         "repo": env["repo"],
         "sandbox": env["sandbox"],
         "url": url,
-        // Everyone signed in to this server opens the environment at its page.
-        "share_url": url,
+        "share_url": share_url,
     })
 }
 
@@ -175,11 +179,12 @@ mod tests {
     #[test]
     fn success_names_the_environment_and_its_page() {
         let env = json!({"id": "env-1", "name": "collab-py", "python": "3.9.2", "suite": "bullseye",
-            "repo": null, "sandbox": "sb-1", "path": "/envs/env-1"});
+            "repo": null, "sandbox": "sb-1", "path": "/envs/env-1", "share_path": "/envs/env-1#share=hgs_1"});
         let doc = success("http://h:7070", &env);
         assert_eq!(doc["status"], "success");
         assert_eq!(doc["python"], "3.9.2");
         assert_eq!(doc["url"], "http://h:7070/envs/env-1");
+        assert_eq!(doc["share_url"], "http://h:7070/envs/env-1#share=hgs_1");
     }
 
     #[test]

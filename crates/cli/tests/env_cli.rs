@@ -74,7 +74,12 @@ fn env_create_runs_python_3_9_and_env_ls_and_rm_manage_it() {
     assert_eq!(doc["suite"], "bullseye");
     let id = doc["id"].as_str().unwrap();
     assert_eq!(doc["url"], format!("{}/envs/{id}", server.url));
-    assert!(doc["share_url"].is_string());
+    let share_url = doc["share_url"].as_str().unwrap();
+    let share_token = share_url
+        .strip_prefix(&format!("{}/envs/{id}#share=", server.url))
+        .unwrap_or_else(|| panic!("{share_url}"))
+        .to_string();
+    assert!(share_token.starts_with("hgs_"), "{share_url}");
 
     // The sandbox is real and runs that Python.
     let sandbox = doc["sandbox"].as_str().unwrap();
@@ -142,6 +147,42 @@ fn env_create_runs_python_3_9_and_env_ls_and_rm_manage_it() {
             }
         };
         assert_eq!(code, 1007);
+    });
+
+    // The share link opens this environment (page and terminal) and nothing else.
+    let api = Api::new(&server, &share_token);
+    rt.block_on(async {
+        let (status, body) = api.get(&format!("/api/environments/{id}")).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        assert_eq!(body["name"], "collab-py");
+        assert_error(
+            api.get("/api/sessions").await,
+            reqwest::StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+        assert_error(
+            api.get("/api/environments").await,
+            reqwest::StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+        let url = format!(
+            "{}/api/environments/{id}/ws?token={share_token}",
+            server.url.replace("http://", "ws://")
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut who = None;
+        while who.is_none() {
+            match tokio::time::timeout_at(deadline.into(), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    who = v["participants"][0]["login"].as_str().map(str::to_string);
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no presence: {other:?}"),
+            }
+        }
+        assert!(who.unwrap().starts_with("guest-"));
     });
 
     // The name is taken now.

@@ -71,6 +71,10 @@ pub struct EnvironmentView {
     pub created_at_ms: i64,
     /// Its page in the web UI, relative to the server.
     pub path: String,
+    /// Its page with a share link's token (`/envs/ID#share=hgs_…`), relative to the server:
+    /// opens the environment without an API token. Only in the answer that created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_path: Option<String>,
 }
 
 impl EnvironmentView {
@@ -87,6 +91,7 @@ impl EnvironmentView {
             status: if running { "running" } else { "stopped" }.into(),
             created_by: r.created_by,
             created_at_ms: r.created_at_ms,
+            share_path: None,
         }
     }
 }
@@ -146,7 +151,12 @@ pub async fn create_environment(
     };
     let record = envs.create(&req, caller.user.id).await?;
     tracing::info!(env = %record.id, name = %record.name, user = %caller.user.login, "environment created");
-    Ok((StatusCode::CREATED, Json(view(envs, record).await)).into_response())
+    let (_, token) = state
+        .store
+        .create_environment_share(&record.id, caller.user.id)?;
+    let mut view = view(envs, record).await;
+    view.share_path = Some(format!("{}#share={}", view.path, token.expose()));
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 /// Every environment, newest first.
@@ -166,34 +176,44 @@ pub async fn list_environments(
     Ok(Json(out))
 }
 
-/// One environment, by id or name.
+/// One environment, by id or name. Also with the environment's share link.
 #[utoipa::path(get, path = "/api/environments/{id}", tag = "environments", security(("bearer" = [])),
     params(("id" = String, Path, description = "Environment id or name")),
     responses(
         (status = 200, body = EnvironmentView),
         (status = 401, body = ErrorResponse),
+        (status = 403, description = "Another environment's share link", body = ErrorResponse),
         (status = 404, body = ErrorResponse)))]
 pub async fn get_environment(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Result<Json<EnvironmentView>, ApiError> {
     let envs = environments(&state)?;
     let r = envs.get(&id)?;
+    access.check_env(&r.id)?;
     Ok(Json(view(envs, r).await))
 }
 
-/// Removes an environment: destroys its sandbox (closing its terminals) and forgets it.
+/// Removes an environment: destroys its sandbox (closing its terminals) and forgets it
+/// and its share links. Users only.
 #[utoipa::path(delete, path = "/api/environments/{id}", tag = "environments", security(("bearer" = [])),
     params(("id" = String, Path, description = "Environment id or name")),
     responses(
         (status = 200, body = EnvironmentView),
         (status = 401, body = ErrorResponse),
+        (status = 403, description = "A share link cannot remove it", body = ErrorResponse),
         (status = 404, body = ErrorResponse)))]
 pub async fn delete_environment(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Result<Json<EnvironmentView>, ApiError> {
+    let Access::User(caller) = access else {
+        return Err(ApiError::forbidden(
+            "share links cannot remove environments; use an API token",
+        ));
+    };
     let envs = environments(&state)?;
     let r = envs.remove(&id).await?;
     tracing::info!(env = %r.id, user = %caller.user.login, "environment removed");
@@ -309,7 +329,8 @@ enum TerminalMessage {
 }
 
 /// A terminal in the environment: a login shell on a PTY in its sandbox, over a
-/// WebSocket. Authenticate with `Authorization: Bearer` or `?token=` (an API token).
+/// WebSocket. Authenticate with `Authorization: Bearer` or `?token=` (an API token, or the
+/// environment's share link).
 #[utoipa::path(get, path = "/api/environments/{id}/ws", tag = "environments", security(("bearer" = [])),
     params(
         ("id" = String, Path, description = "Environment id or name"),
@@ -320,7 +341,7 @@ enum TerminalMessage {
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, body = ErrorResponse),
         (status = 401, body = ErrorResponse),
-        (status = 403, description = "Share links cannot open terminals", body = ErrorResponse),
+        (status = 403, description = "Another environment's or a session's share link", body = ErrorResponse),
         (status = 404, body = ErrorResponse),
         (status = 409, description = "The environment's sandbox is not running", body = ErrorResponse)))]
 pub async fn terminal_ws(
@@ -330,11 +351,6 @@ pub async fn terminal_ws(
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let Access::User(caller) = access else {
-        return Err(ApiError::forbidden(
-            "share links cannot open terminals; use an API token",
-        ));
-    };
     let size = terminal_query(query.as_deref())?;
     let upgrade = upgrade.map_err(|e| {
         ApiError::bad_request(format!(
@@ -344,6 +360,7 @@ pub async fn terminal_ws(
     })?;
     let envs = environments(&state)?;
     let env = envs.get(&id)?;
+    access.check_env(&env.id)?;
     let envd = envs.envd(&env).await?;
     // Started before the upgrade, so a sandbox that cannot run a shell is an HTTP error.
     let exec = envd
@@ -355,7 +372,7 @@ pub async fn terminal_ws(
             ..Default::default()
         })
         .await?;
-    let (seat, presence) = state.terminals.join(&env.id, &caller.user.login);
+    let (seat, presence) = state.terminals.join(&env.id, &access.author().login);
     let closing = state.closing.subscribe();
     Ok(upgrade.on_upgrade(move |socket| bridge(socket, exec, seat, presence, closing)))
 }

@@ -203,10 +203,6 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
             env_routes::list_environments,
             env_routes::create_environment
         ))
-        .routes(routes!(
-            env_routes::get_environment,
-            env_routes::delete_environment
-        ))
         .routes(routes!(repo_routes::list_repos, repo_routes::create_repo))
         .routes(routes!(repo_routes::get_repo, repo_routes::delete_repo))
         .routes(routes!(repo_routes::put_recipe, repo_routes::delete_recipe))
@@ -236,6 +232,10 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         .routes(routes!(session_routes::create_share))
         .routes(routes!(session_routes::delete_share))
         .routes(routes!(session_ws::session_ws))
+        .routes(routes!(
+            env_routes::get_environment,
+            env_routes::delete_environment
+        ))
         .routes(routes!(env_routes::terminal_ws))
         .split_for_parts();
     doc.merge(sessions_doc);

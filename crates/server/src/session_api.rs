@@ -288,6 +288,13 @@ pub enum Access {
     User(Caller),
     /// A share link's holder.
     Share(ShareLink),
+    /// The holder of an environment's share link: that environment's page and terminals.
+    EnvShare {
+        /// The link's id.
+        id: i64,
+        /// The environment it opens.
+        env_id: String,
+    },
 }
 
 impl Access {
@@ -304,6 +311,26 @@ impl Access {
                 login: format!("share-{}", s.id),
                 share_id: Some(s.id),
             },
+            Access::EnvShare { id, .. } => Author {
+                user_id: None,
+                login: format!("guest-{id}"),
+                share_id: Some(*id),
+            },
+        }
+    }
+
+    /// Checks the caller may use environment `env_id`: users every environment, an
+    /// environment's share link that one only.
+    pub fn check_env(&self, env_id: &str) -> Result<(), ApiError> {
+        match self {
+            Access::User(_) => Ok(()),
+            Access::EnvShare { env_id: e, .. } if e == env_id => Ok(()),
+            Access::EnvShare { .. } => Err(ApiError::forbidden(
+                "this share link is for another environment",
+            )),
+            Access::Share(_) => Err(ApiError::forbidden(
+                "a session's share link does not open environments",
+            )),
         }
     }
 
@@ -311,8 +338,14 @@ impl Access {
     /// session of the server (sessions belong to the team, not to one author); a share link
     /// opens its own session only, within its scope.
     pub fn check(&self, session_id: Option<&str>, need: Need) -> Result<(), ApiError> {
-        let Access::Share(link) = self else {
-            return Ok(());
+        let link = match self {
+            Access::User(_) => return Ok(()),
+            Access::Share(link) => link,
+            Access::EnvShare { .. } => {
+                return Err(ApiError::forbidden(
+                    "an environment's share link does not open sessions",
+                ));
+            }
         };
         if session_id != Some(link.session_id.as_str()) {
             return Err(ApiError::forbidden(

@@ -45,7 +45,14 @@ pub async fn require_access(
     let store = state.store.clone();
     let verified = tokio::task::spawn_blocking(move || {
         if token.starts_with(SHARE_TOKEN_PREFIX) {
-            store.verify_share(&token).map(Access::Share)
+            match store.verify_share(&token) {
+                Ok(link) => Ok(Access::Share(link)),
+                // Environments have share links of their own.
+                Err(hangar_store::StoreError::InvalidToken) => store
+                    .verify_environment_share(&token)
+                    .map(|(id, env_id)| Access::EnvShare { id, env_id }),
+                Err(e) => Err(e),
+            }
         } else {
             store
                 .verify_token(&token)

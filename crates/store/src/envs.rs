@@ -1,11 +1,13 @@
 //! Environments in the index: shared sandboxes without an agent (`hangar env create`),
 //! each with a unique name, the Python it was asked for, the image and the sandbox it
-//! runs in. The sandbox itself is the runtime's; this is the list people see.
+//! runs in, and its share links: `hgs_` tokens that open that one environment (its page and
+//! terminals), stored hashed. The sandbox itself is the runtime's; this is the list people
+//! see.
 
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use crate::{Store, StoreError, now_ms};
+use crate::{Store, StoreError, TokenSecret, new_secret_with, now_ms, sha256};
 
 /// An environment's entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -106,11 +108,49 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Forgets an environment (its sandbox is the caller's to destroy).
+    /// A share link for environment `id`: returns its id and its token (shown once).
+    pub fn create_environment_share(
+        &self,
+        id: &str,
+        created_by: i64,
+    ) -> Result<(i64, TokenSecret), StoreError> {
+        let env = self.environment(id)?;
+        let secret = new_secret_with(crate::SHARE_TOKEN_PREFIX)?;
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO environment_shares (environment_id, token_sha256, created_by, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![env.id, sha256(secret.expose()), created_by, now_ms()],
+        )?;
+        Ok((conn.last_insert_rowid(), secret))
+    }
+
+    /// The share link `presented` belongs to: its id and its environment's id.
+    /// [`StoreError::InvalidToken`] for anything else.
+    pub fn verify_environment_share(&self, presented: &str) -> Result<(i64, String), StoreError> {
+        if !presented.starts_with(crate::SHARE_TOKEN_PREFIX) || presented.len() > 256 {
+            return Err(StoreError::InvalidToken);
+        }
+        self.conn()
+            .query_row(
+                "SELECT id, environment_id FROM environment_shares
+                 WHERE token_sha256 = ?1 AND revoked_at IS NULL",
+                [sha256(presented)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .ok_or(StoreError::InvalidToken)
+    }
+
+    /// Forgets an environment and its share links (its sandbox is the caller's to
+    /// destroy).
     pub fn remove_environment(&self, id: &str) -> Result<(), StoreError> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM environments WHERE id = ?1", [id])?;
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM environment_shares WHERE environment_id = ?1",
+            [id],
+        )?;
+        let n = conn.execute("DELETE FROM environments WHERE id = ?1", [id])?;
         if n == 0 {
             return Err(StoreError::EnvironmentNotFound(id.to_string()));
         }
@@ -155,7 +195,22 @@ mod tests {
             .add_environment(&record("env-c", "other", admin.id))
             .unwrap();
         assert_eq!(store.environments().unwrap().len(), 2);
+        let (_, token) = store
+            .create_environment_share("collab-py", admin.id)
+            .unwrap();
+        assert_eq!(
+            store.verify_environment_share(token.expose()).unwrap().1,
+            "env-a"
+        );
+        assert!(matches!(
+            store.verify_share(token.expose()),
+            Err(StoreError::InvalidToken)
+        ));
         store.remove_environment("env-a").unwrap();
+        assert!(matches!(
+            store.verify_environment_share(token.expose()),
+            Err(StoreError::InvalidToken)
+        ));
         assert!(matches!(
             store.environment("collab-py"),
             Err(StoreError::EnvironmentNotFound(_))

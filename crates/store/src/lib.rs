@@ -104,6 +104,16 @@ const MIGRATIONS: &[&str] = &[
         created_by INTEGER NOT NULL REFERENCES users(id),
         created_at INTEGER NOT NULL
     );",
+    // 5: share links of environments (`hgs_` tokens, like sessions' share links).
+    "CREATE TABLE environment_shares (
+        id INTEGER PRIMARY KEY,
+        environment_id TEXT NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
+        token_sha256 BLOB NOT NULL UNIQUE,
+        created_by INTEGER NOT NULL REFERENCES users(id),
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE INDEX environment_shares_env ON environment_shares(environment_id);",
 ];
 
 /// The prefix of share-link tokens, distinct from API tokens so each is checked only where

@@ -16,7 +16,8 @@ export function SignIn({ next }: { next: string }) {
     if (what.kind === "bad") return setError(what.message);
     if (what.kind === "share") {
       setShareToken(what.link);
-      return navigate(`/sessions/${encodeURIComponent(what.link.sessionId)}`);
+      const page = what.link.kind === "env" ? "envs" : "sessions";
+      return navigate(`/${page}/${encodeURIComponent(what.link.sessionId)}`);
     }
     setBusy(true);
     setError(null);
