@@ -105,6 +105,9 @@ test("two users in one session see one live stream, queue, typing, stop and shar
     await p.locator("[data-testid=status]", { hasText: "idle" }).waitFor();
   }
   assert.equal(await alice.page.locator("[data-testid=queued]").count(), 0);
+  // A repository that is not registered has no branch: the diff says so.
+  await alice.page.click("[data-testid=show-diff]");
+  await alice.page.locator("[data-testid=diff-note]").waitFor();
 
   // A view-only share link opens the session for a guest, who cannot prompt.
   await alice.page.click("[data-testid=share]");

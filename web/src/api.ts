@@ -49,6 +49,16 @@ export interface ShareView {
   token?: string;
 }
 
+/** `GET /api/sessions/{id}/diff`: the session's branch against its base. */
+export interface DiffView {
+  branch: string;
+  base: string;
+  head?: string | null;
+  files: { path: string; additions?: number | null; deletions?: number | null }[];
+  patch: string;
+  truncated: boolean;
+}
+
 /** A registered repository (`GET /api/repos`). */
 export interface RepoView {
   name: string;
@@ -125,6 +135,7 @@ export function client(token: string) {
       call<Prompt>(token, "PATCH", `/api/sessions/${enc(id)}/queue/${promptId}`, { text }),
     cancelPrompt: (id: string, promptId: number) =>
       call<Prompt>(token, "DELETE", `/api/sessions/${enc(id)}/queue/${promptId}`),
+    diff: (id: string) => call<DiffView>(token, "GET", `/api/sessions/${enc(id)}/diff`),
     stop: (id: string) => call<{ stopped: number | null }>(token, "POST", `/api/sessions/${enc(id)}/stop`),
     share: (id: string, scope: "view" | "prompt") =>
       call<ShareView>(token, "POST", `/api/sessions/${enc(id)}/shares`, { scope }),

@@ -3,7 +3,7 @@
 // prompt box (sends the typing signal; keeps the text when sending fails).
 
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
-import { ApiError, client, type Me, type SessionView, type ShareView } from "../api";
+import { ApiError, client, type DiffView, type Me, type SessionView, type ShareView } from "../api";
 import { shareToken, shareUrl, tokenFor } from "../auth";
 import { LiveSession, throttle } from "../live";
 import type { Author, Prompt } from "../protocol";
@@ -117,6 +117,7 @@ export function SessionPage({ id, me }: { id: string; me: Me | null }) {
             </ul>
           </section>
           <QueueView queue={s?.queue ?? []} isMine={isMine} api={api} id={id} />
+          <DiffPanel id={id} api={api} finished={s?.turns.filter((t) => t.state !== "running").length ?? 0} />
           {s && s.files.size > 0 && (
             <section>
               <h2>Files changed</h2>
@@ -416,5 +417,62 @@ function ShareButton({ id, api }: { id: string; api: ReturnType<typeof client> }
         </div>
       )}
     </div>
+  );
+}
+
+/** The session's changes against its base branch, reloaded when a prompt finishes. */
+function DiffPanel({ id, api, finished }: { id: string; api: ReturnType<typeof client>; finished: number }) {
+  const [diff, setDiff] = useState<DiffView | null>(null);
+  const [note, setNote] = useState<string | null>(null);
+  const [open, setOpen] = useState(false);
+  useEffect(() => {
+    if (!open) return;
+    api.diff(id).then(
+      (d) => {
+        setDiff(d);
+        setNote(null);
+      },
+      (e: ApiError) => {
+        setDiff(null);
+        setNote(e.message);
+      },
+    );
+  }, [open, finished, id]);
+  return (
+    <section>
+      <h2>Changes</h2>
+      {!open ? (
+        <button class="small secondary" data-testid="show-diff" onClick={() => setOpen(true)}>
+          Show the diff
+        </button>
+      ) : (
+        <>
+          {note && <p class="hint" data-testid="diff-note">{note}</p>}
+          {diff && (
+            <>
+              <p class="hint">
+                {diff.branch} against {diff.base}
+                {diff.files.length === 0 && ": no changes yet"}
+              </p>
+              <ul class="files">
+                {diff.files.map((f) => (
+                  <li>
+                    <span class="ok">+{f.additions ?? "?"}</span> <span class="bad">-{f.deletions ?? "?"}</span> {f.path}
+                  </li>
+                ))}
+              </ul>
+              {diff.patch && (
+                <pre class="patch">
+                  {diff.patch.split("\n").map((line) => (
+                    <span class={line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : ""}>{line + "\n"}</span>
+                  ))}
+                </pre>
+              )}
+              {diff.truncated && <p class="hint">The patch was cut at 1 MiB.</p>}
+            </>
+          )}
+        </>
+      )}
+    </section>
   );
 }
