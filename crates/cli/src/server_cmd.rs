@@ -100,6 +100,10 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         })
     };
     let builds = Arc::new(hangar_server::builds::Builds::new(builder, on_image));
+    if config.images.rebuild_every_s > 0 {
+        let every = Duration::from_secs(config.images.rebuild_every_s);
+        tokio::spawn(Arc::clone(&builds).run_schedule(Arc::clone(&store), every));
+    }
     let interrupted = sessions
         .recover()
         .await

@@ -778,7 +778,30 @@ async fn the_openapi_document_describes_the_session_api() {
             "{method} {path} missing from openapi.json"
         );
     }
-    assert!(doc["components"]["schemas"]["EventDoc"].is_object());
+    // Every event type has its schema, defined once in the protocol crate.
+    let schemas = &doc["components"]["schemas"];
+    for name in [
+        "Event",
+        "EventBody",
+        "PresenceUpdate",
+        "ClientMessage",
+        "Prompt",
+        "Author",
+    ] {
+        assert!(schemas[name].is_object(), "{name} missing");
+    }
+    let bodies = schemas["EventBody"].to_string();
+    for kind in [
+        "prompt.queued",
+        "model.delta",
+        "file.changed",
+        "git.committed",
+        "git.pushed",
+        "pr.opened",
+        "session.spawned",
+    ] {
+        assert!(bodies.contains(kind), "{kind} has no schema: {bodies}");
+    }
 }
 
 #[test]
@@ -1057,7 +1080,11 @@ async fn typing_warms_a_sandbox_that_the_prompt_then_uses() {
 #[tokio::test]
 async fn repositories_are_registered_listed_shown_and_removed() {
     let (_dir, data) = scratch();
-    let server = Server::start(&data, "");
+    // No scheduled builds: the URLs registered here lead nowhere.
+    let server = Server::start_with_config(
+        &data,
+        "[sessions]\nexecutor = \"scripted\"\n\n[images]\nrebuild_every_s = 0\n",
+    );
     let token = server.admin_token.clone().unwrap();
     let api = Api::new(&server, &token);
 

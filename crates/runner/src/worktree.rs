@@ -198,6 +198,60 @@ impl Worktrees {
         Ok(())
     }
 
+    /// Puts the session's branch, as last committed, into the sandbox and checks it out,
+    /// when the mirror has it (the session committed before, in another sandbox).
+    pub async fn restore_branch(
+        &self,
+        repo: &str,
+        envd: &Envd,
+        session_id: &str,
+    ) -> Result<(), String> {
+        let Some(repo) = self.repo(repo)? else {
+            return Ok(());
+        };
+        let mirror = self.mirror_dir(&repo);
+        if !mirror.join("HEAD").is_file() {
+            return Ok(());
+        }
+        let branch = branch_of(session_id);
+        let refname = format!("refs/heads/{branch}");
+        let bundle = {
+            let lock = self.lock(&repo.name).await;
+            let _held = lock.lock().await;
+            let (git, _scratch) = self.git(&repo)?;
+            if git
+                .rev_parse(&mirror, &refname)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                return Ok(());
+            }
+            let head = self
+                .sandbox_git(envd, "git rev-parse -q --verify HEAD", &[])
+                .await
+                .ok();
+            git.bundle(&mirror, &refname, head.as_deref().map(str::trim))
+                .await
+                .map_err(|e| format!("bundling {branch}: {e}"))?
+        };
+        self.put_bundle(envd, &bundle).await?;
+        self.sandbox_git(
+            envd,
+            r#"git fetch -q --no-tags "$HANGAR_BUNDLE" "+$HANGAR_REF:$HANGAR_REF" \
+               && git checkout -q "$HANGAR_BRANCH" && rm -f "$HANGAR_BUNDLE""#,
+            &[
+                ("HANGAR_BUNDLE", SANDBOX_BUNDLE),
+                ("HANGAR_REF", &refname),
+                ("HANGAR_BRANCH", &branch),
+            ],
+        )
+        .await
+        .map_err(|e| format!("restoring {branch}: {e}"))?;
+        tracing::info!(session = session_id, "restored {branch} in a new sandbox");
+        Ok(())
+    }
+
     /// Writes a bundle into the sandbox's repository (creating the repository if there is
     /// none), through a process's stdin so its size is not bounded by envd's frames.
     async fn put_bundle(&self, envd: &Envd, bundle: &[u8]) -> Result<(), String> {

@@ -96,7 +96,7 @@ pub struct AppState {
     /// The warm pool, when sessions take sandboxes from one.
     pool: Option<hangar_pool::Pool>,
     /// Image builds, when this server builds images.
-    builds: Option<Arc<builds::Builds>>,
+    pub(crate) builds: Option<Arc<builds::Builds>>,
     /// Sessions' git (branches, diffs), when sessions have it.
     worktrees: Option<Arc<hangar_runner::Worktrees>>,
     /// Set when the server begins to stop: WebSocket connections close with 1001.
@@ -160,7 +160,14 @@ impl AppState {
         description = "Self-hosted background coding agents and sandboxes. Everything under /api needs `Authorization: Bearer TOKEN`; errors are `{\"error\": {\"code\", \"message\"}}`."
     ),
     modifiers(&BearerAuth),
-    components(schemas(error::ErrorResponse, error::ErrorBody))
+    components(schemas(
+        error::ErrorResponse,
+        error::ErrorBody,
+        hangar_protocol::session::Event,
+        hangar_protocol::session::EventBody,
+        hangar_protocol::session::PresenceUpdate,
+        hangar_protocol::session::ClientMessage
+    ))
 )]
 struct ApiDoc;
 
