@@ -126,6 +126,13 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         None => state,
     };
     println!("hangar listening on {url}");
+    if hangar_server::web_ui_embedded() {
+        println!("Open {url} in a browser and sign in with an API token.");
+    } else {
+        eprintln!(
+            "hangar: this build has no web UI (build it with `cd web && npm ci && npm run build`, then rebuild hangar); the API is served"
+        );
+    }
     hangar_server::serve(state, listener, shutdown_signal())
         .await
         .context("serving HTTP")?;
