@@ -99,8 +99,13 @@ test("the terminal echoes input and runs Python 3.9; everyone sees who is there"
   await alice.ctx.close();
 });
 
-test("an unknown environment is an error on the page", { timeout: 60_000 }, async () => {
+test("an unknown environment, or one that cannot be made, is an error on the page", { timeout: 60_000 }, async () => {
   const alice = await signedIn(b, server, server.adminToken);
+  await alice.page.goto(`${server.url}/envs`);
+  await alice.page.fill("[data-testid=new-env] input[name=name]", "no spaces allowed");
+  await alice.page.click("[data-testid=new-env] button[type=submit]");
+  await alice.page.locator("[data-testid=new-env] .error", { hasText: "environment name" }).waitFor();
+  assert.equal(await alice.page.inputValue("[data-testid=new-env] input[name=name]"), "no spaces allowed");
   await alice.page.goto(`${server.url}/envs/env-doesnotexist`);
   await alice.page.locator(".error", { hasText: "no environment" }).waitFor();
   await alice.ctx.close();

@@ -142,6 +142,12 @@ export function client(token: string) {
     repos: () => call<RepoView[]>(token, "GET", "/api/repos"),
     typing: (repo: string) => call<void>(token, "POST", "/api/typing", { repo }),
     envs: () => call<EnvView[]>(token, "GET", "/api/environments"),
+    createEnv: (name: string, python: string, repo?: string) =>
+      call<EnvView & { share_path?: string }>(token, "POST", "/api/environments", {
+        name,
+        python,
+        ...(repo ? { repo } : {}),
+      }),
     env: (id: string) => call<EnvView>(token, "GET", `/api/environments/${enc(id)}`),
   };
 }

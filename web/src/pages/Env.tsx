@@ -7,7 +7,7 @@ import { Terminal } from "@xterm/xterm";
 import { FitAddon } from "@xterm/addon-fit";
 import "@xterm/xterm/css/xterm.css";
 import { client, type EnvView, type Me } from "../api";
-import { linkClick } from "../router";
+import { linkClick, navigate } from "../router";
 import { ago } from "../format";
 import { terminalUrl, type TerminalServerMessage } from "../terminal";
 
@@ -31,6 +31,7 @@ export function Envs({ token }: { token: string }) {
           {error}
         </p>
       )}
+      <NewEnv token={token} />
       {list?.length === 0 && <p class="hint">No environments yet.</p>}
       <ul class="sessions">
         {list?.map((e) => (
@@ -142,5 +143,57 @@ export function EnvPage({ id, token }: { id: string; token: string; me: Me | nul
       )}
       <div class="terminal" ref={host} data-testid="terminal" />
     </main>
+  );
+}
+
+/** Creates an environment; the answer comes once its sandbox runs (the first of a Debian
+ * suite builds its base, which takes a minute or two). */
+function NewEnv({ token }: { token: string }) {
+  const [name, setName] = useState("");
+  const [python, setPython] = useState("3.11");
+  const [repo, setRepo] = useState("");
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  async function submit(e: Event) {
+    e.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      const env = await client(token).createEnv(name.trim(), python, repo.trim() || undefined);
+      navigate(env.path);
+    } catch (err) {
+      setError((err as Error).message);
+    } finally {
+      setBusy(false);
+    }
+  }
+  return (
+    <form class="filters" onSubmit={submit} data-testid="new-env">
+      <label>
+        Name
+        <input name="name" value={name} required onInput={(e) => setName((e.target as HTMLInputElement).value)} />
+      </label>
+      <label>
+        Python
+        <select name="python" value={python} onChange={(e) => setPython((e.target as HTMLSelectElement).value)}>
+          <option value="3.11">3.11 (Debian bookworm)</option>
+          <option value="3.9">3.9 (Debian bullseye)</option>
+        </select>
+      </label>
+      <label>
+        Repository (optional)
+        <input name="repo" value={repo} placeholder="https://…/repo.git" onInput={(e) => setRepo((e.target as HTMLInputElement).value)} />
+      </label>
+      <div class="row">
+        <button type="submit" disabled={busy || !name.trim()}>
+          {busy ? "Creating… (the first of a Python version takes a minute or two)" : "Create environment"}
+        </button>
+      </div>
+      {error && (
+        <p class="error" role="alert">
+          {error}
+        </p>
+      )}
+    </form>
   );
 }
