@@ -155,7 +155,16 @@ pub async fn get_session(
     let record = state.sessions.record(&id)?;
     let info = state.sessions.info(&id).await?;
     let login = state.store.user(record.created_by).ok().map(|u| u.login);
-    Ok(Json(SessionView::new(record, Some(info)).with_login(login)))
+    let mut view = SessionView::new(record, Some(info)).with_login(login);
+    view.children = Some(
+        state
+            .store
+            .session_children(&id)?
+            .into_iter()
+            .map(|c| c.id)
+            .collect(),
+    );
+    Ok(Json(view))
 }
 
 /// Adds a prompt, attributed to the caller: it starts at once, or queues while the agent

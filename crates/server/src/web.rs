@@ -1,9 +1,9 @@
 //! The web UI: the files of `web/dist` (built by Vite, see `web/`), embedded in the binary
 //! at compile time and served at `/`. Any other path that is not an API route gets
 //! `index.html`, so the UI's own routes (`/sessions/ID`) survive a reload; paths under
-//! `/api/` and the server's own routes are never shadowed, and a missing file under
-//! `/assets/` is a 404, not a page. Built without the UI (`cargo build` alone), `/` says
-//! how to build it.
+//! `/api/`, `/slack/`, `/webhooks/` and the server's own routes are never shadowed, and a
+//! missing file under `/assets/` is a 404, not a page. Built without the UI (`cargo build`
+//! alone), `/` says how to build it.
 
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,14 @@ use crate::ApiError;
 struct Assets;
 
 /// Paths that belong to the server, never to the UI.
-const SERVER_PATHS: &[&str] = &["/api", "/healthz", "/metrics", "/openapi.json"];
+const SERVER_PATHS: &[&str] = &[
+    "/api",
+    "/healthz",
+    "/metrics",
+    "/openapi.json",
+    "/slack",
+    "/webhooks",
+];
 
 /// The policy for the UI's pages: its own scripts and styles only, the API over HTTP and
 /// WebSockets on the same host.
@@ -142,6 +149,8 @@ mod tests {
             "/healthz/x",
             "/metrics/",
             "/openapi.json/x",
+            "/slack/nope",
+            "/webhooks/x",
         ] {
             assert_eq!(target(p, has), Target::NotFound, "{p}");
         }

@@ -92,7 +92,10 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );",
-    // 4: environments: shared sandboxes without an agent.
+    // 4: sub-sessions: the session whose agent started this one.
+    "ALTER TABLE sessions ADD COLUMN parent_id TEXT REFERENCES sessions(id) ON DELETE SET NULL;
+    CREATE INDEX sessions_parent ON sessions(parent_id);",
+    // 5: environments: shared sandboxes without an agent.
     "CREATE TABLE environments (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
@@ -104,7 +107,7 @@ const MIGRATIONS: &[&str] = &[
         created_by INTEGER NOT NULL REFERENCES users(id),
         created_at INTEGER NOT NULL
     );",
-    // 5: share links of environments (`hgs_` tokens, like sessions' share links).
+    // 6: share links of environments (`hgs_` tokens, like sessions' share links).
     "CREATE TABLE environment_shares (
         id INTEGER PRIMARY KEY,
         environment_id TEXT NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
