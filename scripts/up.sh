@@ -12,5 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 bash scripts/install-deps.sh
+# The web UI, embedded in the binary by the build that follows.
+(cd web && npm ci --no-audit --no-fund && npm run build)
 cargo build --release --workspace --bins --locked
 exec target/x86_64-unknown-linux-gnu/release/hangar up "$@"

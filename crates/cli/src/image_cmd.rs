@@ -265,6 +265,7 @@ async fn build(args: BuildArgs, store: Store, config: &Config) -> anyhow::Result
         repo: args.repo.clone(),
         reference: args.reference.clone(),
         recipe,
+        detached: false,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let show = !args.json;

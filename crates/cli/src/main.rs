@@ -2,6 +2,7 @@
 //! configuration and hands off to the library crates; errors become one line on stderr
 //! and a non-zero exit.
 
+mod env_cmd;
 mod image_cmd;
 mod login_cmd;
 mod repo_cmd;
@@ -33,10 +34,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start Hangar on this machine: the HTTP API with the local sandbox backend. Prints
-    /// the URL (and, on first start, the admin's token and how to log in). The web UI is not
-    /// built yet, so this serves the API only, exactly like `serve`.
+    /// the URL (and, on first start, the admin's token and how to log in), and serves the
+    /// web UI at that URL.
     Up(server_cmd::ServeArgs),
-    /// The same as `up`, headless: the HTTP API only. Stops cleanly on SIGINT or SIGTERM;
+    /// The same as `up`, for scripts and services. Stops cleanly on SIGINT or SIGTERM;
     /// sandboxes keep running and are adopted by the next start.
     Serve(server_cmd::ServeArgs),
     /// Check an API token against a server and save both for the client commands.
@@ -50,6 +51,9 @@ enum Command {
     /// Add and list users on this machine's server (its data directory).
     #[command(subcommand)]
     User(user_cmd::UserCommand),
+    /// Environments: shared sandboxes with a chosen Python and no agent, on a server.
+    #[command(subcommand)]
+    Env(env_cmd::EnvCommand),
     /// Register and list the repositories sessions work on (on a server).
     #[command(subcommand)]
     Repo(repo_cmd::RepoCommand),
@@ -95,6 +99,9 @@ fn main() -> ExitCode {
         if let Command::Session(cmd) = cli.command {
             return session_cmd::run(cmd).await;
         }
+        if let Command::Env(cmd) = cli.command {
+            return env_cmd::run(cmd).await;
+        }
         if let Command::Repo(cmd) = cli.command {
             return repo_cmd::run(cmd).await;
         }
@@ -111,7 +118,9 @@ fn main() -> ExitCode {
                 server_cmd::run(args, &config).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Login(_) | Command::Session(_) | Command::Repo(_) => Ok(ExitCode::SUCCESS),
+            Command::Login(_) | Command::Session(_) | Command::Env(_) | Command::Repo(_) => {
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Sandbox(cmd) => sandbox_cmd::run(cmd, &config).await,
             Command::Image(cmd) => image_cmd::run(cmd, &config).await,
             Command::User(cmd) => user_cmd::run(cmd, &config).map(|()| ExitCode::SUCCESS),

@@ -119,10 +119,12 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         );
     }
     let sessions_for_slack = sessions.clone();
+    let envs = open_environments(config, Arc::clone(&store))?;
     let state = AppState::new(Backend::local(runtime), store, sessions)
         .context("setting up metrics")?
         .with_builds(builds)
-        .with_git(worktrees);
+        .with_git(worktrees)
+        .with_envs(envs);
     let state = match pool {
         Some(pool) => state.with_pool(pool),
         None => state,
@@ -135,11 +137,33 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         None => state,
     };
     println!("hangar listening on {url}");
+    if hangar_server::web_ui_embedded() {
+        println!("Open {url} in a browser and sign in with an API token.");
+    } else {
+        eprintln!(
+            "hangar: this build has no web UI (build it with `cd web && npm ci && npm run build`, then rebuild hangar); the API is served"
+        );
+    }
     hangar_server::serve(state, listener, shutdown_signal())
         .await
         .context("serving HTTP")?;
     eprintln!("hangar: stopped (sandboxes keep running; the next start adopts them)");
     Ok(())
+}
+
+/// Environments: sandboxes from images of this machine's layer store.
+fn open_environments(
+    config: &Config,
+    index: Arc<Store>,
+) -> anyhow::Result<hangar_envs::Environments> {
+    let images = hangar_images::Store::open(&config.data_dir).context("opening the image store")?;
+    let runtime = Arc::new(LocalRuntime::open(config)?);
+    let builder = hangar_images::Builder::new(runtime.clone(), images, config.clone());
+    Ok(hangar_envs::Environments::new(
+        runtime,
+        Arc::new(builder),
+        index,
+    ))
 }
 
 /// The session service, its prompts answered by the agent with the configured model (or,

@@ -103,7 +103,7 @@ pub enum SlackCommand {
 
 pub(crate) struct Client {
     http: reqwest::Client,
-    server: String,
+    pub(crate) server: String,
     token: String,
 }
 

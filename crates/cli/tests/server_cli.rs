@@ -303,8 +303,9 @@ fn serve_answers_health_auth_sandboxes_and_errors() {
         StatusCode::NOT_FOUND,
         "not_found",
     );
+    // Other paths are the web UI's pages; the server's own stay JSON.
     assert_error(
-        api.get("/no/such/route"),
+        api.get("/metrics/no/such/route"),
         StatusCode::NOT_FOUND,
         "not_found",
     );

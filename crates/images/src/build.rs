@@ -58,6 +58,9 @@ pub struct BuildRequest {
     /// A recipe given outside the repository (its text and where it came from); the
     /// repository's `hangar.toml` otherwise.
     pub recipe: Option<(String, String)>,
+    /// Leave the repository's current image as it is: the image is only for the caller
+    /// (an environment's own image, built from its own recipe).
+    pub detached: bool,
 }
 
 /// Progress of a build, in order, for the CLI's progress display and the event log.
@@ -528,13 +531,52 @@ impl Builder {
             });
         }
         let image = self.store.add_image(&layers, &meta)?;
-        self.store.set_current(url, &image)?;
+        if !req.detached {
+            self.store.set_current(url, &image)?;
+        }
         Ok(BuildOutcome {
             image,
             repo: url.to_string(),
             commit,
             steps: reports,
         })
+    }
+
+    /// An image of `recipe`'s base alone (its Debian packages included), for uses without
+    /// a repository such as an environment. Cached like a build's base step; belongs to
+    /// no repository.
+    pub async fn build_base(
+        &self,
+        recipe_text: &str,
+        origin: &str,
+    ) -> Result<ImageInfo, BuildError> {
+        let _lock = self.store.lock_shared()?;
+        let recipe = Recipe::parse(recipe_text, Some(origin))?;
+        let key = key_of(&["base", &self.base_identity(&recipe)?]);
+        let layers = match self.store.cache_get(&key) {
+            Some(layers) => layers,
+            None => {
+                let layers = self.base_layers(&recipe).await?;
+                self.store.cache_put(&key, &layers)?;
+                layers
+            }
+        };
+        let meta = ImageMeta {
+            repo: None,
+            commit: None,
+            base: recipe.base.to_string(),
+            recipe_digest: Some(sha256_digest(recipe_text.as_bytes())),
+            recipe: Some(recipe_text.to_string()),
+            workdir: Some(recipe.workdir.clone()),
+            env: recipe.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            start: recipe.start.clone(),
+            session_network: Some(match recipe.network.session {
+                NetworkMode::None => "none".into(),
+                NetworkMode::Egress => "egress".into(),
+            }),
+            snapshot_of: None,
+        };
+        Ok(self.store.add_image(&layers, &meta)?)
     }
 
     /// What identifies the base's content for the cache.

@@ -140,6 +140,7 @@ impl Scheduler {
                     repo: s.repo.clone(),
                     reference: s.reference.clone(),
                     recipe: s.recipe.clone(),
+                    detached: false,
                 },
                 &tx,
             )

@@ -130,6 +130,7 @@ impl Fixture {
                     repo: self.repo.display().to_string(),
                     reference: Some("main".into()),
                     recipe: None,
+                    detached: false,
                 },
                 &tx,
             )

@@ -91,6 +91,7 @@ run = "python3 app.py"
                 repo: repo.display().to_string(),
                 reference: None,
                 recipe: None,
+                detached: false,
             },
             &tx,
         )

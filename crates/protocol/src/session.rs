@@ -733,4 +733,55 @@ mod tests {
             assert_eq!(SessionStatus::parse(s.as_str()), Some(s));
         }
     }
+
+    /// The web UI's fixture (one message of every kind, read by its own tests) decodes
+    /// with these types and covers every event type: the UI's hand-written types cannot
+    /// drift from this file unnoticed. A new variant fails to compile here until the
+    /// fixture and the UI learn it.
+    #[test]
+    fn web_ui_fixture_matches_the_protocol() {
+        fn index(b: &EventBody) -> usize {
+            match b {
+                EventBody::PromptQueued { .. } => 0,
+                EventBody::PromptStarted { .. } => 1,
+                EventBody::PromptFinished { .. } => 2,
+                EventBody::ModelDelta { .. } => 3,
+                EventBody::ToolStarted { .. } => 4,
+                EventBody::ToolOutput { .. } => 5,
+                EventBody::ToolFinished { .. } => 6,
+                EventBody::FileChanged { .. } => 7,
+                EventBody::Status { .. } => 8,
+                EventBody::ParticipantJoined { .. } => 9,
+                EventBody::ParticipantLeft { .. } => 10,
+                EventBody::QueueUpdated { .. } => 11,
+                EventBody::GitPushed { .. } => 12,
+                EventBody::PrOpened { .. } => 13,
+                EventBody::PrUpdated { .. } => 14,
+                EventBody::SessionSpawned { .. } => 15,
+                EventBody::GitCommitted { .. } => 16,
+                EventBody::GitPushFailed { .. } => 17,
+            }
+        }
+        let fixture: Vec<serde_json::Value> =
+            serde_json::from_str(include_str!("../../../web/src/protocol.fixture.json")).unwrap();
+        let mut seen = [false; 18];
+        let mut presence = 0;
+        for message in fixture {
+            if message["type"] == "presence" {
+                let p: PresenceUpdate = serde_json::from_value(message.clone()).unwrap();
+                assert_eq!(serde_json::to_value(&p).unwrap(), message);
+                presence += 1;
+                continue;
+            }
+            let e: Event = serde_json::from_value(message.clone())
+                .unwrap_or_else(|err| panic!("{message}: {err}"));
+            assert_eq!(serde_json::to_value(&e).unwrap(), message, "round trip");
+            seen[index(&e.body)] = true;
+        }
+        assert!(
+            seen.iter().all(|s| *s),
+            "event types missing from the fixture: {seen:?}"
+        );
+        assert!(presence > 0, "the fixture has no presence message");
+    }
 }

@@ -238,6 +238,7 @@ impl Builds {
             repo: repo.url.clone(),
             reference: reference.or_else(|| Some(repo.default_branch.clone())),
             recipe: recipe_of(repo),
+            detached: false,
         };
         let this = Arc::clone(self);
         let name = repo.name.clone();

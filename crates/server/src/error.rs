@@ -144,7 +144,12 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::InvalidToken => ApiError::unauthorized(message),
             StoreError::NotFound { .. } => ApiError::not_found(message),
-            StoreError::DuplicateLogin(_) | StoreError::DuplicateRepo(_) => {
+            StoreError::EnvironmentNotFound(_) | StoreError::SessionNotFound(_) => {
+                ApiError::not_found(message)
+            }
+            StoreError::DuplicateLogin(_)
+            | StoreError::DuplicateRepo(_)
+            | StoreError::DuplicateEnvironment(_) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
             StoreError::RepoNotFound(_) => {

@@ -1,8 +1,8 @@
 //! The session server's HTTP API: health, Prometheus metrics, the OpenAPI document, bearer
 //! token auth, the sandbox endpoints ([`routes`]), and sessions: REST (`session_routes`),
-//! the WebSocket stream (`session_ws`) and share links, and the Slack app's endpoints
-//! (`slack_routes`, authenticated by Slack's request signature). The web UI will be a
-//! further route module.
+//! the WebSocket stream (`session_ws`) and share links, the Slack app's endpoints
+//! (`slack_routes`, authenticated by Slack's request signature), environments and their
+//! terminals (`env_routes`), and the embedded web UI (`web`), which answers every other GET.
 //!
 //! **API boundary:** HTTP stops here. Handlers decode and validate requests ([`api`]), call
 //! the sandbox [`Runtime`] or the [`Store`], and turn every failure into
@@ -14,6 +14,7 @@
 pub mod api;
 mod auth;
 pub mod builds;
+pub mod env_routes;
 pub mod error;
 mod extract;
 mod image_routes;
@@ -24,6 +25,7 @@ pub mod session_api;
 mod session_routes;
 mod session_ws;
 pub mod slack_routes;
+mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,6 +44,7 @@ use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use web::embedded as web_ui_embedded;
 
 /// The largest request body accepted; larger ones get 413.
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -101,6 +104,10 @@ pub struct AppState {
     slack: Option<hangar_slack::SlackBot>,
     /// Set when the server begins to stop: WebSocket connections close with 1001.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Environments, when the server runs the local sandbox backend.
+    envs: Option<hangar_envs::Environments>,
+    /// Who has terminals open on which environment.
+    terminals: env_routes::Terminals,
 }
 
 impl AppState {
@@ -120,7 +127,15 @@ impl AppState {
             worktrees: None,
             slack: None,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
+            envs: None,
+            terminals: env_routes::Terminals::default(),
         })
+    }
+
+    /// Serves environments (`/api/environments`) from `envs`.
+    pub fn with_envs(mut self, envs: hangar_envs::Environments) -> AppState {
+        self.envs = Some(envs);
+        self
     }
 
     /// Serves sessions' diffs from `worktrees`.
@@ -203,6 +218,11 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::get_sandbox, routes::delete_sandbox))
         .routes(routes!(routes::exec))
         .routes(routes!(routes::pool_stats))
+        .routes(routes!(routes::typing))
+        .routes(routes!(
+            env_routes::list_environments,
+            env_routes::create_environment
+        ))
         .routes(routes!(repo_routes::list_repos, repo_routes::create_repo))
         .routes(routes!(repo_routes::get_repo, repo_routes::delete_repo))
         .routes(routes!(repo_routes::put_recipe, repo_routes::delete_recipe))
@@ -233,6 +253,11 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         .routes(routes!(session_routes::create_share))
         .routes(routes!(session_routes::delete_share))
         .routes(routes!(session_ws::session_ws))
+        .routes(routes!(
+            env_routes::get_environment,
+            env_routes::delete_environment
+        ))
+        .routes(routes!(env_routes::terminal_ws))
         .split_for_parts();
     doc.merge(sessions_doc);
     (public, api, sessions, doc)
@@ -260,7 +285,7 @@ pub fn app(state: AppState) -> Router {
     public
         .merge(api)
         .merge(sessions)
-        .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
+        .fallback(web::fallback)
         .method_not_allowed_fallback(|| async {
             ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
         })

@@ -17,6 +17,7 @@ use crate::api::{
 use crate::auth::Caller;
 use crate::error::ErrorResponse;
 use crate::extract::JsonBody;
+use crate::session_api::{TypingBody, TypingView, valid_repo};
 use crate::{ApiError, AppState};
 
 /// Middleware: counts every answered request by method, route template and status.
@@ -102,6 +103,41 @@ pub async fn pool_stats(State(state): State<AppState>) -> Json<api::PoolView> {
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorResponse)))]
 pub async fn me(Extension(caller): Extension<Caller>) -> Json<Me> {
     Json(Me::new(caller.user, caller.token.name))
+}
+
+/// Predictive warm-up for a draft that has no session yet (the new-session form): the
+/// caller is typing a prompt for `repo`, so the warm pool reserves a sandbox for them,
+/// which their session's first prompt then takes. Answers at once; the reservation is
+/// made in the background and released if no prompt follows.
+#[utoipa::path(post, path = "/api/typing", tag = "sessions", security(("bearer" = [])),
+    request_body = TypingBody,
+    responses(
+        (status = 202, body = TypingView),
+        (status = 400, body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 422, body = ErrorResponse)))]
+pub async fn typing(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody<TypingBody>,
+) -> Result<Response, ApiError> {
+    let repo = valid_repo(&body.repo)?.to_string();
+    let warming = match state.pool.clone() {
+        Some(pool) => {
+            let login = caller.user.login.clone();
+            tokio::spawn(async move {
+                match pool.typing(&login, &repo).await {
+                    Ok(()) => {}
+                    // No image yet: the session's first prompt registers one.
+                    Err(hangar_pool::PoolError::UnknownRepo(_)) => {}
+                    Err(e) => tracing::warn!(%repo, "warm-up for a draft failed: {e}"),
+                }
+            });
+            true
+        }
+        None => false,
+    };
+    Ok((StatusCode::ACCEPTED, Json(TypingView { warming })).into_response())
 }
 
 /// All sandboxes, oldest first.

@@ -30,13 +30,7 @@ pub struct CreateSession {
 impl CreateSession {
     /// The repository and title, checked.
     pub fn validate(&self) -> Result<(String, String), ApiError> {
-        let repo = self.repo.trim();
-        if repo.is_empty() || repo.len() > MAX_NAME || repo.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                "invalid_request",
-                format!("repo must be 1-{MAX_NAME} characters without control characters"),
-            ));
-        }
+        let repo = valid_repo(&self.repo)?;
         let title = match (&self.title, &self.prompt) {
             (Some(t), _) => t.trim().to_string(),
             (None, Some(p)) => p.lines().next().unwrap_or_default().trim().to_string(),
@@ -49,6 +43,34 @@ impl CreateSession {
             .collect();
         Ok((repo.to_string(), title))
     }
+}
+
+/// A repository argument, trimmed and checked.
+pub fn valid_repo(repo: &str) -> Result<&str, ApiError> {
+    let repo = repo.trim();
+    if repo.is_empty() || repo.len() > MAX_NAME || repo.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "invalid_request",
+            format!("repo must be 1-{MAX_NAME} characters without control characters"),
+        ));
+    }
+    Ok(repo)
+}
+
+/// `POST /api/typing`.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TypingBody {
+    /// The repository of the draft (`owner/name` or a git URL).
+    pub repo: String,
+}
+
+/// The answer to `POST /api/typing`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TypingView {
+    /// True when a warm pool runs and will reserve a sandbox for the draft; false when
+    /// this server has no pool (the signal is then only noted).
+    pub warming: bool,
 }
 
 /// A prompt's author as the API shows it (same as in events).
@@ -107,6 +129,9 @@ pub struct SessionView {
     pub status: String,
     /// The user who created it.
     pub created_by: i64,
+    /// Their login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by_login: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: i64,
     /// Last status change.
@@ -137,6 +162,7 @@ impl SessionView {
             title: r.title,
             status: r.status,
             created_by: r.created_by,
+            created_by_login: None,
             created_at_ms: r.created_at_ms,
             updated_at_ms: r.updated_at_ms,
             last_seq: None,
@@ -152,6 +178,12 @@ impl SessionView {
             view.queue = Some(info.queue.into_iter().map(PromptView::from).collect());
         }
         view
+    }
+
+    /// With the creator's login.
+    pub fn with_login(mut self, login: Option<String>) -> SessionView {
+        self.created_by_login = login;
+        self
     }
 }
 
@@ -244,6 +276,13 @@ pub enum Access {
     User(Caller),
     /// A share link's holder.
     Share(ShareLink),
+    /// The holder of an environment's share link: that environment's page and terminals.
+    EnvShare {
+        /// The link's id.
+        id: i64,
+        /// The environment it opens.
+        env_id: String,
+    },
 }
 
 impl Access {
@@ -260,6 +299,26 @@ impl Access {
                 login: format!("share-{}", s.id),
                 share_id: Some(s.id),
             },
+            Access::EnvShare { id, .. } => Author {
+                user_id: None,
+                login: format!("guest-{id}"),
+                share_id: Some(*id),
+            },
+        }
+    }
+
+    /// Checks the caller may use environment `env_id`: users every environment, an
+    /// environment's share link that one only.
+    pub fn check_env(&self, env_id: &str) -> Result<(), ApiError> {
+        match self {
+            Access::User(_) => Ok(()),
+            Access::EnvShare { env_id: e, .. } if e == env_id => Ok(()),
+            Access::EnvShare { .. } => Err(ApiError::forbidden(
+                "this share link is for another environment",
+            )),
+            Access::Share(_) => Err(ApiError::forbidden(
+                "a session's share link does not open environments",
+            )),
         }
     }
 
@@ -267,8 +326,14 @@ impl Access {
     /// session of the server (sessions belong to the team, not to one author); a share link
     /// opens its own session only, within its scope.
     pub fn check(&self, session_id: Option<&str>, need: Need) -> Result<(), ApiError> {
-        let Access::Share(link) = self else {
-            return Ok(());
+        let link = match self {
+            Access::User(_) => return Ok(()),
+            Access::Share(link) => link,
+            Access::EnvShare { .. } => {
+                return Err(ApiError::forbidden(
+                    "an environment's share link does not open sessions",
+                ));
+            }
         };
         if session_id != Some(link.session_id.as_str()) {
             return Err(ApiError::forbidden(
@@ -326,6 +391,16 @@ pub fn events_query(
         }
     }
     Ok((after, limit, token))
+}
+
+/// The `token` of a WebSocket route's query string, if present and not empty. (Each
+/// route checks its other parameters itself.)
+pub fn query_token(raw: &str) -> Option<String> {
+    raw.split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == "token")
+        .map(|(_, v)| v.to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// A seq the log has not reached yet is a client error, named as such.

@@ -19,7 +19,7 @@ use crate::error::ErrorResponse;
 use crate::extract::JsonBody;
 use crate::session_api::{
     Access, CreateSession, CreateShare, Need, PromptBody, PromptView, SessionView, ShareView,
-    StopResult, check_after_seq, events_query,
+    StopResult, check_after_seq, events_query, query_token,
 };
 use crate::{ApiError, AppState};
 
@@ -36,9 +36,8 @@ pub async fn require_access(
         Err(e) => {
             let from_query = req.uri().path().ends_with("/ws")
                 && req.headers().get(header::AUTHORIZATION).is_none();
-            let query = req.uri().query().map(str::to_string);
-            match events_query(query.as_deref(), MAX_EVENTS_PAGE) {
-                Ok((_, _, Some(t))) if from_query && !t.is_empty() => t,
+            match req.uri().query().and_then(query_token) {
+                Some(t) if from_query => t,
                 _ => return e.into_response(),
             }
         }
@@ -46,7 +45,14 @@ pub async fn require_access(
     let store = state.store.clone();
     let verified = tokio::task::spawn_blocking(move || {
         if token.starts_with(SHARE_TOKEN_PREFIX) {
-            store.verify_share(&token).map(Access::Share)
+            match store.verify_share(&token) {
+                Ok(link) => Ok(Access::Share(link)),
+                // Environments have share links of their own.
+                Err(hangar_store::StoreError::InvalidToken) => store
+                    .verify_environment_share(&token)
+                    .map(|(id, env_id)| Access::EnvShare { id, env_id }),
+                Err(e) => Err(e),
+            }
         } else {
             store
                 .verify_token(&token)
@@ -76,12 +82,19 @@ pub async fn list_sessions(
 ) -> Result<Json<Vec<SessionView>>, ApiError> {
     access.check(None, Need::Manage)?;
     let store = state.sessions.store().clone();
-    let list = tokio::task::spawn_blocking(move || store.sessions(100))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let (list, users) = tokio::task::spawn_blocking(move || {
+        Ok::<_, hangar_store::StoreError>((store.sessions(100)?, store.users()?))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let logins: std::collections::HashMap<i64, String> =
+        users.into_iter().map(|u| (u.id, u.login)).collect();
     Ok(Json(
         list.into_iter()
-            .map(|r| SessionView::new(r, None))
+            .map(|r| {
+                let login = logins.get(&r.created_by).cloned();
+                SessionView::new(r, None).with_login(login)
+            })
             .collect(),
     ))
 }
@@ -120,7 +133,7 @@ pub async fn create_session(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(SessionView::new(record, Some(info))),
+        Json(SessionView::new(record, Some(info)).with_login(Some(caller.user.login.clone()))),
     )
         .into_response())
 }
@@ -141,7 +154,8 @@ pub async fn get_session(
     access.check(Some(&id), Need::View)?;
     let record = state.sessions.record(&id)?;
     let info = state.sessions.info(&id).await?;
-    let mut view = SessionView::new(record, Some(info));
+    let login = state.store.user(record.created_by).ok().map(|u| u.login);
+    let mut view = SessionView::new(record, Some(info)).with_login(login);
     view.children = Some(
         state
             .store

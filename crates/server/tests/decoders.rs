@@ -281,6 +281,7 @@ proptest! {
 }
 
 const SESSION_KEYS: &[&str] = &["repo", "title", "prompt"];
+const TYPING_KEYS: &[&str] = &["repo"];
 const PROMPT_KEYS: &[&str] = &["text"];
 const SHARE_KEYS: &[&str] = &["scope"];
 
@@ -321,6 +322,12 @@ proptest! {
         // Never cancel the one queued prompt: other cases edit it.
         let method = if prompt_id == "2" { "PATCH" } else { method };
         assert_answered_well(&path, h.send(method, &path, body));
+    }
+
+    #[test]
+    fn typing_bodies_never_cause_server_errors(body in body_bytes(TYPING_KEYS)) {
+        let h = HARNESS.with(|h| h.clone());
+        assert_answered_well("POST /api/typing", h.post("/api/typing", body));
     }
 
     #[test]
@@ -371,5 +378,82 @@ fn valid_bodies_succeed_against_the_fake() {
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (StatusCode::CONFLICT, Some("sandbox_not_running"))
+    );
+}
+
+#[test]
+fn typing_for_a_draft_is_accepted_and_bad_repos_refused() {
+    let h = Harness::new();
+    let (status, body) = h.post(
+        "/api/typing",
+        json!({"repo": "acme/app"}).to_string().into_bytes(),
+    );
+    assert_eq!(
+        (status, body),
+        (StatusCode::ACCEPTED, json!({"warming": false}))
+    );
+    let (status, body) = h.post("/api/typing", json!({"repo": " "}).to_string().into_bytes());
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = h.post(
+        "/api/typing",
+        json!({"repo": "a", "x": 1}).to_string().into_bytes(),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+/// The web UI's pages (or the placeholder, in a build without the UI) for every path that
+/// is not the API's, and the JSON 404 for unknown API paths.
+#[test]
+fn the_web_ui_never_shadows_the_api() {
+    let h = Harness::new();
+    let get = |path: &str, method: &str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        h.rt.block_on(async {
+            let resp = h.app.clone().oneshot(req).await.unwrap();
+            let status = resp.status();
+            let kind = resp
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, kind, String::from_utf8_lossy(&body).to_string())
+        })
+    };
+    for path in ["/", "/sessions/ses-1", "/sign-in?next=/x", "/envs/e"] {
+        let (status, kind, body) = get(path, "GET");
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(kind.starts_with("text/html"), "{path}: {kind}");
+        assert!(body.contains("<title>Hangar</title>"), "{path}: {body}");
+    }
+    for path in [
+        "/api/nope",
+        "/api/sessions/x/nope",
+        "/healthz/x",
+        "/assets/gone-123.js",
+    ] {
+        let (status, kind, body) = get(path, "GET");
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(kind.starts_with("application/json"), "{path}: {kind}");
+        assert!(body.contains("\"not_found\""), "{path}: {body}");
+    }
+    let (status, _, body) = get("/sessions/x", "POST");
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    let (status, kind, _) = get("/healthz", "GET");
+    assert_eq!(
+        (status, kind.as_str()),
+        (StatusCode::OK, "application/json")
+    );
+    assert_eq!(
+        hangar_server::web_ui_embedded(),
+        std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../web/dist/index.html"
+        ))
+        .exists()
     );
 }

@@ -95,6 +95,28 @@ const MIGRATIONS: &[&str] = &[
     // 4: sub-sessions: the session whose agent started this one.
     "ALTER TABLE sessions ADD COLUMN parent_id TEXT REFERENCES sessions(id) ON DELETE SET NULL;
     CREATE INDEX sessions_parent ON sessions(parent_id);",
+    // 5: environments: shared sandboxes without an agent.
+    "CREATE TABLE environments (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        python TEXT NOT NULL,
+        suite TEXT NOT NULL,
+        repo TEXT,
+        image TEXT NOT NULL,
+        sandbox TEXT NOT NULL,
+        created_by INTEGER NOT NULL REFERENCES users(id),
+        created_at INTEGER NOT NULL
+    );",
+    // 6: share links of environments (`hgs_` tokens, like sessions' share links).
+    "CREATE TABLE environment_shares (
+        id INTEGER PRIMARY KEY,
+        environment_id TEXT NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
+        token_sha256 BLOB NOT NULL UNIQUE,
+        created_by INTEGER NOT NULL REFERENCES users(id),
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE INDEX environment_shares_env ON environment_shares(environment_id);",
 ];
 
 /// The prefix of share-link tokens, distinct from API tokens so each is checked only where
@@ -217,6 +239,14 @@ pub enum StoreError {
     /// No such session.
     #[error("no session with id {0}")]
     SessionNotFound(String),
+    /// No environment with this id or name.
+    #[error("no environment {0:?}; `hangar env ls` lists them")]
+    EnvironmentNotFound(String),
+    /// An environment with this name exists already.
+    #[error(
+        "an environment named {0:?} exists already; choose another name or remove it with `hangar env rm {0}`"
+    )]
+    DuplicateEnvironment(String),
     /// No such repository.
     #[error("no repository {0} is registered (add it with `hangar repo add`)")]
     RepoNotFound(String),
@@ -277,8 +307,10 @@ fn new_secret_with(prefix: &str) -> Result<TokenSecret, StoreError> {
     Ok(TokenSecret(s))
 }
 
+mod envs;
 mod repos;
 mod sessions;
+pub use envs::EnvironmentRecord;
 pub use repos::{NewRepo, Repo, check_branch_name, check_repo_name};
 pub use sessions::{NewSession, SessionRecord, ShareLink, ShareScope};
 

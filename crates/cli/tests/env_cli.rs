@@ -1,0 +1,268 @@
+//! Environments end to end through the real binary: `hangar env create` builds a Debian
+//! bullseye image with mmdebstrap (the base tarball is shared through the test cache),
+//! starts a sandbox running Python 3.9.2 and prints one JSON document; `env ls` and
+//! `env rm`; a terminal over the WebSocket; and every bad input as one JSON error with a
+//! non-zero exit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+mod common;
+use common::*;
+
+/// Shares Debian base tarballs between runs (mmdebstrap takes a minute or two).
+fn share_base_cache(data: &Path) {
+    let cache = std::env::var_os("HANGAR_TEST_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/hangar-test".into())
+        .join("bases");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(data.join("images")).unwrap();
+    std::os::unix::fs::symlink(&cache, data.join("images/bases")).unwrap();
+}
+
+fn json_out(out: &std::process::Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "not one JSON document ({e}): {text}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Runs `env create` and checks that a failure is one JSON error and one stderr line.
+fn create_fails(server: &Server, token: &str, args: &[&str]) -> String {
+    let mut all = vec!["env", "create"];
+    all.extend_from_slice(args);
+    let out = client(server, token, &all);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let doc = json_out(&out);
+    assert_eq!(doc["status"], "error", "{doc}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("hangar: ") && stderr.trim_end().lines().count() == 1,
+        "{stderr}"
+    );
+    doc["message"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn env_create_runs_python_3_9_and_env_ls_and_rm_manage_it() {
+    let (_dir, data) = scratch();
+    share_base_cache(&data);
+    let server = Server::start(&data, "");
+    let token = server.admin_token.clone().unwrap();
+
+    let out = client(
+        &server,
+        &token,
+        &["env", "create", "--name", "collab-py", "--python", "3.9"],
+    );
+    let doc = json_out(&out);
+    assert!(out.status.success(), "{doc} {}", server.stderr());
+    assert_eq!(doc["status"], "success");
+    assert_eq!(doc["name"], "collab-py");
+    assert_eq!(doc["python"], "3.9.2");
+    assert_eq!(doc["suite"], "bullseye");
+    let id = doc["id"].as_str().unwrap();
+    assert_eq!(doc["url"], format!("{}/envs/{id}", server.url));
+    let share_url = doc["share_url"].as_str().unwrap();
+    let share_token = share_url
+        .strip_prefix(&format!("{}/envs/{id}#share=", server.url))
+        .unwrap_or_else(|| panic!("{share_url}"))
+        .to_string();
+    assert!(share_token.starts_with("hgs_"), "{share_url}");
+
+    // The sandbox is real and runs that Python.
+    let sandbox = doc["sandbox"].as_str().unwrap();
+    let out = hangar(&data)
+        .args(["sandbox", "exec", sandbox, "--", "python3", "--version"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Python 3.9.2");
+
+    // A terminal: a shell on a PTY, bytes both ways.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = format!(
+            "{}/api/environments/collab-py/ws?cols=100&rows=30",
+            server.url.replace("http://", "ws://")
+        );
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        ws.send(Message::Binary(
+            b"echo $((6*7))-$COLUMNS; exit 3\n".to_vec().into(),
+        ))
+        .await
+        .unwrap();
+        let (mut screen, mut presence, mut exit) = (String::new(), None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline.into(), ws.next()).await {
+            match msg {
+                Message::Binary(b) => screen.push_str(&String::from_utf8_lossy(&b)),
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    match v["type"].as_str() {
+                        Some("presence") => presence = Some(v),
+                        Some("exit") => exit = Some(v),
+                        _ => panic!("unexpected {v}"),
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        assert!(screen.contains("42-100"), "{screen}");
+        assert_eq!(
+            presence.unwrap()["participants"],
+            serde_json::json!([{"login": "admin", "terminals": 1}])
+        );
+        assert_eq!(exit.unwrap()["code"], 3);
+
+        // Text that is not a resize closes with 1007.
+        let mut req = format!(
+            "{}/api/environments/{id}/ws?token={token}",
+            server.url.replace("http://", "ws://")
+        )
+        .into_client_request()
+        .unwrap();
+        req.headers_mut().remove("authorization");
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        ws.send(Message::Text("hello".into())).await.unwrap();
+        let code = loop {
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Message::Close(Some(f))))) => break u16::from(f.code),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        };
+        assert_eq!(code, 1007);
+    });
+
+    // The share link opens this environment (page and terminal) and nothing else.
+    let api = Api::new(&server, &share_token);
+    rt.block_on(async {
+        let (status, body) = api.get(&format!("/api/environments/{id}")).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        assert_eq!(body["name"], "collab-py");
+        assert_error(
+            api.get("/api/sessions").await,
+            reqwest::StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+        assert_error(
+            api.get("/api/environments").await,
+            reqwest::StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+        let url = format!(
+            "{}/api/environments/{id}/ws?token={share_token}",
+            server.url.replace("http://", "ws://")
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut who = None;
+        while who.is_none() {
+            match tokio::time::timeout_at(deadline.into(), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    who = v["participants"][0]["login"].as_str().map(str::to_string);
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no presence: {other:?}"),
+            }
+        }
+        assert!(who.unwrap().starts_with("guest-"));
+    });
+
+    // The name is taken now.
+    let msg = create_fails(&server, &token, &["--name", "collab-py", "--python", "3.9"]);
+    assert!(msg.contains("exists already"), "{msg}");
+
+    let out = client(&server, &token, &["env", "ls", "--json"]);
+    let list = json_out(&out);
+    assert_eq!(list[0]["name"], "collab-py");
+    assert_eq!(list[0]["status"], "running");
+    let out = client(&server, &token, &["env", "ls"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("collab-py"));
+
+    let out = client(&server, &token, &["env", "rm", "collab-py"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = hangar(&data)
+        .args(["sandbox", "ls", "--json"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(sandbox));
+    let out = client(&server, &token, &["env", "rm", "collab-py"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no environment \"collab-py\""));
+}
+
+#[test]
+fn env_create_bad_input_is_one_json_error() {
+    let (_dir, data) = scratch();
+    let server = Server::start(&data, "");
+    let token = server.admin_token.clone().unwrap();
+
+    let msg = create_fails(&server, &token, &["--name", "x", "--python", "3.8"]);
+    assert!(
+        msg.contains("Python 3.8 is not available; available: 3.9 (3.9.2, Debian bullseye), 3.11 (3.11.2, Debian bookworm)"),
+        "{msg}"
+    );
+    let msg = create_fails(&server, &token, &["--name", "no spaces", "--python", "3.9"]);
+    assert!(msg.contains("environment name"), "{msg}");
+    let msg = create_fails(
+        &server,
+        &token,
+        &[
+            "--name",
+            "x",
+            "--python",
+            "3.9",
+            "--repo",
+            "/nonexistent/repo",
+        ],
+    );
+    assert!(msg.contains("/nonexistent/repo"), "{msg}");
+    let msg = create_fails(&server, "hgr_not_a_token", &["--name", "x"]);
+    assert!(msg.contains("401"), "{msg}");
+
+    // No server at all.
+    let home = hangar_testkit::scratch_dir();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(["env", "create", "--name", "x"])
+        .env("HANGAR_SERVER", "http://127.0.0.1:1")
+        .env("HANGAR_TOKEN", &token)
+        .env("XDG_CONFIG_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let doc = json_out(&out);
+    assert!(
+        doc["message"].as_str().unwrap().contains("is it running?"),
+        "{doc}"
+    );
+
+    // Nothing was left behind by the failures.
+    let out = client(&server, &token, &["env", "ls", "--json"]);
+    assert_eq!(json_out(&out), serde_json::json!([]));
+    let out = hangar(&data)
+        .args(["sandbox", "ls", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(json_out(&out), serde_json::json!([]));
+}

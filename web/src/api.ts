@@ -1,0 +1,161 @@
+// The HTTP API client: one function per call the UI makes, every failure an `ApiError`
+// carrying the server's `{"error": {"code", "message"}}`.
+
+import type { Author, Prompt } from "./protocol";
+
+/** A failed call: the HTTP status (0 when the server could not be reached) and the
+ * server's error code and message. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** `GET /api/me`. */
+export interface Me {
+  id: number;
+  login: string;
+  name: string;
+  email: string | null;
+  is_admin: boolean;
+  github_login: string | null;
+  token_name: string;
+}
+
+/** A session as `GET /api/sessions[/{id}]` shows it. */
+export interface SessionView {
+  id: string;
+  repo: string;
+  title: string;
+  status: string;
+  created_by: number;
+  created_by_login?: string;
+  created_at_ms: number;
+  updated_at_ms: number;
+  last_seq?: number;
+  running?: Prompt;
+  queue?: Prompt[];
+}
+
+/** A share link; `token` only when just created. */
+export interface ShareView {
+  id: number;
+  session_id: string;
+  scope: string;
+  token?: string;
+}
+
+/** `GET /api/sessions/{id}/diff`: the session's branch against its base. */
+export interface DiffView {
+  branch: string;
+  base: string;
+  head?: string | null;
+  files: { path: string; additions?: number | null; deletions?: number | null }[];
+  patch: string;
+  truncated: boolean;
+}
+
+/** A registered repository (`GET /api/repos`). */
+export interface RepoView {
+  name: string;
+  url: string;
+  default_branch: string;
+  description: string;
+}
+
+/** An environment (`/api/environments`). */
+export interface EnvView {
+  id: string;
+  name: string;
+  python: string;
+  suite: string;
+  repo?: string | null;
+  image: string;
+  sandbox: string;
+  status: string;
+  created_by: number;
+  created_at_ms: number;
+  path: string;
+}
+
+/** Turns a failed response into an `ApiError`, whatever its body. */
+async function failure(res: Response): Promise<ApiError> {
+  const text = await res.text().catch(() => "");
+  try {
+    const body = JSON.parse(text) as { error?: { code?: string; message?: string } };
+    if (body.error?.message) {
+      return new ApiError(res.status, body.error.code ?? "error", body.error.message);
+    }
+  } catch {
+    // not JSON: fall through
+  }
+  return new ApiError(res.status, "http_" + res.status, `${res.status} ${res.statusText || "error"}`);
+}
+
+/** One call with `token` as the bearer. */
+export async function call<T>(token: string, method: string, path: string, body?: unknown): Promise<T> {
+  let res: Response;
+  try {
+    res = await fetch(path, {
+      method,
+      headers: {
+        Authorization: `Bearer ${token}`,
+        ...(body === undefined ? {} : { "Content-Type": "application/json" }),
+      },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new ApiError(0, "unreachable", `the server cannot be reached (${String(e)}); is hangar running?`);
+  }
+  if (!res.ok) throw await failure(res);
+  const text = await res.text();
+  return (text ? JSON.parse(text) : undefined) as T;
+}
+
+const enc = encodeURIComponent;
+
+/** The calls the UI makes, bound to one token. */
+export function client(token: string) {
+  return {
+    me: () => call<Me>(token, "GET", "/api/me"),
+    sessions: () => call<SessionView[]>(token, "GET", "/api/sessions"),
+    session: (id: string) => call<SessionView>(token, "GET", `/api/sessions/${enc(id)}`),
+    createSession: (repo: string, prompt?: string, title?: string) =>
+      call<SessionView>(token, "POST", "/api/sessions", {
+        repo,
+        ...(prompt ? { prompt } : {}),
+        ...(title ? { title } : {}),
+      }),
+    prompt: (id: string, text: string) => call<Prompt>(token, "POST", `/api/sessions/${enc(id)}/prompts`, { text }),
+    editPrompt: (id: string, promptId: number, text: string) =>
+      call<Prompt>(token, "PATCH", `/api/sessions/${enc(id)}/queue/${promptId}`, { text }),
+    cancelPrompt: (id: string, promptId: number) =>
+      call<Prompt>(token, "DELETE", `/api/sessions/${enc(id)}/queue/${promptId}`),
+    diff: (id: string) => call<DiffView>(token, "GET", `/api/sessions/${enc(id)}/diff`),
+    stop: (id: string) => call<{ stopped: number | null }>(token, "POST", `/api/sessions/${enc(id)}/stop`),
+    share: (id: string, scope: "view" | "prompt") =>
+      call<ShareView>(token, "POST", `/api/sessions/${enc(id)}/shares`, { scope }),
+    repos: () => call<RepoView[]>(token, "GET", "/api/repos"),
+    typing: (repo: string) => call<void>(token, "POST", "/api/typing", { repo }),
+    envs: () => call<EnvView[]>(token, "GET", "/api/environments"),
+    createEnv: (name: string, python: string, repo?: string) =>
+      call<EnvView & { share_path?: string }>(token, "POST", "/api/environments", {
+        name,
+        python,
+        ...(repo ? { repo } : {}),
+      }),
+    env: (id: string) => call<EnvView>(token, "GET", `/api/environments/${enc(id)}`),
+  };
+}
+
+/** The client type. */
+export type Client = ReturnType<typeof client>;
+
+/** Whether `a` is the same participant as `b`. */
+export function sameAuthor(a: Author, b: Author): boolean {
+  return a.user_id === b.user_id && a.login === b.login && (a.share_id ?? null) === (b.share_id ?? null);
+}
