@@ -1,7 +1,8 @@
 //! The index database: one SQLite file (`<data dir>/index.db`, WAL mode) holding users, API
 //! tokens, sessions, participants and share links, and later repositories, images and
-//! metrics. Session event logs live in their own files, not here (see DESIGN.md), so no
-//! session can slow another. Share links are scoped tokens (`hgs_…`, `view` or `prompt`,
+//! metrics. GitHub (`github.rs`): users' GitHub tokens as ciphertext, OAuth states, pull
+//! requests with their review and merge figures, webhook deliveries seen. Session event
+//! logs live in their own files, not here (see DESIGN.md), so no session can slow another. Share links are scoped tokens (`hgs_…`, `view` or `prompt`,
 //! one session each), stored hashed like API tokens and revocable.
 //!
 //! The schema evolves by numbered migrations recorded in SQLite's `user_version` pragma;
@@ -80,6 +81,45 @@ const MIGRATIONS: &[&str] = &[
         revoked_at INTEGER
     );
     CREATE INDEX share_links_session ON share_links(session_id);",
+    // 3: GitHub: users' tokens (ciphertext only), OAuth sign-in states (hashed, single
+    // use), pull requests opened for sessions and the webhook deliveries already applied.
+    "CREATE TABLE github_tokens (
+        user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        ciphertext BLOB NOT NULL,
+        expires_at INTEGER,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE oauth_states (
+        state_sha256 BLOB PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE TABLE pull_requests (
+        repo TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        session_id TEXT REFERENCES sessions(id) ON DELETE SET NULL,
+        author_user_id INTEGER REFERENCES users(id) ON DELETE SET NULL,
+        head_branch TEXT NOT NULL,
+        url TEXT NOT NULL,
+        title TEXT NOT NULL,
+        state TEXT NOT NULL,
+        opened_at INTEGER NOT NULL,
+        merged_at INTEGER,
+        closed_at INTEGER,
+        first_review_at INTEGER,
+        reviews INTEGER NOT NULL DEFAULT 0,
+        approvals INTEGER NOT NULL DEFAULT 0,
+        pushes_after_review INTEGER NOT NULL DEFAULT 0,
+        agent_lines INTEGER,
+        total_lines INTEGER,
+        PRIMARY KEY (repo, number)
+    );
+    CREATE INDEX pull_requests_session ON pull_requests(session_id);
+    CREATE TABLE webhook_deliveries (
+        delivery_id TEXT PRIMARY KEY,
+        event TEXT NOT NULL,
+        received_at INTEGER NOT NULL
+    );",
 ];
 
 /// The prefix of share-link tokens, distinct from API tokens so each is checked only where
@@ -202,6 +242,9 @@ pub enum StoreError {
     /// No such session.
     #[error("no session with id {0}")]
     SessionNotFound(String),
+    /// This webhook delivery was applied before.
+    #[error("webhook delivery {0} was received before")]
+    DuplicateDelivery(String),
     /// The system's random source failed.
     #[error("cannot generate a token: {0}")]
     Random(String),
@@ -256,7 +299,9 @@ fn new_secret_with(prefix: &str) -> Result<TokenSecret, StoreError> {
     Ok(TokenSecret(s))
 }
 
+mod github;
 mod sessions;
+pub use github::{NewPullRequest, PrStats, PrUpdate, PullRequest, SealedGitHubToken};
 pub use sessions::{NewSession, SessionRecord, ShareLink, ShareScope};
 
 fn is_sqlite_code(e: &rusqlite::Error, code: rusqlite::ErrorCode) -> bool {
@@ -719,6 +764,6 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
-        assert_eq!(Store::schema_version(), 2);
+        assert_eq!(Store::schema_version(), 3);
     }
 }
