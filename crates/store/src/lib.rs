@@ -2,8 +2,9 @@
 //! tokens, sessions, participants and share links, and later repositories, images and
 //! metrics. GitHub (`github.rs`): users' GitHub tokens as ciphertext, OAuth states, pull
 //! requests with their review and merge figures, webhook deliveries seen. Session event
-//! logs live in their own files, not here (see DESIGN.md), so no session can slow another. Share links are scoped tokens (`hgs_…`, `view` or `prompt`,
-//! one session each), stored hashed like API tokens and revocable.
+//! logs live in their own files, not here (see DESIGN.md), so no session can slow another.
+//! Share links are scoped tokens (`hgs_…`, `view` or `prompt`, one session each), stored
+//! hashed like API tokens and revocable.
 //!
 //! The schema evolves by numbered migrations recorded in SQLite's `user_version` pragma;
 //! a database written by a newer Hangar is refused rather than guessed at.
