@@ -5,8 +5,10 @@
 //!   answer rather than on what some shell tool printed.
 //! - [`scratch_dir`]: test working directories on a fast filesystem.
 //! - [`fake_model`]: a model server speaking the Anthropic and OpenAI streaming formats.
+//! - [`fake_github`]: GitHub's App, OAuth, pull request endpoints, as documented.
 //! - [`bullseye_tarball`]: a Debian bullseye rootfs (glibc 2.31, Python 3.9), built once.
 
+pub mod fake_github;
 pub mod fake_model;
 
 use std::path::{Path, PathBuf};
