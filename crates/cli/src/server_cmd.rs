@@ -72,10 +72,18 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
             interrupted.join(", ")
         );
     }
-    let state =
-        AppState::new(Backend::local(runtime), store, sessions).context("setting up metrics")?;
+    let state = AppState::new(Backend::local(runtime), Arc::clone(&store), sessions)
+        .context("setting up metrics")?;
     let state = match pool {
         Some(pool) => state.with_pool(pool),
+        None => state,
+    };
+    let state = match &config.github {
+        Some(settings) => {
+            let github = hangar_github::GitHub::from_settings(settings, &config.data_dir, store)
+                .context("setting up GitHub ([github] in the configuration)")?;
+            state.with_github(Arc::new(github))
+        }
         None => state,
     };
     println!("hangar listening on {url}");

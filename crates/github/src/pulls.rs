@@ -143,17 +143,13 @@ async fn existing(
     base: &str,
 ) -> Result<PullRequestRef, GitHubError> {
     let what = format!("finding the open pull request from {head} on {repo}");
-    let mut q = url::form_urlencoded::Serializer::new(String::new());
-    q.append_pair("head", &format!("{}:{head}", repo.owner));
-    q.append_pair("base", base);
-    q.append_pair("state", "open");
-    let answer = api
-        .get(
-            token.expose(),
-            &format!("/repos/{}/{}/pulls?{}", repo.owner, repo.name, q.finish()),
-            &what,
-        )
-        .await?;
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("head", &format!("{}:{head}", repo.owner))
+        .append_pair("base", base)
+        .append_pair("state", "open")
+        .finish();
+    let path = format!("/repos/{}/{}/pulls?{query}", repo.owner, repo.name);
+    let answer = api.get(token.expose(), &path, &what).await?;
     if answer.status != 200 {
         return Err(user_error(&answer, &what));
     }

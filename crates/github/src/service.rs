@@ -87,6 +87,50 @@ impl GitHub {
         }
     }
 
+    /// GitHub as configured: the App when `app_id` is set, sign-in when `client_id` is,
+    /// webhooks when a secret is; users' tokens sealed with the key in
+    /// `<data dir>/github-tokens.key` (created on first use). Call inside a Tokio runtime.
+    pub fn from_settings(
+        settings: &hangar_config::GitHubSettings,
+        data_dir: &std::path::Path,
+        store: Arc<Store>,
+    ) -> Result<GitHub, GitHubError> {
+        let config = |e: hangar_config::ConfigError| GitHubError::NotConfigured(e.to_string());
+        let api = Api::new(&settings.api_url)?;
+        let seal = TokenSeal::open_or_create(&data_dir.join("github-tokens.key"))?;
+        let web_host = settings.web_host().to_string();
+        let mut github = GitHub::new(store, api.clone(), &web_host, seal)
+            .with_review_comment_prompts(settings.review_comment_prompts.iter().cloned());
+        if let Some(app_id) = settings.app_id {
+            let key = settings.private_key().map_err(config)?.ok_or_else(|| {
+                GitHubError::NotConfigured(
+                    "github.app_id is set but github.private_key_file is not".into(),
+                )
+            })?;
+            let app = GitHubApp::new(api.clone(), app_id, &key, &web_host)?
+                .with_refresh_margin(settings.token_refresh_margin_secs);
+            github = github.with_app(app);
+        }
+        if let Some(client_id) = &settings.client_id {
+            let secret = settings.client_secret().map_err(config)?.ok_or_else(|| {
+                GitHubError::NotConfigured(
+                    "github.client_id is set but neither github.client_secret_env nor github.client_secret_file".into(),
+                )
+            })?;
+            github = github.with_oauth(OAuthApp::new(
+                Api::web(&settings.web_url)?,
+                api,
+                client_id,
+                Secret(secret),
+                settings.callback_url.clone(),
+            ));
+        }
+        if let Some(secret) = settings.webhook_secret().map_err(config)? {
+            github = github.with_webhook_secret(Secret(secret));
+        }
+        Ok(github)
+    }
+
     /// Uses this App for installation tokens.
     pub fn with_app(mut self, app: GitHubApp) -> GitHub {
         self.app = Some(Arc::new(app));
@@ -431,4 +475,13 @@ impl GitHub {
         outcome.pull_request = record;
         Ok(outcome)
     }
+}
+
+/// The server awaits these on a multi-threaded runtime: their futures must stay `Send`.
+#[allow(dead_code)]
+fn futures_are_send(g: &GitHub, u: &User, s: &SessionRecord) {
+    fn send<T: Send>(_: T) {}
+    send(g.open_pull_request(u, s, None, None, None));
+    send(g.sign_in("", ""));
+    send(g.check_installed(""));
 }

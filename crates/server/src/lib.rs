@@ -1,7 +1,8 @@
 //! The session server's HTTP API: health, Prometheus metrics, the OpenAPI document, bearer
 //! token auth, the sandbox endpoints ([`routes`]), and sessions: REST (`session_routes`),
-//! the WebSocket stream (`session_ws`) and share links. The web UI will be a further route
-//! module.
+//! the WebSocket stream (`session_ws`) and share links, and GitHub (`github_routes`:
+//! sign-in, the webhook, a session's pull request, stats). The web UI will be a further
+//! route module.
 //!
 //! **API boundary:** HTTP stops here. Handlers decode and validate requests ([`api`]), call
 //! the sandbox [`Runtime`] or the [`Store`], and turn every failure into
@@ -14,6 +15,7 @@ pub mod api;
 mod auth;
 pub mod error;
 mod extract;
+pub mod github_routes;
 mod metrics;
 mod routes;
 pub mod session_api;
@@ -88,6 +90,8 @@ pub struct AppState {
     metrics: Metrics,
     /// The warm pool, when sessions take sandboxes from one.
     pool: Option<hangar_pool::Pool>,
+    /// GitHub, when configured: sign-in, pull requests, webhooks.
+    github: Option<Arc<hangar_github::GitHub>>,
     /// Set when the server begins to stop: WebSocket connections close with 1001.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -105,8 +109,15 @@ impl AppState {
             sessions,
             metrics: Metrics::new()?,
             pool: None,
+            github: None,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         })
+    }
+
+    /// Serves GitHub sign-in, pull requests and webhooks with `github`.
+    pub fn with_github(mut self, github: Arc<hangar_github::GitHub>) -> AppState {
+        self.github = Some(github);
+        self
     }
 
     /// Shows `pool`'s figures at `/api/pool` and on `/metrics`.
@@ -154,6 +165,9 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
     let (public, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(routes::healthz))
         .routes(routes!(routes::metrics))
+        .routes(routes!(github_routes::github_login))
+        .routes(routes!(github_routes::github_callback))
+        .routes(routes!(github_routes::github_webhook))
         .split_for_parts();
     let (api, api_doc) = OpenApiRouter::new()
         .routes(routes!(routes::me))
@@ -161,6 +175,8 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::get_sandbox, routes::delete_sandbox))
         .routes(routes!(routes::exec))
         .routes(routes!(routes::pool_stats))
+        .routes(routes!(github_routes::open_pr, github_routes::get_pr))
+        .routes(routes!(github_routes::stats))
         .split_for_parts();
     doc.merge(api_doc);
     let (sessions, sessions_doc) = OpenApiRouter::new()
