@@ -171,12 +171,26 @@ pub enum SyncState {
 /// So the agent starts researching while the sync runs, and never edits a stale tree.
 pub struct SyncGate {
     state: tokio::sync::watch::Receiver<SyncState>,
+    /// Reads wait too: there is no checkout to read before the sync makes one.
+    reads_wait: bool,
 }
 
 impl SyncGate {
     /// A gate following `state` (its sender is the sync's).
     pub fn new(state: tokio::sync::watch::Receiver<SyncState>) -> SyncGate {
-        SyncGate { state }
+        SyncGate {
+            state,
+            reads_wait: false,
+        }
+    }
+
+    /// A gate that holds every tool, reads included, until the sync ends: for a sandbox
+    /// whose image has no checkout, so the sync makes the first one.
+    pub fn for_everything(state: tokio::sync::watch::Receiver<SyncState>) -> SyncGate {
+        SyncGate {
+            state,
+            reads_wait: true,
+        }
     }
 }
 
@@ -187,7 +201,7 @@ impl Plugin for SyncGate {
     }
 
     async fn before_tool(&self, call: &ToolCall) -> Decision {
-        if crate::tools::is_read_only(&call.name, &call.input) {
+        if !self.reads_wait && crate::tools::is_read_only(&call.name, &call.input) {
             return Decision::Allow;
         }
         let mut state = self.state.clone();

@@ -259,7 +259,8 @@ async fn build(args: BuildArgs, store: Store, config: &Config) -> anyhow::Result
         None => None,
     };
     let runtime = Arc::new(LocalRuntime::open(config)?);
-    let builder = Builder::new(runtime, store, config.clone());
+    let builder = Builder::new(runtime, store, config.clone())
+        .with_credentials(crate::server_cmd::git_credentials(config)?);
     let req = BuildRequest {
         repo: args.repo.clone(),
         reference: args.reference.clone(),

@@ -4,6 +4,7 @@
 
 mod image_cmd;
 mod login_cmd;
+mod repo_cmd;
 mod sandbox_cmd;
 mod server_cmd;
 mod session_cmd;
@@ -49,6 +50,9 @@ enum Command {
     /// Add and list users on this machine's server (its data directory).
     #[command(subcommand)]
     User(user_cmd::UserCommand),
+    /// Register and list the repositories sessions work on (on a server).
+    #[command(subcommand)]
+    Repo(repo_cmd::RepoCommand),
     #[command(flatten)]
     Session(session_cmd::SessionCommand),
 }
@@ -91,6 +95,9 @@ fn main() -> ExitCode {
         if let Command::Session(cmd) = cli.command {
             return session_cmd::run(cmd).await;
         }
+        if let Command::Repo(cmd) = cli.command {
+            return repo_cmd::run(cmd).await;
+        }
         let env = hangar_config::Env::from_process();
         let config = hangar_config::Config::load(&env, cli.data_dir.as_deref())?;
         match cli.command {
@@ -98,7 +105,7 @@ fn main() -> ExitCode {
                 server_cmd::run(args, &config).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Login(_) | Command::Session(_) => Ok(ExitCode::SUCCESS),
+            Command::Login(_) | Command::Session(_) | Command::Repo(_) => Ok(ExitCode::SUCCESS),
             Command::Sandbox(cmd) => sandbox_cmd::run(cmd, &config).await,
             Command::Image(cmd) => image_cmd::run(cmd, &config).await,
             Command::User(cmd) => user_cmd::run(cmd, &config).map(|()| ExitCode::SUCCESS),

@@ -22,6 +22,8 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
+    // Settings that can be wrong are checked before anything is created.
+    let credentials = git_credentials(config)?;
     let runtime = LocalRuntime::open(config)?;
     let recovery = runtime
         .recover()
@@ -60,7 +62,38 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(store);
-    let (sessions, pool) = open_sessions(config, Arc::clone(&store)).await?;
+    let images = hangar_images::Store::open(&config.data_dir)?;
+    let limits = runtime.default_limits();
+    let specs: hangar_runner::SpecForRepo = {
+        let (store, images) = (Arc::clone(&store), images.clone());
+        Arc::new(move |repo: &str| {
+            let url = hangar_images::git::normalize_repo(&store.repo(repo).ok()?.url).ok()?;
+            let image = images.current(&url).ok()??;
+            image_spec(&images, &image, limits)
+        })
+    };
+    let (sessions, pool) =
+        open_sessions(config, Arc::clone(&store), credentials.clone(), specs).await?;
+    let builder = Arc::new(
+        hangar_images::Builder::new(
+            Arc::new(LocalRuntime::open(config)?),
+            images.clone(),
+            config.clone(),
+        )
+        .with_credentials(credentials),
+    );
+    let on_image: hangar_server::builds::OnImage = {
+        let (pool, images) = (pool.clone(), images.clone());
+        Arc::new(move |repo: &str, image: &hangar_images::ImageInfo| {
+            let (Some(pool), Some(spec)) = (pool.clone(), image_spec(&images, image, limits))
+            else {
+                return;
+            };
+            let repo = repo.to_string();
+            tokio::spawn(async move { pool.set_image(&repo, spec).await });
+        })
+    };
+    let builds = Arc::new(hangar_server::builds::Builds::new(builder, on_image));
     let interrupted = sessions
         .recover()
         .await
@@ -73,7 +106,8 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         );
     }
     let state = AppState::new(Backend::local(runtime), Arc::clone(&store), sessions)
-        .context("setting up metrics")?;
+        .context("setting up metrics")?
+        .with_builds(builds);
     let state = match pool {
         Some(pool) => state.with_pool(pool),
         None => state,
@@ -99,6 +133,8 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
 async fn open_sessions(
     config: &Config,
     store: Arc<Store>,
+    credentials: Arc<dyn hangar_images::Credentials>,
+    specs: hangar_runner::SpecForRepo,
 ) -> anyhow::Result<(Sessions, Option<hangar_pool::Pool>)> {
     let settings = &config.sessions;
     let mut sessions_config = SessionsConfig::new(config.data_dir.join("sessions"));
@@ -134,9 +170,18 @@ async fn open_sessions(
                 network: Network::None,
             };
             let runtime: Arc<dyn hangar_sandbox::Runtime> = Arc::new(local);
+            let worktrees = Arc::new(hangar_runner::Worktrees::new(
+                Arc::clone(&store),
+                config.data_dir.join("git"),
+                credentials,
+                settings.workdir.clone(),
+            ));
             let pool = hangar_pool::Pool::new(
                 runtime.clone(),
-                Arc::new(hangar_pool::AlreadySynced),
+                Arc::new(hangar_runner::GitSyncer {
+                    worktrees: worktrees.clone(),
+                    runtime: runtime.clone(),
+                }),
                 hangar_pool::PoolConfig {
                     min: config.pool.min,
                     max: config.pool.max,
@@ -149,6 +194,8 @@ async fn open_sessions(
                 .with_limits(model.max_tokens, model.context_limit);
             executor.persist_conversations(config.data_dir.join("sessions"));
             executor.use_pool(pool.clone());
+            executor.use_git(worktrees);
+            executor.use_images(specs);
             warm_pool = Some(pool);
             executor.use_plugins(start_plugins(config).await?);
             agent = Some(executor.clone());
@@ -164,6 +211,39 @@ async fn open_sessions(
         agent.enable_sub_sessions(sessions.clone());
     }
     Ok((sessions, warm_pool))
+}
+
+/// The spec of a session sandbox started from `image`: its layers (over the host's root
+/// for host-based images), the session network the recipe asked for.
+fn image_spec(
+    images: &hangar_images::Store,
+    image: &hangar_images::ImageInfo,
+    limits: hangar_sandbox::Limits,
+) -> Option<SandboxSpec> {
+    let rootfs = match hangar_images::rootfs(images, image) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(image = %image.id, "cannot use the image: {e}");
+            return None;
+        }
+    };
+    let network = match image.meta.session_network.as_deref() {
+        Some("egress") => Network::Egress,
+        _ => Network::None,
+    };
+    Some(SandboxSpec {
+        rootfs,
+        limits,
+        network,
+    })
+}
+
+/// The credentials for git remotes from `[[git.credentials]]`, each checked now so a
+/// missing token file stops the start with its name rather than failing a session later.
+pub fn git_credentials(config: &Config) -> anyhow::Result<Arc<dyn hangar_images::Credentials>> {
+    let configured = hangar_images::ConfiguredCredentials(config.git.credentials.clone());
+    configured.check().map_err(anyhow::Error::msg)?;
+    Ok(Arc::new(configured))
 }
 
 /// Starts the external plugins configured, failing clearly if one cannot start.

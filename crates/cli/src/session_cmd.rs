@@ -86,14 +86,14 @@ pub enum SessionCommand {
     },
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     server: String,
     token: String,
 }
 
 impl Client {
-    fn new(remote: &Remote) -> anyhow::Result<Client> {
+    pub(crate) fn new(remote: &Remote) -> anyhow::Result<Client> {
         let saved: Option<Credentials> = credentials_path()
             .ok()
             .and_then(|p| std::fs::read_to_string(p).ok())
@@ -118,19 +118,28 @@ impl Client {
         })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.server))
-            .bearer_auth(&self.token);
+        let mut req = self.request(method, path);
         if let Some(b) = body {
             req = req.json(&b);
         }
+        self.send(req).await
+    }
+
+    /// A request to `path` on the server, with the token.
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.server))
+            .bearer_auth(&self.token)
+    }
+
+    /// Sends `req`; a non-success answer becomes an error carrying the server's message.
+    pub(crate) async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let resp = req.send().await.map_err(|e| {
             if e.is_connect() || e.is_timeout() {
                 anyhow::anyhow!(

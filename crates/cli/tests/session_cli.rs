@@ -3,333 +3,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-/// A running `hangar serve` on a data directory.
-struct Server {
-    child: Child,
-    data_dir: PathBuf,
-    url: String,
-    admin_token: Option<String>,
-    printed: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-fn hangar(data_dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hangar"));
-    cmd.env("HANGAR_DATA_DIR", data_dir)
-        .env_remove("HANGAR_CONFIG")
-        .env_remove("HANGAR_LISTEN");
-    cmd
-}
-
-impl Server {
-    /// Starts the server with `[sessions]` settings written to `<data dir>/hangar.toml`; the
-    /// scripted stand-in answers prompts, exercising the session machinery without a model.
-    fn start(data_dir: &Path, sessions_toml: &str) -> Server {
-        Server::start_with_config(
-            data_dir,
-            &format!("[sessions]\nexecutor = \"scripted\"\n{sessions_toml}\n"),
-        )
-    }
-
-    /// Starts the server with `toml` as `<data dir>/hangar.toml`.
-    fn start_with_config(data_dir: &Path, toml: &str) -> Server {
-        std::fs::create_dir_all(data_dir).unwrap();
-        std::fs::write(data_dir.join("hangar.toml"), toml).unwrap();
-        let mut child = hangar(data_dir)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start hangar serve");
-        let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let err = BufReader::new(child.stderr.take().unwrap());
-        let p = printed.clone();
-        std::thread::spawn(move || {
-            for line in err.lines().map_while(Result::ok) {
-                let mut p = p.lock().unwrap();
-                p.push_str(&line);
-                p.push('\n');
-            }
-        });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut admin_token = None;
-        let url = loop {
-            let Some(Ok(line)) = lines.next() else {
-                let _ = child.kill();
-                panic!(
-                    "hangar serve exited before listening:\n{}",
-                    printed.lock().unwrap()
-                );
-            };
-            if let Some(rest) = line.trim().strip_prefix("hangar login --server ") {
-                admin_token = Some(rest.split("--token ").nth(1).unwrap().trim().to_string());
-            }
-            if let Some(url) = line.strip_prefix("hangar listening on ") {
-                break url.trim().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Server {
-            child,
-            data_dir: data_dir.to_path_buf(),
-            url,
-            admin_token,
-            printed,
-        }
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn stderr(&self) -> String {
-        self.printed.lock().unwrap().clone()
-    }
-
-    /// Whether the server printed `needle` on stderr, waiting a little: stderr is read by
-    /// another thread, which may not have caught up with the stdout line we waited for.
-    fn printed(&self, needle: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if self.stderr().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    fn ws_url(&self, id: &str, after: u64) -> String {
-        format!(
-            "{}/api/sessions/{id}/ws?after_seq={after}",
-            self.url.replace("http://", "ws://")
-        )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        // Sandboxes outlive the server by design; the test's own go with it.
-        hangar_testkit::remove_sandboxes(&self.data_dir);
-    }
-}
-
-/// Creates a user with `hangar user add` and returns their token.
-fn add_user(data_dir: &Path, login: &str) -> String {
-    let out = hangar(data_dir)
-        .args(["user", "add", login, "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["token"].as_str().unwrap().to_string()
-}
-
-#[derive(Clone)]
-struct Api {
-    client: reqwest::Client,
-    url: String,
-    token: String,
-}
-
-impl Api {
-    fn new(server: &Server, token: &str) -> Api {
-        Api {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap(),
-            url: server.url.clone(),
-            token: token.to_string(),
-        }
-    }
-
-    async fn raw(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> (StatusCode, Value) {
-        let mut req = self
-            .client
-            .request(method.parse().unwrap(), format!("{}{path}", self.url))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text:?}"))
-        };
-        (status, value)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.raw("GET", path, None).await
-    }
-
-    async fn send(&self, method: &str, path: &str, body: Value) -> (StatusCode, Value) {
-        self.raw(method, path, Some(body.to_string().into_bytes()))
-            .await
-    }
-
-    async fn create_session(&self) -> String {
-        let (status, s) = self
-            .send("POST", "/api/sessions", json!({"repo": "acme/app"}))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{s}");
-        s["id"].as_str().unwrap().to_string()
-    }
-
-    async fn prompt(&self, id: &str, text: &str) -> Value {
-        let (status, p) = self
-            .send(
-                "POST",
-                &format!("/api/sessions/{id}/prompts"),
-                json!({"text": text}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{p}");
-        p
-    }
-
-    /// Every event of a session, paging through the log.
-    async fn all_events(&self, id: &str) -> Vec<Value> {
-        let mut out: Vec<Value> = Vec::new();
-        loop {
-            let after = out.last().map_or(0, |e| e["seq"].as_u64().unwrap());
-            let (status, page) = self
-                .get(&format!("/api/sessions/{id}/events?after_seq={after}"))
-                .await;
-            assert_eq!(status, StatusCode::OK, "{page}");
-            let page = page.as_array().unwrap().clone();
-            if page.is_empty() {
-                return out;
-            }
-            out.extend(page);
-        }
-    }
-
-    async fn wait_idle(&self, id: &str) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (_, s) = self.get(&format!("/api/sessions/{id}")).await;
-            if s["status"] == "idle" {
-                return self.all_events(id).await;
-            }
-            assert!(Instant::now() < deadline, "never idle: {s}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn assert_error((status, body): (StatusCode, Value), want: StatusCode, code: &str) -> String {
-    assert_eq!(status, want, "{body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    body["error"]["message"].as_str().unwrap().to_string()
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(server: &Server, token: &str, id: &str, after: u64) -> Socket {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = server.ws_url(id, after).into_client_request().unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    ws
-}
-
-/// What a client saw: logged events (by arrival) and presence updates.
-#[derive(Default)]
-struct Seen {
-    events: Vec<Value>,
-    raw: BTreeMap<u64, String>,
-    presence: Vec<Value>,
-    close: Option<(u16, String)>,
-}
-
-impl Seen {
-    fn seqs(&self) -> Vec<u64> {
-        self.events
-            .iter()
-            .map(|e| e["seq"].as_u64().unwrap())
-            .collect()
-    }
-}
-
-/// Reads until `stop` says so for an event, the socket closes, or `limit` passes.
-async fn read_until(ws: &mut Socket, limit: Duration, stop: impl Fn(&Value) -> bool) -> Seen {
-    let mut seen = Seen::default();
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return seen,
-            Ok(None) | Ok(Some(Err(_))) => return seen,
-            Ok(Some(Ok(m))) => m,
-        };
-        match msg {
-            Message::Text(t) => {
-                let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                if v["type"] == "presence" {
-                    assert!(v.get("seq").is_none(), "presence has no seq: {v}");
-                    seen.presence.push(v);
-                    continue;
-                }
-                let seq = v["seq"].as_u64().unwrap_or_else(|| panic!("no seq: {v}"));
-                seen.raw.insert(seq, t.as_str().to_string());
-                let done = stop(&v);
-                seen.events.push(v);
-                if done {
-                    return seen;
-                }
-            }
-            Message::Close(frame) => {
-                seen.close = frame.map(|f| (u16::from(f.code), f.reason.as_str().to_string()));
-                return seen;
-            }
-            _ => {}
-        }
-    }
-}
-
-fn is_idle(v: &Value) -> bool {
-    v["type"] == "status" && v["data"]["status"] == "idle"
-}
-
-fn assert_contiguous(seqs: &[u64], from: u64) {
-    for (i, s) in seqs.iter().enumerate() {
-        assert_eq!(*s, from + i as u64, "gap or duplicate at {i}: {seqs:?}");
-    }
-}
-
-fn scratch() -> (tempfile::TempDir, PathBuf) {
-    hangar_testkit::require_root();
-    let dir = hangar_testkit::scratch_dir();
-    let data = dir.path().join("data");
-    (dir, data)
-}
+mod common;
+use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_see_the_same_events_in_order_and_a_second_prompt_queues_under_its_author() {
@@ -922,21 +607,6 @@ async fn bad_input_gets_clear_errors_and_bad_frames_close_with_a_code() {
 }
 
 /// Polls until `n` prompts of the session have finished.
-async fn wait_finished(api: &Api, id: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let events = api.all_events(id).await;
-        let done = events
-            .iter()
-            .filter(|e| e["type"] == "prompt.finished")
-            .count();
-        if done >= n || Instant::now() > deadline {
-            return events;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn with_a_model_configured_prompts_run_the_agent_in_a_sandbox() {
     use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
@@ -1109,18 +779,6 @@ async fn the_openapi_document_describes_the_session_api() {
         );
     }
     assert!(doc["components"]["schemas"]["EventDoc"].is_object());
-}
-
-/// `hangar` as a client of `server`, with HANGAR_SERVER/HANGAR_TOKEN set.
-fn client(server: &Server, token: &str, args: &[&str]) -> std::process::Output {
-    let home = hangar_testkit::scratch_dir();
-    Command::new(env!("CARGO_BIN_EXE_hangar"))
-        .args(args)
-        .env("HANGAR_SERVER", &server.url)
-        .env("HANGAR_TOKEN", token)
-        .env("XDG_CONFIG_HOME", home.path())
-        .output()
-        .unwrap()
 }
 
 #[test]
@@ -1394,4 +1052,141 @@ async fn typing_warms_a_sandbox_that_the_prompt_then_uses() {
         metrics.contains("hangar_pool{repo=\"\",what=\"reservations\"} 0"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn repositories_are_registered_listed_shown_and_removed() {
+    let (_dir, data) = scratch();
+    let server = Server::start(&data, "");
+    let token = server.admin_token.clone().unwrap();
+    let api = Api::new(&server, &token);
+
+    let (status, repo) = api
+        .send(
+            "POST",
+            "/api/repos",
+            json!({"name": "acme/app", "url": "https://git.example.com/acme/app.git",
+                   "description": "The shop", "hints": ["checkout", "#shop-dev"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{repo}");
+    assert_eq!(repo["default_branch"], "main");
+    assert_eq!(repo["recipe"], Value::Null);
+    let (status, got) = api.get("/api/repos/acme/app").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got, repo);
+
+    // A recipe is checked before it is stored.
+    let recipe = "base = \"host\"\n[[setup]]\nrun = \"make\"\n";
+    let (status, with) = api
+        .raw("PUT", "/api/repos/acme/app/recipe", Some(recipe.into()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{with}");
+    assert_eq!(with["recipe"], recipe);
+    let message = assert_error(
+        api.raw(
+            "PUT",
+            "/api/repos/acme/app/recipe",
+            Some(b"base = 3".to_vec()),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_recipe",
+    );
+    assert!(message.contains("acme/app"), "{message}");
+    assert_eq!(api.get("/api/repos/acme/app").await.1["recipe"], recipe);
+
+    // Bad input: each a clear error, nothing stored.
+    for (body, status, code) in [
+        (
+            json!({"name": "app", "url": "/srv/app"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "acme/x", "url": "https://me:secret@git.example.com/x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "acme/x", "url": "relative/path"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "acme/x", "url": "/srv/x", "default_branch": "a..b"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "acme/x", "url": "/srv/x", "colour": "red"}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            json!({"name": "acme/app", "url": "/srv/app"}),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+    ] {
+        let message = assert_error(
+            api.send("POST", "/api/repos", body.clone()).await,
+            status,
+            code,
+        );
+        assert!(!message.contains("secret"), "{message}");
+    }
+    assert_error(
+        api.get("/api/repos/acme/nope").await,
+        StatusCode::NOT_FOUND,
+        "unknown_repo",
+    );
+    let (_, list) = api.get("/api/repos").await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+
+    // The CLI over the same API.
+    let cli = |args: &[&str]| client(&server, &token, args);
+    let out = cli(&[
+        "repo", "add", "acme/api", "/srv/api", "--branch", "trunk", "--hint", "api",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["repo", "ls", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["acme/api", "acme/app"]);
+    assert_eq!(list[0]["default_branch"], "trunk");
+    let out = cli(&["repo", "show", "acme/app"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("The shop") && text.contains("run = \"make\""),
+        "{text}"
+    );
+    for args in [
+        &["repo", "show", "not-a-name"][..],
+        &["repo", "show", "acme/nope"],
+        &["repo", "add", "acme/api", "/srv/api"],
+    ] {
+        let out = cli(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("hangar: "), "{err}");
+    }
+    let out = cli(&["repo", "rm", "acme/api"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, list) = api.get("/api/repos").await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
 }

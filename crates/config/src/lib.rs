@@ -23,6 +23,11 @@
 //! live_buffer = 1024               # live events buffered per session before a client resyncs
 //! scripted_delay_ms = 20           # pause between the stand-in agent's events
 //!
+//! [[git.credentials]]              # for clone, fetch and push; never enters a sandbox
+//! url_prefix = "https://git.example.com/acme/"
+//! username = "x-access-token"
+//! password_env = "ACME_GIT_TOKEN"  # or password_file = "/etc/hangar/git.token"
+//!
 //! [github]                         # optional; see docs/github.md
 //! api_url = "https://api.github.com"
 //! web_url = "https://github.com"
@@ -58,6 +63,8 @@ pub struct Config {
     pub plugins: Vec<PluginSettings>,
     /// The warm pool of session sandboxes.
     pub pool: PoolSettings,
+    /// Git remotes' credentials.
+    pub git: GitSettings,
     /// GitHub: the App (git credentials), sign-in, pull requests and webhooks. Without
     /// it, the GitHub routes answer that GitHub is not configured.
     pub github: Option<GitHubSettings>,
@@ -141,10 +148,42 @@ impl ModelSettings {
     /// no key, as local servers such as Ollama need none).
     pub fn api_key(&self) -> Result<Option<String>, ConfigError> {
         read_secret(
-            self.api_key_env.as_deref(),
-            self.api_key_file.as_deref(),
-            ("model.api_key_env", "model.api_key_file"),
+            ("model.api_key_file", self.api_key_file.as_deref()),
+            ("model.api_key_env", self.api_key_env.as_deref()),
         )
+    }
+}
+
+/// A secret named by configuration: the first line of a file (`file.1`), else an
+/// environment variable (`env.1`), else none. The `.0`s are the keys named in errors. An
+/// empty file or an unset variable is an error, not a silent "no secret".
+pub fn read_secret(
+    file: (&'static str, Option<&Path>),
+    env: (&'static str, Option<&str>),
+) -> Result<Option<String>, ConfigError> {
+    if let Some(path) = file.1 {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let secret = text.lines().next().unwrap_or("").trim().to_string();
+        if secret.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: file.0,
+                message: format!("{} is empty", path.display()),
+            });
+        }
+        return Ok(Some(secret));
+    }
+    match env.1 {
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
+            _ => Err(ConfigError::Invalid {
+                key: env.0,
+                message: format!("the environment variable {var} is not set"),
+            }),
+        },
+        None => Ok(None),
     }
 }
 
@@ -210,18 +249,28 @@ impl GitHubSettings {
     /// The OAuth client secret, if one is configured.
     pub fn client_secret(&self) -> Result<Option<String>, ConfigError> {
         read_secret(
-            self.client_secret_env.as_deref(),
-            self.client_secret_file.as_deref(),
-            ("github.client_secret_env", "github.client_secret_file"),
+            (
+                "github.client_secret_file",
+                self.client_secret_file.as_deref(),
+            ),
+            (
+                "github.client_secret_env",
+                self.client_secret_env.as_deref(),
+            ),
         )
     }
 
     /// The webhook secret, if one is configured.
     pub fn webhook_secret(&self) -> Result<Option<String>, ConfigError> {
         read_secret(
-            self.webhook_secret_env.as_deref(),
-            self.webhook_secret_file.as_deref(),
-            ("github.webhook_secret_env", "github.webhook_secret_file"),
+            (
+                "github.webhook_secret_file",
+                self.webhook_secret_file.as_deref(),
+            ),
+            (
+                "github.webhook_secret_env",
+                self.webhook_secret_env.as_deref(),
+            ),
         )
     }
 
@@ -250,36 +299,46 @@ impl GitHubSettings {
     }
 }
 
-/// A secret from the first line of `file`, else from the environment variable `env`
-/// (neither configured: none). `keys` name the two settings in errors.
-fn read_secret(
-    env: Option<&str>,
-    file: Option<&Path>,
-    keys: (&'static str, &'static str),
-) -> Result<Option<String>, ConfigError> {
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let value = text.lines().next().unwrap_or("").trim().to_string();
-        if value.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: keys.1,
-                message: format!("{} is empty", path.display()),
-            });
-        }
-        return Ok(Some(value));
-    }
-    match env {
-        Some(var) => match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
-            _ => Err(ConfigError::Invalid {
-                key: keys.0,
-                message: format!("the environment variable {var} is not set"),
-            }),
-        },
-        None => Ok(None),
+/// Git settings.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitSettings {
+    /// Credentials for remotes; the first whose `url_prefix` matches wins.
+    pub credentials: Vec<GitCredentialSettings>,
+}
+
+/// A username and token for the remotes under one URL prefix. The token is read from a
+/// file or the environment, handed to git through its askpass only, and never logged.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GitCredentialSettings {
+    /// Remotes whose URL starts with this, e.g. `https://git.example.com/acme/`.
+    pub url_prefix: String,
+    /// The username (`x-access-token` for GitHub tokens).
+    pub username: String,
+    /// The environment variable holding the token.
+    pub password_env: Option<String>,
+    /// The file holding the token (its first line).
+    pub password_file: Option<PathBuf>,
+}
+
+impl GitCredentialSettings {
+    /// The token.
+    pub fn password(&self) -> Result<String, ConfigError> {
+        read_secret(
+            (
+                "git.credentials.password_file",
+                self.password_file.as_deref(),
+            ),
+            ("git.credentials.password_env", self.password_env.as_deref()),
+        )?
+        .ok_or_else(|| ConfigError::Invalid {
+            key: "git.credentials",
+            message: format!(
+                "the credential for {} needs password_env or password_file",
+                self.url_prefix
+            ),
+        })
     }
 }
 
@@ -355,6 +414,7 @@ impl Default for Config {
             model: None,
             plugins: Vec::new(),
             pool: PoolSettings::default(),
+            git: GitSettings::default(),
             github: None,
         }
     }

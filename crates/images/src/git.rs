@@ -51,6 +51,34 @@ impl Credentials for StaticCredential {
     }
 }
 
+/// The credentials of `[[git.credentials]]`: the first entry whose URL prefix matches the
+/// remote. Tokens are read from their file or variable at each use, so a token file can be
+/// rotated under a running server.
+#[derive(Clone, Debug, Default)]
+pub struct ConfiguredCredentials(pub Vec<hangar_config::GitCredentialSettings>);
+
+impl ConfiguredCredentials {
+    /// Fails, naming the entry, if any configured token cannot be read now.
+    pub fn check(&self) -> Result<(), String> {
+        for c in &self.0 {
+            c.password().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+impl Credentials for ConfiguredCredentials {
+    fn credential(&self, url: &str) -> Result<Option<GitCredential>, String> {
+        let Some(entry) = self.0.iter().find(|c| url.starts_with(&c.url_prefix)) else {
+            return Ok(None);
+        };
+        Ok(Some(GitCredential {
+            username: entry.username.clone(),
+            password: entry.password().map_err(|e| e.to_string())?,
+        }))
+    }
+}
+
 /// A git operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -75,6 +103,14 @@ pub enum GitError {
         repo: String,
         /// The ref.
         reference: String,
+    },
+    /// The remote refused a push (not a fast-forward, a protected branch, a hook, …).
+    #[error("the push of {branch} was rejected: {reason}")]
+    Rejected {
+        /// The branch.
+        branch: String,
+        /// The remote's words.
+        reason: String,
     },
     /// The credential source failed.
     #[error("credentials for {url}: {message}")]
@@ -264,6 +300,139 @@ impl Git {
         c.args(["checkout", "-q", "--detach", commit]);
         self.run("checkout", c).await?;
         Ok(())
+    }
+
+    /// Brings the bare mirror at `dir` (created on first use) up to date with the remote's
+    /// `branch`, kept as `refs/remotes/origin/<branch>`; returns its commit. Session
+    /// branches live beside it as `refs/heads/...`.
+    pub async fn fetch_mirror(&self, dir: &Path, branch: &str) -> Result<String, GitError> {
+        if !dir.join("HEAD").is_file() {
+            std::fs::create_dir_all(dir).map_err(GitError::Spawn)?;
+            let mut c = self.command(Some(dir));
+            c.args(["init", "-q", "--bare"]);
+            self.run("init", c).await?;
+        }
+        let tracking = format!("refs/remotes/origin/{branch}");
+        let mut c = self.command(Some(dir));
+        c.args(["fetch", "-q", "--no-tags", "--"])
+            .arg(&self.url)
+            .arg(format!("+refs/heads/{branch}:{tracking}"));
+        self.run("fetch", c).await.map_err(|e| match e {
+            GitError::Failed { stderr, .. } if stderr.contains("couldn't find remote ref") => {
+                GitError::NoSuchRef {
+                    repo: self.url.clone(),
+                    reference: branch.to_string(),
+                }
+            }
+            other => other,
+        })?;
+        self.rev_parse(dir, &tracking)
+            .await?
+            .ok_or_else(|| GitError::NoSuchRef {
+                repo: self.url.clone(),
+                reference: branch.to_string(),
+            })
+    }
+
+    /// The commit `rev` names in the repository at `dir`, if it names one.
+    pub async fn rev_parse(&self, dir: &Path, rev: &str) -> Result<Option<String>, GitError> {
+        let mut c = self.command(Some(dir));
+        c.args(["rev-parse", "-q", "--verify", "--end-of-options"])
+            .arg(format!("{rev}^{{commit}}"));
+        let out = c.output().await.map_err(GitError::Spawn)?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    }
+
+    /// A bundle of `refname` in the repository at `dir`, without the history of `exclude`
+    /// (a commit the receiver has) when given and known here.
+    pub async fn bundle(
+        &self,
+        dir: &Path,
+        refname: &str,
+        exclude: Option<&str>,
+    ) -> Result<Vec<u8>, GitError> {
+        let exclude = match exclude {
+            Some(e) => self.rev_parse(dir, e).await?,
+            None => None,
+        };
+        let mut c = self.command(Some(dir));
+        c.args(["bundle", "create", "-q", "-", refname]);
+        if let Some(e) = &exclude {
+            c.arg(format!("^{e}"));
+        }
+        let out = c.output().await.map_err(GitError::Spawn)?;
+        if !out.status.success() {
+            return Err(GitError::Failed {
+                what: "bundle".into(),
+                stderr: self.scrub(String::from_utf8_lossy(&out.stderr).trim()),
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    /// Fetches `refname` from the bundle file `bundle` into the repository at `dir` as
+    /// the same ref, only as a fast-forward; returns its commit.
+    pub async fn fetch_bundle(
+        &self,
+        dir: &Path,
+        bundle: &Path,
+        refname: &str,
+    ) -> Result<String, GitError> {
+        let mut c = self.command(Some(dir));
+        c.args(["fetch", "-q", "--no-tags", "--"])
+            .arg(bundle)
+            .arg(format!("{refname}:{refname}"));
+        self.run("fetch from the sandbox", c).await?;
+        self.rev_parse(dir, refname)
+            .await?
+            .ok_or_else(|| GitError::NoSuchRef {
+                repo: dir.display().to_string(),
+                reference: refname.to_string(),
+            })
+    }
+
+    /// Pushes `refs/heads/<branch>` of the repository at `dir` to the remote, as a
+    /// fast-forward only: a rejection comes back as [`GitError::Rejected`] with the
+    /// remote's reason, and is never retried.
+    pub async fn push(&self, dir: &Path, branch: &str) -> Result<(), GitError> {
+        let mut c = self.command(Some(dir));
+        c.args(["push", "--porcelain", "--"])
+            .arg(&self.url)
+            .arg(format!("refs/heads/{branch}:refs/heads/{branch}"));
+        let out = c.output().await.map_err(GitError::Spawn)?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = self.scrub(String::from_utf8_lossy(&out.stderr).trim());
+        // Porcelain: "!\t<src>:<dst>\t[rejected] (<reason>)" for a refused ref.
+        let refused = stdout
+            .lines()
+            .find(|l| l.starts_with('!'))
+            .map(|l| l.rsplit('\t').next().unwrap_or(l).trim().to_string());
+        let remote_says: Vec<&str> = stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("remote: "))
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        match refused {
+            Some(why) => Err(GitError::Rejected {
+                branch: branch.to_string(),
+                reason: if remote_says.is_empty() {
+                    why
+                } else {
+                    format!("{why}: {}", remote_says.join(" "))
+                },
+            }),
+            None => Err(GitError::Failed {
+                what: "push".into(),
+                stderr,
+            }),
+        }
     }
 
     /// A file's content at `commit` in the repository at `dir`, `None` when absent.

@@ -17,7 +17,7 @@ pub mod snapshot;
 pub mod store;
 
 pub use build::{BuildError, BuildEvent, BuildOutcome, BuildRequest, Builder};
-pub use git::{Credentials, GitCredential, NoCredentials};
+pub use git::{ConfiguredCredentials, Credentials, GitCredential, NoCredentials};
 pub use layer::Owners;
 pub use recipe::{Base, Recipe, RecipeError};
 pub use scheduler::{ImageEvent, Schedule, Scheduler, Unchanged};

@@ -85,7 +85,7 @@ pub struct Claim {
     pub hit: bool,
     /// How long the claim took.
     pub latency: Duration,
-    /// The sync of its checkout (already `Synced` for a plain claim).
+    /// The sync of its checkout to the latest base commit, started by the claim.
     pub sync: watch::Receiver<SyncState>,
 }
 
@@ -240,7 +240,6 @@ impl Pool {
     /// else a fresh one.
     pub async fn claim(&self, repo: &str) -> Result<Claim, PoolError> {
         let started = Instant::now();
-        let (_, synced) = watch::channel(SyncState::Synced);
         loop {
             let (warm, spec) = {
                 let mut repos = self.inner.repos.lock().await;
@@ -267,11 +266,12 @@ impl Pool {
                 self.inner
                     .claim_micros
                     .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+                let sync = self.start_sync(repo, &sb.id);
                 return Ok(Claim {
                     sandbox: sb.id,
                     hit: false,
                     latency,
-                    sync: synced.clone(),
+                    sync,
                 });
             };
             // Health check: an idle sandbox whose init died is thrown away.
@@ -282,11 +282,12 @@ impl Pool {
                     self.inner
                         .claim_micros
                         .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+                    let sync = self.start_sync(repo, &warm.sandbox);
                     return Ok(Claim {
                         sandbox: warm.sandbox,
                         hit: true,
                         latency,
-                        sync: synced.clone(),
+                        sync,
                     });
                 }
                 _ => {
@@ -295,6 +296,22 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Starts bringing the checkout in `sandbox` up to date with `repo`'s base branch in
+    /// the background; the receiver says when it is done.
+    fn start_sync(&self, repo: &str, sandbox: &str) -> watch::Receiver<SyncState> {
+        let (tx, rx) = watch::channel(SyncState::Syncing);
+        let syncer = self.inner.syncer.clone();
+        let (sandbox, repo) = (sandbox.to_string(), repo.to_string());
+        tokio::spawn(async move {
+            let state = match syncer.sync(&repo, &sandbox).await {
+                Ok(()) => SyncState::Synced,
+                Err(why) => SyncState::Failed(why),
+            };
+            let _ = tx.send(state);
+        });
+        rx
     }
 
     /// Predictive warm-up: `user` started typing a prompt for `repo`. Claims a sandbox for
@@ -319,24 +336,13 @@ impl Pool {
             );
             slot
         };
-        let mut claim = match self.claim(repo).await {
+        let claim = match self.claim(repo).await {
             Ok(c) => c,
             Err(e) => {
                 self.inner.reservations.lock().await.remove(&key);
                 return Err(e);
             }
         };
-        let (tx, rx) = watch::channel(SyncState::Syncing);
-        claim.sync = rx;
-        let syncer = self.inner.syncer.clone();
-        let (sandbox, repo_name) = (claim.sandbox.clone(), repo.to_string());
-        tokio::spawn(async move {
-            let state = match syncer.sync(&repo_name, &sandbox).await {
-                Ok(()) => SyncState::Synced,
-                Err(why) => SyncState::Failed(why),
-            };
-            let _ = tx.send(state);
-        });
         let still_wanted = {
             let reservations = self.inner.reservations.lock().await;
             reservations

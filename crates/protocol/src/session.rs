@@ -279,6 +279,29 @@ pub enum EventBody {
         /// Waiting prompts, next first.
         queue: Vec<Prompt>,
     },
+    /// The agent's changes for a prompt were committed on the session's branch.
+    #[serde(rename = "git.committed")]
+    GitCommitted {
+        /// The session's branch.
+        branch: String,
+        /// The new commit.
+        commit: String,
+        /// The commit's author: the person whose prompt produced it.
+        author: String,
+        /// Their email.
+        author_email: String,
+        /// Others whose prompts the commit also holds (credited in `Co-authored-by`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        co_authors: Vec<String>,
+    },
+    /// A push of the session's branch failed; it is not retried until the next commit.
+    #[serde(rename = "git.push_failed")]
+    GitPushFailed {
+        /// The branch.
+        branch: String,
+        /// Why (the remote's words for a rejection).
+        reason: String,
+    },
     /// A branch was pushed.
     #[serde(rename = "git.pushed")]
     GitPushed {
@@ -365,6 +388,8 @@ impl EventBody {
             EventBody::ParticipantJoined { .. } => "participant.joined",
             EventBody::ParticipantLeft { .. } => "participant.left",
             EventBody::QueueUpdated { .. } => "queue.updated",
+            EventBody::GitCommitted { .. } => "git.committed",
+            EventBody::GitPushFailed { .. } => "git.push_failed",
             EventBody::GitPushed { .. } => "git.pushed",
             EventBody::PrOpened { .. } => "pr.opened",
             EventBody::PrUpdated { .. } => "pr.updated",

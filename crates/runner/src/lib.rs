@@ -9,6 +9,7 @@
 //! conversation stays valid for the next prompt.
 
 mod subsessions;
+mod worktree;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use hangar_session::{Executor, PromptRun, RunFuture, Sessions};
 pub use subsessions::{Family, MAX_CHILDREN, MAX_DEPTH, SessionReport, SpawnSession};
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
+pub use worktree::{GitSyncer, Identity, Worktrees, branch_of};
 
 /// The executor of a deployment with no model configured: every prompt fails, saying how
 /// to configure one.
@@ -52,6 +54,9 @@ you could not do.";
 struct SessionState {
     sandbox: Option<String>,
     conversation: Arc<Mutex<Vec<Message>>>,
+    /// Authors of prompts whose changes are not committed yet (a stopped prompt's work is
+    /// committed with the next one, crediting both).
+    uncommitted_authors: Vec<Identity>,
 }
 
 struct Inner {
@@ -73,7 +78,14 @@ struct Inner {
     family: Arc<Family>,
     /// Plugins of the deployment, shared by every session's agent.
     plugins: OnceLock<Vec<Arc<dyn Plugin>>>,
+    /// Git for registered repositories: sync, commit as the author, push.
+    worktrees: OnceLock<Arc<Worktrees>>,
+    /// A repository's current image, when it has one (else sessions use `spec`).
+    images: OnceLock<SpecForRepo>,
 }
+
+/// The sandbox spec of a repository's current image, `None` when it has none.
+pub type SpecForRepo = Arc<dyn Fn(&str) -> Option<SandboxSpec> + Send + Sync>;
 
 /// Drives prompts with the agent in a sandbox per session.
 #[derive(Clone)]
@@ -103,6 +115,8 @@ impl AgentExecutor {
                 pool: OnceLock::new(),
                 conversations: OnceLock::new(),
                 plugins: OnceLock::new(),
+                worktrees: OnceLock::new(),
+                images: OnceLock::new(),
                 family: Arc::default(),
             }),
         }
@@ -131,6 +145,18 @@ impl AgentExecutor {
     /// Adds the deployment's plugins to every session's agent (after the built-in ones).
     pub fn use_plugins(&self, plugins: Vec<Arc<dyn Plugin>>) {
         let _ = self.inner.plugins.set(plugins);
+    }
+
+    /// Starts a repository's first sessions from its current image, when `images` knows
+    /// one (later images reach the pool through `Pool::set_image`).
+    pub fn use_images(&self, images: SpecForRepo) {
+        let _ = self.inner.images.set(images);
+    }
+
+    /// Syncs session checkouts of registered repositories and, after each prompt, commits
+    /// the agent's changes as the prompt's author and pushes the session's branch.
+    pub fn use_git(&self, worktrees: Arc<Worktrees>) {
+        let _ = self.inner.worktrees.set(worktrees);
     }
 
     /// Keeps each session's conversation in `dir` (written after every prompt, read when a
@@ -210,6 +236,7 @@ impl Inner {
             .or_insert_with(|| SessionState {
                 sandbox: None,
                 conversation: Arc::new(Mutex::new(self.load_conversation(id))),
+                uncommitted_authors: Vec::new(),
             })
     }
 
@@ -256,19 +283,15 @@ impl Inner {
     ) -> Result<(String, Option<watch::Receiver<SyncState>>), String> {
         let started =
             |e: &dyn std::fmt::Display| format!("could not start the session's sandbox: {e}");
-        let repo = self
-            .service
-            .get()
-            .and_then(|s| s.record(id).ok())
-            .map(|r| r.repo);
-        if let (Some(pool), Some(repo)) = (self.pool.get(), repo) {
+        let repo = self.repo_of(id);
+        if let (Some(pool), Some(repo)) = (self.pool.get(), repo.clone()) {
             if let Some(claim) = pool.take_reservation(&author.login, &repo).await {
                 return Ok((claim.sandbox, Some(claim.sync)));
             }
             let claim = match pool.claim(&repo).await {
                 Err(PoolError::UnknownRepo(_)) => {
-                    // First session of this repository: it gets the default image and a pool.
-                    pool.set_image(&repo, self.spec.clone()).await;
+                    // First session of this repository: it gets its image and a pool.
+                    pool.set_image(&repo, self.spec_for(&repo)).await;
                     pool.claim(&repo).await
                 }
                 other => other,
@@ -276,12 +299,101 @@ impl Inner {
             .map_err(|e| started(&e))?;
             return Ok((claim.sandbox, Some(claim.sync)));
         }
-        let sandbox = self
-            .runtime
-            .create(self.spec.clone())
-            .await
-            .map_err(|e| started(&e))?;
-        Ok((sandbox.id, None))
+        let spec = match &repo {
+            Some(r) => self.spec_for(r),
+            None => self.spec.clone(),
+        };
+        let sandbox = self.runtime.create(spec).await.map_err(|e| started(&e))?;
+        // Without a pool, the sync starts here, as a claim would start it.
+        let sync = match (self.worktrees.get(), repo) {
+            (Some(worktrees), Some(repo)) => {
+                let syncer = GitSyncer {
+                    worktrees: worktrees.clone(),
+                    runtime: self.runtime.clone(),
+                };
+                let (tx, rx) = watch::channel(SyncState::Syncing);
+                let sandbox = sandbox.id.clone();
+                tokio::spawn(async move {
+                    use hangar_pool::Syncer;
+                    let state = match syncer.sync(&repo, &sandbox).await {
+                        Ok(()) => SyncState::Synced,
+                        Err(why) => SyncState::Failed(why),
+                    };
+                    let _ = tx.send(state);
+                });
+                Some(rx)
+            }
+            _ => None,
+        };
+        Ok((sandbox.id, sync))
+    }
+
+    /// The spec of `repo`'s sessions: its current image, else the default.
+    fn spec_for(&self, repo: &str) -> SandboxSpec {
+        self.images
+            .get()
+            .and_then(|f| f(repo))
+            .unwrap_or_else(|| self.spec.clone())
+    }
+
+    /// The repository of session `id`.
+    fn repo_of(&self, id: &str) -> Option<String> {
+        self.service
+            .get()
+            .and_then(|s| s.record(id).ok())
+            .map(|r| r.repo)
+    }
+
+    /// Commits what the prompt changed as its author (crediting the authors of earlier
+    /// uncommitted prompts) and pushes; the outcome goes into the log as git events. A
+    /// git failure never fails the prompt: it is reported as an event.
+    async fn commit_prompt(&self, run: &PromptRun, envd: &hangar_envd_client::EnvdClient) {
+        let (Some(worktrees), Some(service)) = (self.worktrees.get(), self.service.get()) else {
+            return;
+        };
+        let Some(repo) = self.repo_of(&run.session_id) else {
+            return;
+        };
+        let author = worktree::identity_of(service.store(), &run.prompt.author);
+        let co_authors = {
+            let mut sessions = self.sessions.lock().await;
+            let state = self.state(&mut sessions, &run.session_id);
+            std::mem::take(&mut state.uncommitted_authors)
+        };
+        let result = worktrees
+            .commit_and_push(
+                &repo,
+                envd,
+                &run.session_id,
+                &author,
+                &co_authors,
+                &run.prompt.text,
+            )
+            .await;
+        let events = match result {
+            Ok(outcome) => outcome.events,
+            Err(reason) => {
+                tracing::warn!(session = %run.session_id, "git: {reason}");
+                vec![EventBody::GitPushFailed {
+                    branch: branch_of(&run.session_id),
+                    reason,
+                }]
+            }
+        };
+        for body in events {
+            if let Err(e) = run.events.emit(body).await {
+                tracing::warn!(session = %run.session_id, "could not log a git event: {e}");
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped (when the prompt's run ends or is aborted).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -316,7 +428,8 @@ impl Executor for AgentExecutor {
             };
             let mut result = pool.typing(&login, &record.repo).await;
             if let Err(PoolError::UnknownRepo(_)) = result {
-                pool.set_image(&record.repo, inner.spec.clone()).await;
+                pool.set_image(&record.repo, inner.spec_for(&record.repo))
+                    .await;
                 result = pool.typing(&login, &record.repo).await;
             }
             if let Err(e) = result {
@@ -338,12 +451,26 @@ impl Executor for AgentExecutor {
                 .envd(&sandbox)
                 .await
                 .map_err(|e| e.to_string())?;
+            if let (Some(_), Some(service)) = (inner.worktrees.get(), inner.service.get()) {
+                // Recorded first: if this prompt is stopped, its work is credited later.
+                let who = worktree::identity_of(service.store(), &run.prompt.author);
+                let mut sessions = inner.sessions.lock().await;
+                let pending = &mut inner
+                    .state(&mut sessions, &run.session_id)
+                    .uncommitted_authors;
+                if !pending.contains(&who) {
+                    pending.push(who);
+                }
+            }
             let mut agent = Agent::new(
                 inner.provider.clone(),
                 Tools::new(envd.clone(), inner.workdir.clone()),
                 SYSTEM_PROMPT.to_string(),
             )
-            .with_plugin(Arc::new(RepoContext::new(envd, inner.workdir.clone())));
+            .with_plugin(Arc::new(RepoContext::new(
+                envd.clone(),
+                inner.workdir.clone(),
+            )));
             if let Some(service) = inner.service.get() {
                 agent = agent
                     .with_tool(Arc::new(SpawnSession {
@@ -362,8 +489,23 @@ impl Executor for AgentExecutor {
                         result: true,
                     }));
             }
+            // Every change in the working tree during the prompt, whoever made it (a tool,
+            // a build the agent ran), is logged as it happens; the watch ends with the
+            // prompt. It starts once the sync is done (the sync's own checkout is not a
+            // change of the session), and the gate opens only once it is watching.
+            let (_watching, sync) =
+                worktree::watch_changes(&envd, &inner.workdir, run.events.clone(), sync).await;
+            let _watching = AbortOnDrop(_watching.abort_handle());
             if let Some(sync) = sync {
-                agent = agent.with_plugin(Arc::new(SyncGate::new(sync)));
+                // Without a checkout in the image, the sync makes the first one: reads
+                // wait for it too.
+                let checkout = format!("{}/.git", inner.workdir.trim_end_matches('/'));
+                let gate = if envd.stat(&checkout).await.is_ok() {
+                    SyncGate::new(sync)
+                } else {
+                    SyncGate::for_everything(sync)
+                };
+                agent = agent.with_plugin(Arc::new(gate));
             }
             for plugin in inner.plugins.get().into_iter().flatten() {
                 agent = agent.with_plugin(plugin.clone());
@@ -435,11 +577,13 @@ impl Executor for AgentExecutor {
                     run.events.emit(body).await.map_err(|e| e.to_string())?;
                 }
             }
-            match task.await {
+            let result = match task.await {
                 Ok(Ok(_outcome)) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(format!("the agent failed: {e}")),
-            }
+            };
+            inner.commit_prompt(&run, &envd).await;
+            result
         })
     }
 }

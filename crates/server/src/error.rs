@@ -144,8 +144,11 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::InvalidToken => ApiError::unauthorized(message),
             StoreError::NotFound { .. } => ApiError::not_found(message),
-            StoreError::DuplicateLogin(_) => {
+            StoreError::DuplicateLogin(_) | StoreError::DuplicateRepo(_) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            StoreError::RepoNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_repo", message)
             }
             StoreError::Invalid(_) => ApiError::invalid("invalid_request", message),
             _ => ApiError::internal(message),

@@ -13,10 +13,13 @@
 
 pub mod api;
 mod auth;
+pub mod builds;
 pub mod error;
 mod extract;
 pub mod github_routes;
+mod image_routes;
 mod metrics;
+mod repo_routes;
 mod routes;
 pub mod session_api;
 mod session_routes;
@@ -92,6 +95,8 @@ pub struct AppState {
     pool: Option<hangar_pool::Pool>,
     /// GitHub, when configured: sign-in, pull requests, webhooks.
     github: Option<Arc<hangar_github::GitHub>>,
+    /// Image builds, when this server builds images.
+    builds: Option<Arc<builds::Builds>>,
     /// Set when the server begins to stop: WebSocket connections close with 1001.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -110,6 +115,7 @@ impl AppState {
             metrics: Metrics::new()?,
             pool: None,
             github: None,
+            builds: None,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
@@ -117,6 +123,12 @@ impl AppState {
     /// Serves GitHub sign-in, pull requests and webhooks with `github`.
     pub fn with_github(mut self, github: Arc<hangar_github::GitHub>) -> AppState {
         self.github = Some(github);
+        self
+    }
+
+    /// Serves `/api/images` and builds from `builds`.
+    pub fn with_builds(mut self, builds: Arc<builds::Builds>) -> AppState {
+        self.builds = Some(builds);
         self
     }
 
@@ -177,6 +189,15 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::pool_stats))
         .routes(routes!(github_routes::open_pr, github_routes::get_pr))
         .routes(routes!(github_routes::stats))
+        .routes(routes!(repo_routes::list_repos, repo_routes::create_repo))
+        .routes(routes!(repo_routes::get_repo, repo_routes::delete_repo))
+        .routes(routes!(repo_routes::put_recipe, repo_routes::delete_recipe))
+        .routes(routes!(image_routes::list_images))
+        .routes(routes!(
+            image_routes::list_builds,
+            image_routes::start_build
+        ))
+        .routes(routes!(image_routes::get_build))
         .split_for_parts();
     doc.merge(api_doc);
     let (sessions, sessions_doc) = OpenApiRouter::new()

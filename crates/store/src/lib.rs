@@ -1,10 +1,10 @@
 //! The index database: one SQLite file (`<data dir>/index.db`, WAL mode) holding users, API
-//! tokens, sessions, participants and share links, and later repositories, images and
-//! metrics. GitHub (`github.rs`): users' GitHub tokens as ciphertext, OAuth states, pull
-//! requests with their review and merge figures, webhook deliveries seen. Session event
-//! logs live in their own files, not here (see DESIGN.md), so no session can slow another.
-//! Share links are scoped tokens (`hgs_…`, `view` or `prompt`, one session each), stored
-//! hashed like API tokens and revocable.
+//! tokens, the repository registry, sessions, participants and share links, and later
+//! images and metrics. GitHub (`github.rs`): users' GitHub tokens as ciphertext, OAuth
+//! states, pull requests with their review and merge figures, webhook deliveries seen.
+//! Session event logs live in their own files, not here (see DESIGN.md), so no session can
+//! slow another. Share links are scoped tokens (`hgs_…`, `view` or `prompt`, one session
+//! each), stored hashed like API tokens and revocable.
 //!
 //! The schema evolves by numbered migrations recorded in SQLite's `user_version` pragma;
 //! a database written by a newer Hangar is refused rather than guessed at.
@@ -82,7 +82,19 @@ const MIGRATIONS: &[&str] = &[
         revoked_at INTEGER
     );
     CREATE INDEX share_links_session ON share_links(session_id);",
-    // 3: GitHub: users' tokens (ciphertext only), OAuth sign-in states (hashed, single
+    // 3: the repository registry.
+    "CREATE TABLE repos (
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        default_branch TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        hints TEXT NOT NULL DEFAULT '[]',
+        recipe TEXT,
+        created_by INTEGER REFERENCES users(id) ON DELETE SET NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );",
+    // 4: GitHub: users' tokens (ciphertext only), OAuth sign-in states (hashed, single
     // use), pull requests opened for sessions and the webhook deliveries already applied.
     "CREATE TABLE github_tokens (
         user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
@@ -243,6 +255,12 @@ pub enum StoreError {
     /// No such session.
     #[error("no session with id {0}")]
     SessionNotFound(String),
+    /// No such repository.
+    #[error("no repository {0} is registered (add it with `hangar repo add`)")]
+    RepoNotFound(String),
+    /// A repository with this name is registered already.
+    #[error("repository {0} is registered already")]
+    DuplicateRepo(String),
     /// This webhook delivery was applied before.
     #[error("webhook delivery {0} was received before")]
     DuplicateDelivery(String),
@@ -301,8 +319,10 @@ fn new_secret_with(prefix: &str) -> Result<TokenSecret, StoreError> {
 }
 
 mod github;
+mod repos;
 mod sessions;
 pub use github::{NewPullRequest, PrStats, PrUpdate, PullRequest, SealedGitHubToken};
+pub use repos::{NewRepo, Repo, check_branch_name, check_repo_name};
 pub use sessions::{NewSession, SessionRecord, ShareLink, ShareScope};
 
 fn is_sqlite_code(e: &rusqlite::Error, code: rusqlite::ErrorCode) -> bool {
@@ -765,6 +785,11 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
-        assert_eq!(Store::schema_version(), 3);
+        assert_eq!(Store::schema_version(), MIGRATIONS.len() as i64);
+        let on_disk: i64 = store
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(on_disk, Store::schema_version());
     }
 }

@@ -1,0 +1,527 @@
+//! Git end to end: a registered repository's session starts from its latest base commit,
+//! each prompt's changes are committed on the session's branch as the person who asked,
+//! and the branch is pushed to the real remote (a bare repository); a rejected push is a
+//! session event, not a retry loop.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::Path;
+use std::process::Command;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+mod common;
+use common::*;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Upstream")
+        .env("GIT_AUTHOR_EMAIL", "upstream@example.com")
+        .env("GIT_COMMITTER_NAME", "Upstream")
+        .env("GIT_COMMITTER_EMAIL", "upstream@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A bare remote with two commits on `main`, made through a work clone.
+fn remote_with_history(root: &Path) -> std::path::PathBuf {
+    let remote = root.join("remote.git");
+    let work = root.join("work");
+    git(
+        root,
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            remote.to_str().unwrap(),
+        ],
+    );
+    git(
+        root,
+        &[
+            "clone",
+            "-q",
+            remote.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(work.join("README.md"), "# app\n").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "first"]);
+    std::fs::write(work.join("VERSION"), "2\n").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "second"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    remote
+}
+
+#[tokio::test]
+async fn prompts_are_committed_as_their_authors_and_the_branch_is_pushed() {
+    use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+    let (dir, data) = scratch();
+    let remote = remote_with_history(dir.path());
+    let main_tip = git(&remote, &["rev-parse", "main"]);
+    let w1 = json!({"path": "hello.txt", "content": "hello\n"}).to_string();
+    let r1 = json!({"path": "VERSION"}).to_string();
+    let w2 = json!({"path": "bob.txt", "content": "from bob\n"}).to_string();
+    let w3 = json!({"path": "third.txt", "content": "refused\n"}).to_string();
+    let fake = FakeModel::start(vec![
+        // Prompt 1 (admin): read a file of the latest commit, write one.
+        Reply::sse(anthropic(
+            &[],
+            &[("t1", "read_file", &[&r1]), ("t2", "write_file", &[&w1])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Done."], &[], "end_turn")),
+        // Prompt 2 (bob).
+        Reply::sse(anthropic(&[], &[("t3", "write_file", &[&w2])], "tool_use")),
+        Reply::sse(anthropic(&["Done."], &[], "end_turn")),
+        // Prompt 3 (admin), pushed to a remote that now refuses it.
+        Reply::sse(anthropic(&[], &[("t4", "write_file", &[&w3])], "tool_use")),
+        Reply::sse(anthropic(&["Done."], &[], "end_turn")),
+    ])
+    .await;
+    let server = Server::start_with_config(
+        &data,
+        &format!(
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n",
+            fake.url()
+        ),
+    );
+    let token = server.admin_token.clone().unwrap();
+    let api = Api::new(&server, &token);
+    let (status, repo) = api
+        .send(
+            "POST",
+            "/api/repos",
+            json!({"name": "acme/app", "url": remote.to_str().unwrap()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{repo}");
+    let bob = add_user(&data, "bob");
+    let bob_api = Api::new(&server, &bob);
+
+    let id = api.create_session().await;
+    api.prompt(&id, "add a greeting\n\nwith details").await;
+    let events = wait_finished(&api, &id, 1).await;
+    let branch = format!("hangar/{id}");
+    let of = |events: &[Value], kind: &str| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .cloned()
+            .collect()
+    };
+    // The checkout is the latest base commit: the read saw the second commit's file.
+    let outputs: String = of(&events, "tool.output")
+        .iter()
+        .map(|e| e["data"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(outputs.contains('2'), "{outputs}");
+    // The write was seen as it happened; git's own files and the sync's checkout are not
+    // reported.
+    let changed = of(&events, "file.changed");
+    assert!(
+        changed.iter().any(|e| e["data"]["path"] == "hello.txt"),
+        "{changed:#?}"
+    );
+    assert!(
+        changed.iter().all(|e| {
+            let p = e["data"]["path"].as_str().unwrap();
+            !p.starts_with(".git") && !p.ends_with(".tmp") && p != "README.md"
+        }),
+        "{changed:#?}"
+    );
+    let committed = of(&events, "git.committed");
+    assert_eq!(committed.len(), 1, "{events:#?}");
+    assert_eq!(committed[0]["data"]["branch"], branch.as_str());
+    assert_eq!(committed[0]["data"]["author"], "Administrator");
+    let pushed = of(&events, "git.pushed");
+    assert_eq!(pushed.len(), 1, "{events:#?}");
+    let first = pushed[0]["data"]["commit"].as_str().unwrap().to_string();
+    assert_eq!(git(&remote, &["rev-parse", &branch]), first);
+    assert_eq!(git(&remote, &["rev-parse", &format!("{first}^")]), main_tip);
+    let log = git(&remote, &["log", "-1", "--format=%an|%ae|%cn|%s", &first]);
+    assert_eq!(
+        log, "Administrator|admin@users.noreply.hangar|Hangar|add a greeting",
+        "{log}"
+    );
+    assert_eq!(
+        git(&remote, &["show", &format!("{first}:hello.txt")]),
+        "hello"
+    );
+
+    // A second person's prompt: their own commit on the same branch.
+    let (status, p) = bob_api
+        .send(
+            "POST",
+            &format!("/api/sessions/{id}/prompts"),
+            json!({"text": "bob's part"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{p}");
+    let events = wait_finished(&api, &id, 2).await;
+    let pushed = of(&events, "git.pushed");
+    assert_eq!(pushed.len(), 2, "{events:#?}");
+    let second = pushed[1]["data"]["commit"].as_str().unwrap().to_string();
+    assert_eq!(git(&remote, &["rev-parse", &branch]), second);
+    let log = git(&remote, &["log", "-1", "--format=%an|%s", &second]);
+    assert_eq!(log, "bob|bob's part");
+    assert_eq!(git(&remote, &["rev-parse", &format!("{second}^")]), first);
+
+    // The remote refuses pushes from now on: a clear event, nothing retried.
+    let hook = remote.join("hooks/pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\necho 'branch is protected' >&2\nexit 1\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    api.prompt(&id, "a third change").await;
+    let events = wait_finished(&api, &id, 3).await;
+    let failed = of(&events, "git.push_failed");
+    assert_eq!(failed.len(), 1, "{events:#?}");
+    let reason = failed[0]["data"]["reason"].as_str().unwrap();
+    assert!(reason.contains("branch is protected"), "{reason}");
+    assert_eq!(of(&events, "git.committed").len(), 3);
+    assert_eq!(
+        git(&remote, &["rev-parse", &branch]),
+        second,
+        "nothing was pushed"
+    );
+    let finished = of(&events, "prompt.finished");
+    assert_eq!(
+        finished[2]["data"]["outcome"], "done",
+        "a push failure does not fail the prompt"
+    );
+}
+
+#[tokio::test]
+async fn a_token_protected_http_remote_is_used_without_the_token_reaching_the_sandbox() {
+    use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+    use hangar_testkit::git_http::GitHttp;
+    const TOKEN: &str = "tok-3c1d9e7a5b";
+    let (dir, data) = scratch();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let remote = remote_with_history(&served);
+    let http = GitHttp::start(&served, Some(("x-access-token", TOKEN))).await;
+    let url = http.url("remote.git");
+    let token_file = dir.path().join("git.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+
+    let write = json!({"path": "notes.txt", "content": "over http\n"}).to_string();
+    let shell = json!({"command": "git config --list --show-origin; env"}).to_string();
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &[],
+            &[("t1", "write_file", &[&write]), ("t2", "shell", &[&shell])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Done."], &[], "end_turn")),
+    ])
+    .await;
+    let server = Server::start_with_config(
+        &data,
+        &format!(
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n\
+             [[git.credentials]]\nurl_prefix = \"{}\"\nusername = \"x-access-token\"\npassword_file = \"{}\"\n",
+            fake.url(),
+            http.url(""),
+            token_file.display()
+        ),
+    );
+    let token = server.admin_token.clone().unwrap();
+    let api = Api::new(&server, &token);
+    let (status, repo) = api
+        .send(
+            "POST",
+            "/api/repos",
+            json!({"name": "acme/app", "url": url}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{repo}");
+    let id = api.create_session().await;
+    api.prompt(&id, "write notes").await;
+    let events = wait_finished(&api, &id, 1).await;
+    let pushed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "git.pushed")
+        .collect();
+    assert_eq!(pushed.len(), 1, "{events:#?}");
+    let commit = pushed[0]["data"]["commit"].as_str().unwrap();
+    assert_eq!(
+        git(&remote, &["rev-parse", &format!("hangar/{id}")]),
+        commit
+    );
+    assert!(
+        http.users().iter().any(|u| u == "x-access-token"),
+        "{:?}",
+        http.users()
+    );
+
+    // The token is nowhere but the file it came from: not in the log (which holds the
+    // sandbox's git config and environment), the server's output, the data directory
+    // (mirrors, sandboxes' files, databases).
+    let log = serde_json::to_string(&events).unwrap();
+    assert!(
+        log.contains("GIT_") || log.contains("core."),
+        "the shell ran: {log}"
+    );
+    assert!(!log.contains(TOKEN));
+    assert!(!server.stderr().contains(TOKEN));
+    let found = Command::new("grep")
+        .args(["-r", "-l", "--binary-files=text", TOKEN])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        found.stdout.is_empty(),
+        "the token leaked into {}",
+        String::from_utf8_lossy(&found.stdout)
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_token_is_a_clear_error() {
+    use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+    use hangar_testkit::git_http::GitHttp;
+    let (dir, data) = scratch();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let remote = remote_with_history(&served);
+    let http = GitHttp::start(&served, Some(("x-access-token", "the-right-one"))).await;
+    let model = |url: &str| {
+        format!(
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{url}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n"
+        )
+    };
+
+    // A token variable that is not set: the server does not start, and says which setting.
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("hangar.toml"),
+        format!(
+            "{}[[git.credentials]]\nurl_prefix = \"{}\"\nusername = \"x-access-token\"\npassword_env = \"HANGAR_TEST_UNSET_TOKEN\"\n",
+            model("http://127.0.0.1:9"),
+            http.url("")
+        ),
+    )
+    .unwrap();
+    let out = hangar(&data)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("HANGAR_TEST_UNSET_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("git.credentials.password_env") && err.contains("HANGAR_TEST_UNSET_TOKEN"),
+        "{err}"
+    );
+
+    // A wrong token: the sync fails, so the write is refused with the reason, and nothing
+    // reaches the remote.
+    let token_file = dir.path().join("git.token");
+    std::fs::write(&token_file, "a-wrong-one\n").unwrap();
+    let write = json!({"path": "a.txt", "content": "x"}).to_string();
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &[],
+            &[("t1", "write_file", &[&write])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Could not."], &[], "end_turn")),
+    ])
+    .await;
+    let server = Server::start_with_config(
+        &data,
+        &format!(
+            "{}[[git.credentials]]\nurl_prefix = \"{}\"\nusername = \"x-access-token\"\npassword_file = \"{}\"\n",
+            model(&fake.url()),
+            http.url(""),
+            token_file.display()
+        ),
+    );
+    let api = Api::new(&server, server.admin_token.as_ref().unwrap());
+    let (status, repo) = api
+        .send(
+            "POST",
+            "/api/repos",
+            json!({"name": "acme/app", "url": http.url("remote.git")}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{repo}");
+    let id = api.create_session().await;
+    api.prompt(&id, "write").await;
+    let events = wait_finished(&api, &id, 1).await;
+    let refused: String = events
+        .iter()
+        .filter(|e| e["type"] == "tool.output")
+        .map(|e| e["data"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        refused.contains("could not be synced") && refused.contains("acme/app"),
+        "{refused}"
+    );
+    assert!(!refused.contains("a-wrong-one"), "{refused}");
+    assert!(
+        events.iter().all(|e| e["type"] != "git.pushed"),
+        "{events:#?}"
+    );
+    let branches = git(&remote, &["branch", "--list", "hangar/*"]);
+    assert!(branches.is_empty(), "{branches}");
+}
+
+/// Polls a build until it ends.
+async fn wait_build(api: &Api, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let (status, b) = api.get(&format!("/api/images/builds/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{b}");
+        if b["status"] != "running" {
+            return b;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "build never ended: {b}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn sessions_start_from_the_image_built_through_the_api() {
+    use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+    let (dir, data) = scratch();
+    let remote = remote_with_history(dir.path());
+    let main_tip = git(&remote, &["rev-parse", "main"]);
+    let shell = json!({"command": "cat /marker/built; git log -1 --format=%s"}).to_string();
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(&[], &[("t1", "shell", &[&shell])], "tool_use")),
+        Reply::sse(anthropic(&["Done."], &[], "end_turn")),
+    ])
+    .await;
+    let server = Server::start_with_config(
+        &data,
+        &format!(
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n",
+            fake.url()
+        ),
+    );
+    let api = Api::new(&server, server.admin_token.as_ref().unwrap());
+    let (status, _) = api
+        .send(
+            "POST",
+            "/api/repos",
+            json!({"name": "acme/app", "url": remote.to_str().unwrap()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let recipe = "base = \"host\"\n[[setup]]\nrun = \"mkdir -p /marker && echo built-by-recipe > /marker/built\"\n";
+    let (status, r) = api
+        .raw("PUT", "/api/repos/acme/app/recipe", Some(recipe.into()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+
+    let (status, build) = api
+        .send("POST", "/api/images/builds", json!({"repo": "acme/app"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{build}");
+    // One build per repository at a time.
+    assert_error(
+        api.send("POST", "/api/images/builds", json!({"repo": "acme/app"}))
+            .await,
+        StatusCode::CONFLICT,
+        "build_running",
+    );
+    let build = wait_build(&api, build["id"].as_str().unwrap()).await;
+    assert_eq!(build["status"], "succeeded", "{build}");
+    assert_eq!(build["commit"], main_tip.as_str());
+    assert!(build["steps"].as_array().unwrap().len() >= 2, "{build}");
+    let image = build["image"].as_str().unwrap().to_string();
+    let (_, images) = api.get("/api/images").await;
+    let current: Vec<&Value> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["current"] == true)
+        .collect();
+    assert_eq!(current.len(), 1, "{images}");
+    assert_eq!(current[0]["id"], image.as_str());
+
+    // A session starts from that image: the recipe's work and the checkout are there.
+    let id = api.create_session().await;
+    api.prompt(&id, "look around").await;
+    let events = wait_finished(&api, &id, 1).await;
+    let out: String = events
+        .iter()
+        .filter(|e| e["type"] == "tool.output")
+        .map(|e| e["data"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        out.contains("built-by-recipe") && out.contains("second"),
+        "{out}"
+    );
+
+    // A failing step: the build says which step and why; the image stays current.
+    let broken = "base = \"host\"\n[[setup]]\nname = \"compile\"\nrun = \"echo compiler exploded; exit 3\"\n";
+    api.raw("PUT", "/api/repos/acme/app/recipe", Some(broken.into()))
+        .await;
+    let (_, build) = api
+        .send("POST", "/api/images/builds", json!({"repo": "acme/app"}))
+        .await;
+    let build = wait_build(&api, build["id"].as_str().unwrap()).await;
+    assert_eq!(build["status"], "failed", "{build}");
+    let error = build["error"].as_str().unwrap();
+    assert!(
+        error.contains("compile") && error.contains("compiler exploded"),
+        "{error}"
+    );
+    let (_, images) = api.get("/api/images").await;
+    let still: Vec<&Value> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["current"] == true)
+        .collect();
+    assert_eq!(still[0]["id"], image.as_str(), "{images}");
+
+    // Bad input.
+    assert_error(
+        api.send("POST", "/api/images/builds", json!({"repo": "acme/nope"}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "unknown_repo",
+    );
+    assert_error(
+        api.send(
+            "POST",
+            "/api/images/builds",
+            json!({"repo": "acme/app", "ref": "a..b"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    );
+    assert_error(
+        api.send("POST", "/api/images/builds", json!({"repo": 7}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        api.get("/api/images/builds/bld-000000000000").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+}
