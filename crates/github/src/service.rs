@@ -177,6 +177,19 @@ impl GitHub {
         self.app_or_err()?.check_installed(repo).await
     }
 
+    /// Before anything is started for a repository cloned from `url`: when it is a
+    /// repository on this GitHub and an App is configured, the App must be installed on it
+    /// ([`GitHubError::NotInstalled`] otherwise). Other remotes pass.
+    pub async fn check_before_start(&self, url: &str) -> Result<(), GitHubError> {
+        let (Some(app), true) = (&self.app, url.contains("://")) else {
+            return Ok(());
+        };
+        match RepoName::parse(url, &self.web_host) {
+            Ok(_) => app.check_installed(url).await.map(|_| ()),
+            Err(_) => Ok(()),
+        }
+    }
+
     fn oauth_or_err(&self) -> Result<&OAuthApp, GitHubError> {
         self.oauth.as_ref().ok_or_else(|| {
             GitHubError::NotConfigured(
@@ -484,4 +497,5 @@ fn futures_are_send(g: &GitHub, u: &User, s: &SessionRecord) {
     send(g.open_pull_request(u, s, None, None, None));
     send(g.sign_in("", ""));
     send(g.check_installed(""));
+    send(g.check_before_start(""));
 }

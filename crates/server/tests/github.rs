@@ -55,6 +55,7 @@ struct Harness {
     app: axum::Router,
     fake: FakeGitHub,
     sessions: Sessions,
+    store: Arc<Store>,
     _dir: tempfile::TempDir,
 }
 
@@ -104,13 +105,14 @@ impl Harness {
             },
             Arc::new(|_: &str| Ok(Rootfs::HostRoot)),
         );
-        let state = AppState::new(backend, store, sessions.clone())
+        let state = AppState::new(backend, Arc::clone(&store), sessions.clone())
             .unwrap()
             .with_github(Arc::new(github));
         Harness {
             app: hangar_server::app(state),
             fake,
             sessions,
+            store,
             _dir: dir,
         }
     }
@@ -386,4 +388,89 @@ async fn a_review_comment_becomes_a_prompt_of_the_commenters_user() {
             .unwrap()
             .contains("Name this constant")
     );
+}
+
+#[tokio::test]
+async fn a_session_on_a_repository_the_app_is_not_installed_on_is_refused_before_it_starts() {
+    let h = Harness::new().await;
+    let token = h.sign_in("alice", 1).await;
+    for (name, url) in [
+        ("acme/app", "https://github.com/acme/app"),
+        ("acme/other", "https://github.com/acme/other.git"),
+    ] {
+        h.store
+            .add_repo(&hangar_store::NewRepo {
+                name: name.into(),
+                url: url.into(),
+                default_branch: "main".into(),
+                description: String::new(),
+                hints: Vec::new(),
+                created_by: None,
+            })
+            .unwrap();
+    }
+    let refused = h
+        .post(
+            "/api/sessions",
+            &token,
+            json!({"repo": "acme/other", "prompt": "fix it"}),
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.text
+    );
+    assert_eq!(refused.json["error"]["code"], "github_app_not_installed");
+    assert!(
+        refused.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("acme/other")
+    );
+    assert!(
+        h.store.sessions(100).unwrap().is_empty(),
+        "nothing was created"
+    );
+    let ok = h
+        .post("/api/sessions", &token, json!({"repo": "acme/app"}))
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.text);
+}
+
+#[tokio::test]
+async fn without_github_configured_the_routes_say_so() {
+    let dir = hangar_testkit::scratch_dir();
+    let store = Arc::new(Store::open_in_memory().unwrap());
+    let sessions = Sessions::new(
+        SessionsConfig::new(dir.path().join("sessions")),
+        Arc::clone(&store),
+        Arc::new(ScriptedExecutor::default()),
+    )
+    .unwrap();
+    let backend = Backend::new(
+        Arc::new(NoSandboxes),
+        Limits {
+            memory_bytes: 1 << 30,
+            pids: 256,
+            cpus: 1.0,
+        },
+        Arc::new(|_: &str| Ok(Rootfs::HostRoot)),
+    );
+    let app = hangar_server::app(AppState::new(backend, store, sessions).unwrap());
+    for req in [
+        Request::get("/auth/github/login")
+            .body(Body::empty())
+            .unwrap(),
+        Request::post("/webhooks/github")
+            .body(Body::from("{}"))
+            .unwrap(),
+    ] {
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "github_not_configured");
+    }
 }
