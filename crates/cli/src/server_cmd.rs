@@ -24,6 +24,9 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
     // Settings that can be wrong are checked before anything is created.
     let credentials = git_credentials(config)?;
+    if let Some(github) = &config.github {
+        github.check()?;
+    }
     let runtime = LocalRuntime::open(config)?;
     let recovery = runtime
         .recover()

@@ -289,6 +289,27 @@ impl GitHubSettings {
         }
     }
 
+    /// Reads every key and secret configured, so a missing file or variable stops the
+    /// start with its name rather than failing a sign-in or a webhook later.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.app_id.is_some() && self.private_key()?.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "github.private_key_file",
+                message: "github.app_id is set, so the App's private key file is needed".into(),
+            });
+        }
+        if self.client_id.is_some() && self.client_secret()?.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "github.client_secret_file",
+                message:
+                    "github.client_id is set, so client_secret_file or client_secret_env is needed"
+                        .into(),
+            });
+        }
+        self.webhook_secret()?;
+        Ok(())
+    }
+
     /// The web host's name (`github.com`), to recognise repository URLs.
     pub fn web_host(&self) -> &str {
         let rest = self
@@ -771,6 +792,8 @@ mod tests {
             "{e}"
         );
         assert_eq!(g.private_key().unwrap(), None);
+        let e = g.check().unwrap_err().to_string();
+        assert!(e.contains("github.private_key_file"), "{e}");
         let unknown = Config::parse("[github]\nsecret = \"x\"\n", Path::new("x")).unwrap_err();
         assert!(unknown.to_string().contains("secret"), "{unknown}");
         let ghes = GitHubSettings {
