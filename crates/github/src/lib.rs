@@ -9,8 +9,9 @@
 //! Requests go through octocrab (base URL, auth header, retries, timeouts) against a
 //! configurable API base, so GitHub Enterprise Server and the fake server of the tests work
 //! the same; responses are decoded into this crate's own small types, which name exactly
-//! the fields Hangar relies on. The OAuth code exchange is on the web host, not the API:
-//! it is a form post that octocrab has no call for, made with the same client.
+//! the fields Hangar relies on. The OAuth code exchange is on the web host, not the API,
+//! and octocrab has no call for it: a second client ([`Api::web`]) with the web host as
+//! its base posts it.
 //!
 //! **Invariants:** no HTTP server code here (the server maps [`GitHubError`] onto
 //! statuses); a token is never logged, printed by `Debug` or stored in clear; a webhook

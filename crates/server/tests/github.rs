@@ -459,6 +459,19 @@ async fn without_github_configured_the_routes_say_so() {
         Arc::new(|_: &str| Ok(Rootfs::HostRoot)),
     );
     let app = hangar_server::app(AppState::new(backend, store, sessions).unwrap());
+    let doc = hangar_server::openapi().to_json().unwrap();
+    for path in [
+        "/auth/github/login",
+        "/auth/github/callback",
+        "/webhooks/github",
+        "/api/sessions/{id}/pr",
+        "/api/stats",
+    ] {
+        assert!(
+            doc.contains(&format!("\"{path}\"")),
+            "{path} is in the OpenAPI document"
+        );
+    }
     for req in [
         Request::get("/auth/github/login")
             .body(Body::empty())
