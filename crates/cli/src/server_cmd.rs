@@ -86,8 +86,14 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
             image_spec(&images, &image, limits)
         })
     };
+    let worktrees = Arc::new(hangar_runner::Worktrees::new(
+        Arc::clone(&store),
+        config.data_dir.join("git"),
+        credentials.clone(),
+        config.sessions.workdir.clone(),
+    ));
     let (sessions, pool) =
-        open_sessions(config, Arc::clone(&store), credentials.clone(), specs).await?;
+        open_sessions(config, Arc::clone(&store), worktrees.clone(), specs).await?;
     let builder = Arc::new(
         hangar_images::Builder::new(
             Arc::new(LocalRuntime::open(config)?),
@@ -108,6 +114,10 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         })
     };
     let builds = Arc::new(hangar_server::builds::Builds::new(builder, on_image));
+    if config.images.rebuild_every_s > 0 {
+        let every = Duration::from_secs(config.images.rebuild_every_s);
+        tokio::spawn(Arc::clone(&builds).run_schedule(Arc::clone(&store), every));
+    }
     let interrupted = sessions
         .recover()
         .await
@@ -121,7 +131,8 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
     }
     let state = AppState::new(Backend::local(runtime), Arc::clone(&store), sessions)
         .context("setting up metrics")?
-        .with_builds(builds);
+        .with_builds(builds)
+        .with_git(worktrees);
     let state = match pool {
         Some(pool) => state.with_pool(pool),
         None => state,
@@ -143,7 +154,7 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
 async fn open_sessions(
     config: &Config,
     store: Arc<Store>,
-    credentials: Arc<dyn hangar_images::Credentials>,
+    worktrees: Arc<hangar_runner::Worktrees>,
     specs: hangar_runner::SpecForRepo,
 ) -> anyhow::Result<(Sessions, Option<hangar_pool::Pool>)> {
     let settings = &config.sessions;
@@ -180,12 +191,6 @@ async fn open_sessions(
                 network: Network::None,
             };
             let runtime: Arc<dyn hangar_sandbox::Runtime> = Arc::new(local);
-            let worktrees = Arc::new(hangar_runner::Worktrees::new(
-                Arc::clone(&store),
-                config.data_dir.join("git"),
-                credentials,
-                settings.workdir.clone(),
-            ));
             let pool = hangar_pool::Pool::new(
                 runtime.clone(),
                 Arc::new(hangar_runner::GitSyncer {

@@ -96,7 +96,7 @@ async fn prompts_are_committed_as_their_authors_and_the_branch_is_pushed() {
     let server = Server::start_with_config(
         &data,
         &format!(
-            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n",
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\n",
             fake.url()
         ),
     );
@@ -181,6 +181,63 @@ async fn prompts_are_committed_as_their_authors_and_the_branch_is_pushed() {
     assert_eq!(log, "bob|bob's part");
     assert_eq!(git(&remote, &["rev-parse", &format!("{second}^")]), first);
 
+    // The session's changes against its base, for clients.
+    let (status, diff) = api.get(&format!("/api/sessions/{id}/diff")).await;
+    assert_eq!(status, StatusCode::OK, "{diff}");
+    assert_eq!(diff["head"], second.as_str());
+    assert_eq!(diff["base"], "main");
+    let files: Vec<(&str, u64)> = diff["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap(),
+                f["additions"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(files, [("bob.txt", 1), ("hello.txt", 1)], "{diff}");
+    assert!(
+        diff["patch"].as_str().unwrap().contains("+from bob"),
+        "{diff}"
+    );
+    assert_error(
+        api.get("/api/sessions/ses-0000000000000000/diff").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let (_, other) = api
+        .send(
+            "POST",
+            "/api/sessions",
+            json!({"repo": "acme/unregistered"}),
+        )
+        .await;
+    let message = assert_error(
+        api.get(&format!(
+            "/api/sessions/{}/diff",
+            other["id"].as_str().unwrap()
+        ))
+        .await,
+        StatusCode::CONFLICT,
+        "no_git",
+    );
+    assert!(message.contains("acme/unregistered"), "{message}");
+
+    // The session's sandbox dies: the next prompt gets a new one, on the session's branch.
+    let (_, sandboxes) = api.get("/api/sandboxes").await;
+    for sb in sandboxes.as_array().unwrap() {
+        let (status, body) = api
+            .raw(
+                "DELETE",
+                &format!("/api/sandboxes/{}", sb["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+
     // The remote refuses pushes from now on: a clear event, nothing retried.
     let hook = remote.join("hooks/pre-receive");
     std::fs::write(&hook, "#!/bin/sh\necho 'branch is protected' >&2\nexit 1\n").unwrap();
@@ -192,7 +249,12 @@ async fn prompts_are_committed_as_their_authors_and_the_branch_is_pushed() {
     assert_eq!(failed.len(), 1, "{events:#?}");
     let reason = failed[0]["data"]["reason"].as_str().unwrap();
     assert!(reason.contains("branch is protected"), "{reason}");
-    assert_eq!(of(&events, "git.committed").len(), 3);
+    let committed = of(&events, "git.committed");
+    assert_eq!(committed.len(), 3);
+    // Committed on top of the branch restored into the new sandbox.
+    let third = committed[2]["data"]["commit"].as_str().unwrap();
+    let mirror = data.join("git/acme/app.git");
+    assert_eq!(git(&mirror, &["rev-parse", &format!("{third}^")]), second);
     assert_eq!(
         git(&remote, &["rev-parse", &branch]),
         second,
@@ -233,7 +295,7 @@ async fn a_token_protected_http_remote_is_used_without_the_token_reaching_the_sa
     let server = Server::start_with_config(
         &data,
         &format!(
-            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n\
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\n\n\
              [[git.credentials]]\nurl_prefix = \"{}\"\nusername = \"x-access-token\"\npassword_file = \"{}\"\n",
             fake.url(),
             http.url(""),
@@ -302,7 +364,7 @@ async fn a_wrong_or_missing_token_is_a_clear_error() {
     let http = GitHttp::start(&served, Some(("x-access-token", "the-right-one"))).await;
     let model = |url: &str| {
         format!(
-            "[model]\nprovider = \"anthropic\"\nbase_url = \"{url}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n"
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{url}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\n\n"
         )
     };
 
@@ -414,7 +476,7 @@ async fn sessions_start_from_the_image_built_through_the_api() {
     let server = Server::start_with_config(
         &data,
         &format!(
-            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n",
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\n",
             fake.url()
         ),
     );
@@ -524,4 +586,75 @@ async fn sessions_start_from_the_image_built_through_the_api() {
         StatusCode::NOT_FOUND,
         "not_found",
     );
+}
+
+#[tokio::test]
+async fn registered_repositories_are_built_before_anyone_asks_and_rebuilt_when_their_branch_moves()
+{
+    let (dir, data) = scratch();
+    let remote = remote_with_history(dir.path());
+    let server = Server::start_with_config(
+        &data,
+        "[sessions]\nexecutor = \"scripted\"\n\n[images]\nrebuild_every_s = 1\n",
+    );
+    let api = Api::new(&server, server.admin_token.as_ref().unwrap());
+    let (status, _) = api
+        .send(
+            "POST",
+            "/api/repos",
+            json!({"name": "acme/app", "url": remote.to_str().unwrap()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let recipe = "base = \"host\"\n";
+    api.raw("PUT", "/api/repos/acme/app/recipe", Some(recipe.into()))
+        .await;
+
+    // Waits for a scheduled build of `commit` to succeed.
+    let built = |commit: String| {
+        let api = api.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                let (_, builds) = api.get("/api/images/builds").await;
+                let done = builds.as_array().unwrap().iter().find(|b| {
+                    b["trigger"] == "schedule"
+                        && b["commit"] == commit.as_str()
+                        && b["status"] != "running"
+                });
+                if let Some(b) = done {
+                    assert_eq!(b["status"], "succeeded", "{b}");
+                    return b.clone();
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no scheduled build of {commit}: {builds}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let first = built(git(&remote, &["rev-parse", "main"])).await;
+
+    // A new commit upstream: rebuilt on the next look, and only then.
+    let work = dir.path().join("work");
+    std::fs::write(work.join("VERSION"), "3\n").unwrap();
+    git(&work, &["commit", "-q", "-am", "third"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let second = built(git(&remote, &["rev-parse", "main"])).await;
+    assert_ne!(first["image"], second["image"]);
+    let (_, images) = api.get("/api/images").await;
+    let current: Vec<&Value> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["current"] == true)
+        .collect();
+    assert_eq!(current.len(), 1, "{images}");
+    assert_eq!(current[0]["id"], second["image"], "{images}");
+    // Unchanged since: no further build, though the schedule looks every second.
+    let (_, before) = api.get("/api/images/builds").await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (_, after) = api.get("/api/images/builds").await;
+    assert_eq!(before, after);
 }

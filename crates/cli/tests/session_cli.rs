@@ -1057,7 +1057,11 @@ async fn typing_warms_a_sandbox_that_the_prompt_then_uses() {
 #[tokio::test]
 async fn repositories_are_registered_listed_shown_and_removed() {
     let (_dir, data) = scratch();
-    let server = Server::start(&data, "");
+    // No scheduled builds: the URLs registered here lead nowhere.
+    let server = Server::start_with_config(
+        &data,
+        "[sessions]\nexecutor = \"scripted\"\n\n[images]\nrebuild_every_s = 0\n",
+    );
     let token = server.admin_token.clone().unwrap();
     let api = Api::new(&server, &token);
 

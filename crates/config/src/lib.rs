@@ -23,6 +23,9 @@
 //! live_buffer = 1024               # live events buffered per session before a client resyncs
 //! scripted_delay_ms = 20           # pause between the stand-in agent's events
 //!
+//! [images]
+//! rebuild_every_s = 1800           # rebuild registered repositories whose branch moved (0: off)
+//!
 //! [[git.credentials]]              # for clone, fetch and push; never enters a sandbox
 //! url_prefix = "https://git.example.com/acme/"
 //! username = "x-access-token"
@@ -65,9 +68,28 @@ pub struct Config {
     pub pool: PoolSettings,
     /// Git remotes' credentials.
     pub git: GitSettings,
+    /// Image builds.
+    pub images: ImagesSettings,
     /// GitHub: the App (git credentials), sign-in, pull requests and webhooks. Without
     /// it, the GitHub routes answer that GitHub is not configured.
     pub github: Option<GitHubSettings>,
+}
+
+/// Image build settings.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagesSettings {
+    /// How often each registered repository is looked at and rebuilt if its default
+    /// branch or recipe changed (0 turns scheduled rebuilds off).
+    pub rebuild_every_s: u64,
+}
+
+impl Default for ImagesSettings {
+    fn default() -> Self {
+        ImagesSettings {
+            rebuild_every_s: 30 * 60,
+        }
+    }
 }
 
 /// Warm pool settings.
@@ -437,6 +459,7 @@ impl Default for Config {
             pool: PoolSettings::default(),
             git: GitSettings::default(),
             github: None,
+            images: ImagesSettings::default(),
         }
     }
 }

@@ -435,6 +435,44 @@ impl Git {
         }
     }
 
+    /// The changes from the merge base of `base` and `head` to `head` in the repository at
+    /// `dir`: per file (path, lines added, lines removed; `None` for binary files) and the
+    /// patch, cut at `limit` bytes (then the flag is set).
+    pub async fn diff(
+        &self,
+        dir: &Path,
+        base: &str,
+        head: &str,
+        limit: usize,
+    ) -> Result<(Vec<(String, Option<u64>, Option<u64>)>, String, bool), GitError> {
+        let range = format!("{base}...{head}");
+        let mut c = self.command(Some(dir));
+        c.args(["diff", "--numstat", "-z", "--no-renames", &range, "--"]);
+        let numstat = self.run("diff", c).await?;
+        let files = numstat
+            .split('\0')
+            .filter(|r| !r.is_empty())
+            .filter_map(|r| {
+                let mut it = r.splitn(3, '\t');
+                let added = it.next()?.parse().ok();
+                let removed = it.next()?.parse().ok();
+                Some((it.next()?.to_string(), added, removed))
+            })
+            .collect();
+        let mut c = self.command(Some(dir));
+        c.args(["diff", "--no-renames", "--no-color", &range, "--"]);
+        let mut patch = self.run("diff", c).await?;
+        let truncated = patch.len() > limit;
+        if truncated {
+            let mut cut = limit;
+            while !patch.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            patch.truncate(cut);
+        }
+        Ok((files, patch, truncated))
+    }
+
     /// A file's content at `commit` in the repository at `dir`, `None` when absent.
     pub async fn show(
         &self,

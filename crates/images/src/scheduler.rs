@@ -96,32 +96,40 @@ impl Scheduler {
         self.events.subscribe()
     }
 
+    /// Whether `s` needs a build: its repository has no image yet, or the branch head or
+    /// the recipe changed since the current image.
+    pub async fn needs_build(&self, s: &Schedule) -> Result<bool, BuildError> {
+        let url = normalize_repo(&s.repo)?;
+        let store = self.builder.store();
+        let Some(current) = store.current(&url)? else {
+            return Ok(true);
+        };
+        let scratch = store.scratch("resolve")?;
+        let head = async {
+            let git = Git::new(&url, self.builder.credentials(), &scratch)?;
+            git.resolve(s.reference.as_deref()).await
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&scratch);
+        let head = head?;
+        let same_recipe = match &s.recipe {
+            // A recipe in the repository changes only with a commit.
+            None => current.meta.recipe_digest.is_some(),
+            Some((text, _)) => {
+                current.meta.recipe_digest.as_deref() == Some(&sha256_digest(text.as_bytes()))
+            }
+        };
+        Ok(current.meta.commit.as_deref() != Some(head.as_str()) || !same_recipe)
+    }
+
     /// Looks once: builds when the branch head or the recipe changed since the current
     /// image, and tells listeners.
     pub async fn check(&self, s: &Schedule) -> Result<Result<BuildOutcome, Unchanged>, BuildError> {
-        let url = normalize_repo(&s.repo)?;
-        let store = self.builder.store();
-        let current = store.current(&url)?;
-        if let Some(current) = &current {
-            let scratch = store.scratch("resolve")?;
-            let head = async {
-                let git = Git::new(&url, self.builder.credentials(), &scratch)?;
-                git.resolve(s.reference.as_deref()).await
-            }
-            .await;
-            let _ = std::fs::remove_dir_all(&scratch);
-            let head = head?;
-            let same_recipe = match &s.recipe {
-                // A recipe in the repository changes only with a commit.
-                None => current.meta.recipe_digest.is_some(),
-                Some((text, _)) => {
-                    current.meta.recipe_digest.as_deref() == Some(&sha256_digest(text.as_bytes()))
-                }
-            };
-            if current.meta.commit.as_deref() == Some(head.as_str()) && same_recipe {
-                return Ok(Err(Unchanged::UpToDate));
-            }
+        if !self.needs_build(s).await? {
+            return Ok(Err(Unchanged::UpToDate));
         }
+        let url = normalize_repo(&s.repo)?;
+        let current = self.builder.store().current(&url)?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         // Scheduled builds have no one watching their progress; drain it.
         let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });

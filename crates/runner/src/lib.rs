@@ -25,7 +25,7 @@ use hangar_session::{Executor, PromptRun, RunFuture, Sessions};
 pub use subsessions::{Family, MAX_CHILDREN, MAX_DEPTH, SessionReport, SpawnSession};
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
-pub use worktree::{GitSyncer, Identity, Worktrees, branch_of};
+pub use worktree::{FileDiff, GitSyncer, Identity, SessionDiff, Worktrees, branch_of};
 
 /// The executor of a deployment with no model configured: every prompt fails, saying how
 /// to configure one.
@@ -207,6 +207,9 @@ impl Inner {
                     sync: None,
                 });
             }
+            // Its init died (OOM, crash): it is replaced below; nothing of it is reused.
+            tracing::warn!(session = %id, sandbox = %sb, "the session's sandbox died; starting another");
+            let _ = self.runtime.destroy(sb).await;
         }
         let (sandbox, sync) = self.take_sandbox(id, author).await?;
         let envd = self
@@ -217,6 +220,35 @@ impl Inner {
         envd.mkdir(&self.workdir, true)
             .await
             .map_err(|e| format!("could not create {} in the sandbox: {e}", self.workdir))?;
+        // A session that already committed work continues on its branch in the new
+        // sandbox (after a restart, or when its sandbox died).
+        let sync = match (self.worktrees.get(), self.repo_of(id), sync) {
+            (Some(worktrees), Some(repo), Some(mut upstream)) => {
+                let (tx, rx) = watch::channel(SyncState::Syncing);
+                let (worktrees, envd, id) = (worktrees.clone(), envd.clone(), id.to_string());
+                tokio::spawn(async move {
+                    let synced = upstream
+                        .wait_for(|s| *s != SyncState::Syncing)
+                        .await
+                        .map(|s| s.clone())
+                        .unwrap_or_else(|_| {
+                            SyncState::Failed("the sync ended without a result".into())
+                        });
+                    let state = match synced {
+                        SyncState::Synced => {
+                            match worktrees.restore_branch(&repo, &envd, &id).await {
+                                Ok(()) => SyncState::Synced,
+                                Err(why) => SyncState::Failed(why),
+                            }
+                        }
+                        other => other,
+                    };
+                    let _ = tx.send(state);
+                });
+                Some(rx)
+            }
+            (_, _, sync) => sync,
+        };
         state.sandbox = Some(sandbox.clone());
         Ok(SessionSandbox {
             sandbox,

@@ -52,6 +52,37 @@ pub struct Outcome {
     pub events: Vec<EventBody>,
 }
 
+/// A session's changes: its branch against the base branch.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SessionDiff {
+    /// The session's branch.
+    pub branch: String,
+    /// The base branch.
+    pub base: String,
+    /// The branch's last commit, once it has one.
+    pub head: Option<String>,
+    /// Changed files.
+    pub files: Vec<FileDiff>,
+    /// The unified diff (cut at 1 MiB).
+    pub patch: String,
+    /// True when the patch was cut.
+    pub truncated: bool,
+}
+
+/// One changed file.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FileDiff {
+    /// Path in the repository.
+    pub path: String,
+    /// Lines added (`None` for a binary file).
+    pub additions: Option<u64>,
+    /// Lines removed (likewise).
+    pub deletions: Option<u64>,
+}
+
+/// The largest patch returned.
+const PATCH_LIMIT: usize = 1 << 20;
+
 /// Git for sessions: mirrors, syncs, commits and pushes.
 pub struct Worktrees {
     store: Arc<Store>,
@@ -164,6 +195,60 @@ impl Worktrees {
         )
         .await
         .map_err(|e| format!("updating the checkout to {tip}: {e}"))?;
+        Ok(())
+    }
+
+    /// Puts the session's branch, as last committed, into the sandbox and checks it out,
+    /// when the mirror has it (the session committed before, in another sandbox).
+    pub async fn restore_branch(
+        &self,
+        repo: &str,
+        envd: &Envd,
+        session_id: &str,
+    ) -> Result<(), String> {
+        let Some(repo) = self.repo(repo)? else {
+            return Ok(());
+        };
+        let mirror = self.mirror_dir(&repo);
+        if !mirror.join("HEAD").is_file() {
+            return Ok(());
+        }
+        let branch = branch_of(session_id);
+        let refname = format!("refs/heads/{branch}");
+        let bundle = {
+            let lock = self.lock(&repo.name).await;
+            let _held = lock.lock().await;
+            let (git, _scratch) = self.git(&repo)?;
+            if git
+                .rev_parse(&mirror, &refname)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                return Ok(());
+            }
+            let head = self
+                .sandbox_git(envd, "git rev-parse -q --verify HEAD", &[])
+                .await
+                .ok();
+            git.bundle(&mirror, &refname, head.as_deref().map(str::trim))
+                .await
+                .map_err(|e| format!("bundling {branch}: {e}"))?
+        };
+        self.put_bundle(envd, &bundle).await?;
+        self.sandbox_git(
+            envd,
+            r#"git fetch -q --no-tags "$HANGAR_BUNDLE" "+$HANGAR_REF:$HANGAR_REF" \
+               && git checkout -q "$HANGAR_BRANCH" && rm -f "$HANGAR_BUNDLE""#,
+            &[
+                ("HANGAR_BUNDLE", SANDBOX_BUNDLE),
+                ("HANGAR_REF", &refname),
+                ("HANGAR_BRANCH", &branch),
+            ],
+        )
+        .await
+        .map_err(|e| format!("restoring {branch}: {e}"))?;
+        tracing::info!(session = session_id, "restored {branch} in a new sandbox");
         Ok(())
     }
 
@@ -322,6 +407,50 @@ impl Worktrees {
                 Err(reason) => EventBody::GitPushFailed { branch, reason },
             });
         Ok(outcome)
+    }
+
+    /// What the session has committed so far (every prompt's work is committed when it
+    /// ends), against its base branch; `None` for a repository with no git.
+    pub async fn diff(&self, repo: &str, session_id: &str) -> Result<Option<SessionDiff>, String> {
+        let Some(repo) = self.repo(repo)? else {
+            return Ok(None);
+        };
+        let branch = branch_of(session_id);
+        let mut out = SessionDiff {
+            branch: branch.clone(),
+            base: repo.default_branch.clone(),
+            ..Default::default()
+        };
+        let mirror = self.mirror_dir(&repo);
+        if !mirror.join("HEAD").is_file() {
+            return Ok(Some(out));
+        }
+        let (git, _scratch) = self.git(&repo)?;
+        let head_ref = format!("refs/heads/{branch}");
+        let Some(head) = git
+            .rev_parse(&mirror, &head_ref)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(Some(out));
+        };
+        let base_ref = format!("refs/remotes/origin/{}", repo.default_branch);
+        let (files, patch, truncated) = git
+            .diff(&mirror, &base_ref, &head_ref, PATCH_LIMIT)
+            .await
+            .map_err(|e| e.to_string())?;
+        out.head = Some(head);
+        out.files = files
+            .into_iter()
+            .map(|(path, additions, deletions)| FileDiff {
+                path,
+                additions,
+                deletions,
+            })
+            .collect();
+        out.patch = patch;
+        out.truncated = truncated;
+        Ok(Some(out))
     }
 
     /// Takes the session's branch out of the sandbox into the mirror and pushes it.

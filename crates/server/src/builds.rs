@@ -3,6 +3,10 @@
 //! poll, and on success hands the new image to whoever serves sessions (the warm pool).
 //! One build per repository at a time. Build records live in memory: after a restart the
 //! images remain, the records of past builds do not.
+//!
+//! Scheduled rebuilds ([`Builds::run_schedule`]): every registered repository is looked at
+//! on a cadence and rebuilt, through the same path, when its default branch or its
+//! recipe changed since its current image; builds the user never waits for.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +36,8 @@ pub struct BuildView {
     pub reference: Option<String>,
     /// `running`, `succeeded` or `failed`.
     pub status: String,
+    /// `api` (someone asked) or `schedule` (the branch or recipe changed).
+    pub trigger: String,
     /// The commit being built, once resolved.
     pub commit: Option<String>,
     /// Steps so far: name, whether cached, elapsed ms, ok.
@@ -64,8 +70,13 @@ pub struct StepView {
 /// The builds of this server.
 pub struct Builds {
     builder: Arc<Builder>,
+    scheduler: hangar_images::Scheduler,
     on_image: OnImage,
     records: Mutex<HashMap<String, BuildView>>,
+    /// Wakes the schedule early (a repository or recipe was registered).
+    wake: tokio::sync::Notify,
+    /// Repositories the schedule should look at on its next pass, due or not.
+    forget_due: Mutex<Vec<String>>,
 }
 
 fn now_ms() -> i64 {
@@ -79,9 +90,12 @@ impl Builds {
     /// Builds with `builder`; `on_image` learns of each new current image.
     pub fn new(builder: Arc<Builder>, on_image: OnImage) -> Builds {
         Builds {
+            scheduler: hangar_images::Scheduler::new(Arc::clone(&builder)),
             builder,
             on_image,
             records: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            forget_due: Mutex::default(),
         }
     }
 
@@ -106,6 +120,82 @@ impl Builds {
         repo: &hangar_store::Repo,
         reference: Option<String>,
     ) -> Result<BuildView, ApiError> {
+        self.start_as(repo, reference, "api")
+    }
+
+    /// Looks at every repository in `store` every `every` and rebuilds those whose
+    /// default branch or recipe changed since their current image (or that have none),
+    /// one at a time. Runs until the task is dropped.
+    pub async fn run_schedule(
+        self: Arc<Self>,
+        store: Arc<hangar_store::Store>,
+        every: std::time::Duration,
+    ) {
+        let mut due: HashMap<String, tokio::time::Instant> = HashMap::new();
+        loop {
+            let repos = store.repos().unwrap_or_else(|e| {
+                tracing::warn!("scheduled rebuilds: cannot list repositories: {e}");
+                Vec::new()
+            });
+            let now = tokio::time::Instant::now();
+            for name in
+                std::mem::take(&mut *self.forget_due.lock().unwrap_or_else(|p| p.into_inner()))
+            {
+                due.remove(&name);
+            }
+            for repo in repos {
+                if due.get(&repo.name).is_some_and(|at| *at > now) {
+                    continue;
+                }
+                due.insert(repo.name.clone(), now + every);
+                let schedule = hangar_images::Schedule {
+                    repo: repo.url.clone(),
+                    reference: Some(repo.default_branch.clone()),
+                    recipe: recipe_of(&repo),
+                    every,
+                };
+                match self.scheduler.needs_build(&schedule).await {
+                    Ok(false) => {}
+                    Ok(true) => match self.start_as(&repo, None, "schedule") {
+                        Ok(b) => {
+                            tracing::info!(repo = %repo.name, build = %b.id, "scheduled rebuild");
+                            self.wait(&b.id).await;
+                        }
+                        Err(e) => {
+                            tracing::debug!(repo = %repo.name, "no scheduled rebuild: {}", e.message)
+                        }
+                    },
+                    Err(e) => tracing::warn!(repo = %repo.name, "scheduled check failed: {e}"),
+                }
+            }
+            let tick = every.min(std::time::Duration::from_secs(60));
+            let _ = tokio::time::timeout(tick, self.wake.notified()).await;
+        }
+    }
+
+    /// Asks the schedule to look at `repo` now (it was just registered, or its recipe
+    /// changed), so its image is built before anyone asks for a session.
+    pub fn look_now(&self, repo: &str) {
+        self.forget_due
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(repo.to_string());
+        self.wake.notify_one();
+    }
+
+    /// Waits until build `id` is no longer running.
+    async fn wait(&self, id: &str) {
+        while self.get(id).is_some_and(|b| b.status == "running") {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    fn start_as(
+        self: &Arc<Self>,
+        repo: &hangar_store::Repo,
+        reference: Option<String>,
+        trigger: &str,
+    ) -> Result<BuildView, ApiError> {
         let id = {
             let mut bytes = [0u8; 6];
             getrandom::fill(&mut bytes)
@@ -120,6 +210,7 @@ impl Builds {
             repo: repo.name.clone(),
             reference: reference.clone(),
             status: "running".into(),
+            trigger: trigger.into(),
             commit: None,
             steps: Vec::new(),
             log_tail: String::new(),
@@ -146,10 +237,7 @@ impl Builds {
         let req = BuildRequest {
             repo: repo.url.clone(),
             reference: reference.or_else(|| Some(repo.default_branch.clone())),
-            recipe: repo
-                .recipe
-                .clone()
-                .map(|text| (text, format!("the registered recipe of {}", repo.name))),
+            recipe: recipe_of(repo),
         };
         let this = Arc::clone(self);
         let name = repo.name.clone();
@@ -201,6 +289,13 @@ impl Builds {
         all.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms).then(b.id.cmp(&a.id)));
         all
     }
+}
+
+/// The recipe registered for `repo`, with where it came from.
+fn recipe_of(repo: &hangar_store::Repo) -> Option<(String, String)> {
+    repo.recipe
+        .clone()
+        .map(|text| (text, format!("the registered recipe of {}", repo.name)))
 }
 
 /// Drops the oldest finished builds beyond [`KEEP_FINISHED`].

@@ -96,7 +96,9 @@ pub struct AppState {
     /// GitHub, when configured: sign-in, pull requests, webhooks.
     github: Option<Arc<hangar_github::GitHub>>,
     /// Image builds, when this server builds images.
-    builds: Option<Arc<builds::Builds>>,
+    pub(crate) builds: Option<Arc<builds::Builds>>,
+    /// Sessions' git (branches, diffs), when sessions have it.
+    worktrees: Option<Arc<hangar_runner::Worktrees>>,
     /// Set when the server begins to stop: WebSocket connections close with 1001.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -116,6 +118,7 @@ impl AppState {
             pool: None,
             github: None,
             builds: None,
+            worktrees: None,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
@@ -123,6 +126,12 @@ impl AppState {
     /// Serves GitHub sign-in, pull requests and webhooks with `github`.
     pub fn with_github(mut self, github: Arc<hangar_github::GitHub>) -> AppState {
         self.github = Some(github);
+        self
+    }
+
+    /// Serves sessions' diffs from `worktrees`.
+    pub fn with_git(mut self, worktrees: Arc<hangar_runner::Worktrees>) -> AppState {
+        self.worktrees = Some(worktrees);
         self
     }
 
@@ -214,6 +223,7 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(session_routes::stop_session))
         .routes(routes!(session_routes::get_events))
+        .routes(routes!(session_routes::get_diff))
         .routes(routes!(session_routes::create_share))
         .routes(routes!(session_routes::delete_share))
         .routes(routes!(session_ws::session_ws))

@@ -106,6 +106,9 @@ pub async fn create_repo(
         created_by: Some(caller.user.id),
     })?;
     tracing::info!(repo = %repo.name, user = %caller.user.login, "repository registered");
+    if let Some(builds) = &state.builds {
+        builds.look_now(&repo.name);
+    }
     let location = format!("/api/repos/{}", repo.name);
     Ok((
         StatusCode::CREATED,
@@ -197,7 +200,11 @@ pub async fn put_recipe(
         .map_err(|_| ApiError::invalid("invalid_recipe", "the recipe is not UTF-8 text"))?;
     hangar_images::Recipe::parse(text, Some(&format!("the recipe of {name}")))
         .map_err(|e| ApiError::invalid("invalid_recipe", e.to_string()))?;
-    Ok(Json(state.store.set_repo_recipe(&name, Some(text))?.into()))
+    let repo = state.store.set_repo_recipe(&name, Some(text))?;
+    if let Some(builds) = &state.builds {
+        builds.look_now(&repo.name);
+    }
+    Ok(Json(repo.into()))
 }
 
 /// Removes the registered recipe: builds use the repository's own `hangar.toml` again.

@@ -11,6 +11,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hangar_session::MAX_EVENTS_PAGE;
 use hangar_store::SHARE_TOKEN_PREFIX;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::auth::{Caller, bearer};
 use crate::error::ErrorResponse;
@@ -374,4 +376,83 @@ pub async fn delete_share(
     let link = store.revoke_share(id)?;
     tracing::info!(share = id, user = %caller.user.login, "share link revoked");
     Ok(Json(ShareView::new(link, None)))
+}
+
+/// A session's changes: what its branch holds against the base branch (each prompt's work
+/// is committed when the prompt ends).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DiffView {
+    /// The session's branch (`hangar/<id>`).
+    pub branch: String,
+    /// The base branch.
+    pub base: String,
+    /// The branch's last commit; absent before the first commit.
+    pub head: Option<String>,
+    /// Changed files.
+    pub files: Vec<FileDiffView>,
+    /// The unified diff, cut at 1 MiB.
+    pub patch: String,
+    /// True when the patch was cut.
+    pub truncated: bool,
+}
+
+/// One changed file.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FileDiffView {
+    /// Path in the repository.
+    pub path: String,
+    /// Lines added; absent for a binary file.
+    pub additions: Option<u64>,
+    /// Lines removed; absent for a binary file.
+    pub deletions: Option<u64>,
+}
+
+/// The session's changes against its base branch.
+#[utoipa::path(get, path = "/api/sessions/{id}/diff", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, body = DiffView),
+        (status = 401, body = ErrorResponse),
+        (status = 403, body = ErrorResponse),
+        (status = 404, description = "No such session", body = ErrorResponse),
+        (status = 409, description = "The session's repository is not registered: it has no git", body = ErrorResponse)))]
+pub async fn get_diff(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> Result<Json<DiffView>, ApiError> {
+    access.check(Some(&id), Need::View)?;
+    let record = state.sessions.record(&id)?;
+    let no_git = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_git",
+            format!(
+                "session {id} works on {}, which is not a registered repository: it has no branch",
+                record.repo
+            ),
+        )
+    };
+    let worktrees = state.worktrees.as_ref().ok_or_else(no_git)?;
+    let diff = worktrees
+        .diff(&record.repo, &id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(no_git)?;
+    Ok(Json(DiffView {
+        branch: diff.branch,
+        base: diff.base,
+        head: diff.head,
+        files: diff
+            .files
+            .into_iter()
+            .map(|f| FileDiffView {
+                path: f.path,
+                additions: f.additions,
+                deletions: f.deletions,
+            })
+            .collect(),
+        patch: diff.patch,
+        truncated: diff.truncated,
+    }))
 }
