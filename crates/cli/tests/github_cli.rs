@@ -24,14 +24,179 @@ fn github_toml(fake_url: &str, dir: &std::path::Path, private_pem: &str) -> Stri
     )
 }
 
+/// Signs `login` in through the browser routes; returns their Hangar token.
+async fn sign_in(
+    browser: &reqwest::Client,
+    server: &Server,
+    fake: &FakeGitHub,
+    login: &str,
+    id: i64,
+) -> String {
+    let code = fake.add_user(FakeUser {
+        id,
+        login: login.into(),
+        name: None,
+        email: Some(format!("{login}@example.com")),
+        primary_email: format!("{login}@example.com"),
+    });
+    let login_answer = browser
+        .get(format!("{}/auth/github/login", server.url))
+        .send()
+        .await
+        .unwrap();
+    let location = login_answer.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let state = location.split("state=").nth(1).unwrap();
+    let signed: Value = browser
+        .get(format!(
+            "{}/auth/github/callback?code={code}&state={state}",
+            server.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    signed["token"].as_str().unwrap().to_string()
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Upstream")
+        .env("GIT_AUTHOR_EMAIL", "upstream@example.com")
+        .env("GIT_COMMITTER_NAME", "Upstream")
+        .env("GIT_COMMITTER_EMAIL", "upstream@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_written_share_counts_the_lines_of_the_sessions_branch() {
+    use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+    let (dir, data) = scratch();
+    let remote = dir.path().join("remote.git");
+    let work = dir.path().join("work");
+    git(
+        dir.path(),
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            remote.to_str().unwrap(),
+        ],
+    );
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            remote.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(work.join("README.md"), "# app\n").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "first"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let write = json!({"path": "hello.txt", "content": "one\ntwo\nthree\n"}).to_string();
+    let model = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &[],
+            &[("t1", "write_file", &[&write])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Done."], &[], "end_turn")),
+    ])
+    .await;
+    let (private, public) = app_key_pair();
+    let fake = FakeGitHub::start(7, &public, "Iv1.client", "client-secret").await;
+    fake.install("acme/app");
+    let toml = format!(
+        "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\n\n{}",
+        model.url(),
+        github_toml(&fake.url(), dir.path(), &private)
+            .replace("[sessions]\nexecutor = \"scripted\"\n", "")
+    );
+    let server = tokio::task::spawn_blocking(move || Server::start_with_config(&data, &toml))
+        .await
+        .unwrap();
+    let admin = Api::new(&server, &server.admin_token.clone().unwrap());
+    let (status, repo) = admin
+        .send(
+            "POST",
+            "/api/repos",
+            json!({"name": "acme/app", "url": remote.to_str().unwrap()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{repo}");
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let alice = Api::new(
+        &server,
+        &sign_in(&browser, &server, &fake, "alice", 1).await,
+    );
+    let id = alice.create_session().await;
+    alice.prompt(&id, "add a greeting").await;
+    wait_finished(&alice, &id, 1).await;
+    let (status, pr) = alice
+        .send("POST", &format!("/api/sessions/{id}/pr"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{pr}");
+    let (_, pr) = alice.get(&format!("/api/sessions/{id}/pr")).await;
+    assert_eq!(pr["agent_lines"], 3, "{pr}");
+
+    // Someone adds three lines by hand before the merge: GitHub counts six.
+    let payload = serde_json::to_vec(&json!({"action": "closed", "number": 1,
+        "pull_request": {"number": 1, "title": "t", "state": "closed", "merged": true,
+            "merged_at": "2026-11-24T13:00:00Z", "additions": 6, "html_url": pr["url"],
+            "head": {"ref": format!("hangar/{id}")}, "base": {"ref": "main"}},
+        "repository": {"full_name": "acme/app"}}))
+    .unwrap();
+    let merged = browser
+        .post(format!("{}/webhooks/github", server.url))
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", "m-1")
+        .header(
+            "x-hub-signature-256",
+            hangar_github::sign(b"whsec", &payload),
+        )
+        .body(payload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(merged.status(), StatusCode::NO_CONTENT);
+    let (_, stats) = alice.get("/api/stats").await;
+    assert_eq!(
+        stats["repos"]["acme/app"]["agent_code_share"], 0.5,
+        "{stats}"
+    );
+    tokio::task::spawn_blocking(move || drop(server))
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_pr_and_merge_webhook_through_the_real_server() {
-    let scratch = hangar_testkit::scratch_dir();
+    let (scratch, data) = scratch();
     let (private, public) = app_key_pair();
     let fake = FakeGitHub::start(7, &public, "Iv1.client", "client-secret").await;
     fake.install("acme/app");
     let toml = github_toml(&fake.url(), scratch.path(), &private);
-    let data = scratch.path().join("data");
     let server = tokio::task::spawn_blocking(move || Server::start_with_config(&data, &toml))
         .await
         .unwrap();

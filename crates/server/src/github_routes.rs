@@ -148,6 +148,10 @@ pub struct PullRequestView {
     pub approvals: i64,
     /// Pushes after the first review.
     pub revisions: i64,
+    /// Lines the agent added (its commits on the session's branch), when known.
+    pub agent_lines: Option<i64>,
+    /// Lines added in total (GitHub's count at merge), when known.
+    pub total_lines: Option<i64>,
     /// True when it existed already (opening it again returned it).
     #[serde(default)]
     pub existed: bool,
@@ -171,6 +175,8 @@ impl PullRequestView {
             reviews: pr.reviews,
             approvals: pr.approvals,
             revisions: pr.pushes_after_review,
+            agent_lines: pr.agent_lines,
+            total_lines: pr.total_lines,
             existed,
         }
     }
@@ -276,6 +282,27 @@ pub async fn github_callback(
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(view)).into_response())
 }
 
+/// Records the lines the agent added on the session's branch (every commit there is the
+/// agent's work, committed for the prompt's author) as the pull request's agent lines,
+/// from the host mirror; GitHub's own count, at merge, is the total.
+async fn record_agent_lines(state: &AppState, session_id: &str, repo: &str, number: i64) {
+    let (Some(worktrees), Ok(session)) = (&state.worktrees, state.sessions.record(session_id))
+    else {
+        return;
+    };
+    match worktrees.diff(&session.repo, session_id).await {
+        Ok(Some(diff)) => {
+            let added: u64 = diff.files.iter().filter_map(|f| f.additions).sum();
+            let added = i64::try_from(added).unwrap_or(i64::MAX);
+            if let Err(e) = state.store.set_pr_lines(repo, number, added, None) {
+                tracing::warn!(session = %session_id, "recording the agent's lines: {e}");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(session = %session_id, "reading the session's diff: {e}"),
+    }
+}
+
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -315,6 +342,13 @@ pub async fn github_webhook(
         e => e.into(),
     })?;
     if let Some(session) = &outcome.session_id {
+        if let Some(pr) = outcome
+            .pull_request
+            .as_ref()
+            .filter(|p| p.state == "merged")
+        {
+            record_agent_lines(&state, session, &pr.repo, pr.number).await;
+        }
         for event in outcome.events {
             if let Err(e) = state.sessions.append_event(session, event).await {
                 tracing::warn!(session = %session, "recording a pull request event: {e}");
@@ -354,6 +388,7 @@ pub async fn open_pr(
     let (opened, record) = gh
         .open_pull_request(&caller.user, &session, body.title, body.body, body.base)
         .await?;
+    record_agent_lines(&state, &id, &record.repo, record.number).await;
     if !opened.existed {
         let event = EventBody::PrOpened {
             number: opened.number.max(0) as u64,
