@@ -5,7 +5,9 @@
 //! request arriving at the model server and (b) the first `model.delta` reaching a live
 //! subscriber of the session; Hangar's overhead is (a), and (b) minus the TTFT. Cases:
 //! a warm-pool hit, predictive warm-up (the typing signal one second before the prompt),
-//! and a cold start (a sandbox started for the prompt). In process: the session service,
+//! a cold start (a sandbox started for the prompt), and a warm-pool hit on a registered
+//! repository (a real git remote: the claim syncs the checkout through the host mirror and
+//! each prompt's end commits and pushes). In process: the session service,
 //! the runner, the pool and the real local sandbox runtime, without HTTP in between.
 //! Prints one JSON document.
 
@@ -43,7 +45,45 @@ struct Setup {
     fake: FakeModel,
 }
 
-async fn setup(pool: Option<PoolConfig>) -> anyhow::Result<(Setup, Option<Pool>)> {
+/// A bare repository with a small tree and two commits, made with the git CLI.
+fn remote_repo(root: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let remote = root.join("remote.git");
+    let work = root.join("work");
+    let git = |dir: &std::path::Path, args: &[&str]| -> anyhow::Result<()> {
+        let ok = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "bench")
+            .env("GIT_AUTHOR_EMAIL", "bench@example.com")
+            .env("GIT_COMMITTER_NAME", "bench")
+            .env("GIT_COMMITTER_EMAIL", "bench@example.com")
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "git {args:?} failed");
+        Ok(())
+    };
+    let (r, w) = (remote.to_string_lossy(), work.to_string_lossy());
+    git(root, &["init", "-q", "--bare", "-b", "main", &r])?;
+    git(root, &["clone", "-q", &r, &w])?;
+    for i in 0..200 {
+        let dir = work.join(format!("src/m{}", i % 10));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join(format!("f{i}.py")),
+            format!("x = {i}\n").repeat(20),
+        )?;
+    }
+    git(&work, &["add", "-A"])?;
+    git(&work, &["commit", "-q", "-m", "first"])?;
+    std::fs::write(work.join("README.md"), "# app\n")?;
+    git(&work, &["add", "-A"])?;
+    git(&work, &["commit", "-q", "-m", "second"])?;
+    git(&work, &["push", "-q", "origin", "HEAD:main"])?;
+    Ok(remote)
+}
+
+async fn setup(pool: Option<PoolConfig>, with_git: bool) -> anyhow::Result<(Setup, Option<Pool>)> {
     let dir = tempfile::Builder::new()
         .prefix("hangar-latency-")
         .tempdir_in("/dev/shm")?;
@@ -70,6 +110,26 @@ async fn setup(pool: Option<PoolConfig>) -> anyhow::Result<(Setup, Option<Pool>)
     })?;
     let executor = AgentExecutor::new(runtime.clone(), provider, spec.clone(), "/workspace");
     let store = Arc::new(Store::open(&dir.path().join("index.db"))?);
+    let mut syncer: Arc<dyn hangar_pool::Syncer> = Arc::new(AlreadySynced);
+    if with_git {
+        let remote = remote_repo(dir.path())?;
+        store.add_repo(&hangar_store::NewRepo {
+            name: "acme/app".into(),
+            url: remote.to_string_lossy().into_owned(),
+            ..Default::default()
+        })?;
+        let worktrees = Arc::new(hangar_runner::Worktrees::new(
+            store.clone(),
+            dir.path().join("git"),
+            Arc::new(hangar_images::NoCredentials),
+            "/workspace",
+        ));
+        executor.use_git(worktrees.clone());
+        syncer = Arc::new(hangar_runner::GitSyncer {
+            worktrees,
+            runtime: runtime.clone(),
+        });
+    }
     let user = store.create_user(&NewUser {
         login: "alice".into(),
         name: "Alice".into(),
@@ -88,7 +148,7 @@ async fn setup(pool: Option<PoolConfig>) -> anyhow::Result<(Setup, Option<Pool>)
     executor.enable_sub_sessions(sessions.clone());
     let pool = match pool {
         Some(pc) => {
-            let pool = Pool::new(runtime, Arc::new(AlreadySynced), pc);
+            let pool = Pool::new(runtime, syncer, pc);
             pool.set_image("acme/app", spec).await;
             executor.use_pool(pool.clone());
             Some(pool)
@@ -161,10 +221,11 @@ async fn case(
     name: &str,
     pool: Option<PoolConfig>,
     warm_up: bool,
+    with_git: bool,
     args: &Args,
 ) -> anyhow::Result<serde_json::Value> {
     let ttft = Duration::from_millis(args.ttft_ms);
-    let (s, pool) = setup(pool).await?;
+    let (s, pool) = setup(pool, with_git).await?;
     let (mut to_request, mut overhead) = (Vec::new(), Vec::new());
     for i in 0..args.iterations {
         if let Some(p) = &pool {
@@ -207,9 +268,10 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     let cases = vec![
-        case("warm_pool_hit", Some(pool.clone()), false, &args).await?,
-        case("predictive_warm_up", Some(pool), true, &args).await?,
-        case("cold_start", None, false, &args).await?,
+        case("warm_pool_hit", Some(pool.clone()), false, false, &args).await?,
+        case("predictive_warm_up", Some(pool.clone()), true, false, &args).await?,
+        case("cold_start", None, false, false, &args).await?,
+        case("warm_pool_hit_with_git", Some(pool), false, true, &args).await?,
     ];
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(

@@ -249,8 +249,104 @@ fn render(e: &Value) -> Option<String> {
         "participant.joined" => format!("[{} joined]\n", login(&d["participant"])),
         "participant.left" => format!("[{} left]\n", login(&d["participant"])),
         "queue.updated" => return None,
+        "file.changed" => format!("[{} {}]\n", d["change"].as_str()?, d["path"].as_str()?),
+        "git.committed" => format!(
+            "[committed {} on {} as {}]\n",
+            short(d["commit"].as_str()?),
+            d["branch"].as_str()?,
+            d["author"].as_str()?
+        ),
+        "git.pushed" => format!(
+            "[pushed {} ({})]\n",
+            d["branch"].as_str()?,
+            short(d["commit"].as_str()?)
+        ),
+        "git.push_failed" => format!(
+            "[push of {} failed: {}]\n",
+            d["branch"].as_str()?,
+            d["reason"].as_str()?
+        ),
+        "pr.opened" => format!(
+            "[pull request #{} opened: {}]\n",
+            d["number"],
+            d["url"].as_str()?
+        ),
+        "pr.updated" => format!(
+            "[pull request #{} {}: {}]\n",
+            d["number"],
+            d["state"].as_str()?,
+            d["url"].as_str()?
+        ),
         other => format!("[{other}] {d}\n"),
     })
+}
+
+/// A commit id's first 12 digits.
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+/// How `hangar run` ended when the person pressed Ctrl-C.
+enum Interrupted {
+    /// They stopped the agent.
+    Stopped,
+    /// They left it working.
+    Detached,
+}
+
+/// Asks, on a terminal, whether Ctrl-C means stop the agent or detach; without one,
+/// detaches (the agent keeps working).
+async fn ask_stop_or_detach(client: &Client, id: &str) -> anyhow::Result<Interrupted> {
+    use std::io::IsTerminal;
+    let stop = if std::io::stdin().is_terminal() {
+        eprint!("\nStop the agent (s) or detach and leave it working (d)? [d] ");
+        let answer = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|_| line)
+        })
+        .await
+        .context("reading the answer")?
+        .unwrap_or_default();
+        answer.trim().eq_ignore_ascii_case("s")
+    } else {
+        false
+    };
+    if stop {
+        client
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/sessions/{id}/stop"),
+                Some(json!({})),
+            )
+            .await?;
+        eprintln!("stopped; the session keeps its history: `hangar attach {id}`");
+        Ok(Interrupted::Stopped)
+    } else {
+        eprintln!("detached; the agent keeps working. Follow it with `hangar attach {id}`");
+        Ok(Interrupted::Detached)
+    }
+}
+
+/// Prints what the session changed (its branch against the base), when it has git.
+fn print_diff(diff: &Value) {
+    let files = diff["files"].as_array().cloned().unwrap_or_default();
+    if files.is_empty() {
+        return;
+    }
+    println!(
+        "\n{} file(s) changed on {}:",
+        files.len(),
+        diff["branch"].as_str().unwrap_or("?")
+    );
+    for f in &files {
+        let count = |v: &Value| v.as_u64().map_or("-".to_string(), |n| n.to_string());
+        println!(
+            "  {:<50} +{} -{}",
+            f["path"].as_str().unwrap_or("?"),
+            count(&f["additions"]),
+            count(&f["deletions"])
+        );
+    }
 }
 
 fn print_event(e: &Value, json: bool) {
@@ -296,32 +392,77 @@ pub async fn run(cmd: SessionCommand) -> anyhow::Result<std::process::ExitCode> 
             if !json {
                 eprintln!("session {id} (follow it elsewhere with `hangar attach {id}`)");
             }
+            // A spinner until the agent's first output, on a terminal only.
+            let spinner =
+                (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+                    let b = indicatif::ProgressBar::new_spinner();
+                    b.set_message("waiting for the agent…");
+                    b.enable_steady_tick(std::time::Duration::from_millis(120));
+                    b
+                });
             let mut outcome = Value::Null;
             let mut error = Value::Null;
             let mut text = String::new();
             let mut last_seq = 0;
-            client
-                .follow(&id, 0, |e| {
-                    last_seq = e["seq"].as_u64().unwrap_or(last_seq);
-                    if !json {
-                        print_event(e, false);
+            let mut pr = Value::Null;
+            let mut spinner = spinner;
+            let followed = client.follow(&id, 0, |e| {
+                last_seq = e["seq"].as_u64().unwrap_or(last_seq);
+                let quiet = matches!(
+                    e["type"].as_str(),
+                    Some(
+                        "status"
+                            | "queue.updated"
+                            | "prompt.queued"
+                            | "prompt.started"
+                            | "participant.joined"
+                    )
+                );
+                if !quiet && let Some(b) = spinner.take() {
+                    b.finish_and_clear();
+                }
+                if !json {
+                    print_event(e, false);
+                }
+                match e["type"].as_str() {
+                    Some("model.delta") => {
+                        text.push_str(e["data"]["text"].as_str().unwrap_or_default())
                     }
-                    if e["type"] == "model.delta" {
-                        text.push_str(e["data"]["text"].as_str().unwrap_or_default());
-                    }
-                    if e["type"] == "prompt.finished" {
+                    Some("pr.opened" | "pr.updated") => pr = e["data"].clone(),
+                    Some("prompt.finished") => {
                         outcome = e["data"]["outcome"].clone();
                         error = e["data"]["error"].clone();
                         return false;
                     }
-                    true
-                })
-                .await?;
+                    _ => {}
+                }
+                true
+            });
+            tokio::select! {
+                r = followed => r?,
+                _ = tokio::signal::ctrl_c() => {
+                    return Ok(match ask_stop_or_detach(&client, &id).await? {
+                        Interrupted::Stopped => std::process::ExitCode::FAILURE,
+                        Interrupted::Detached => std::process::ExitCode::SUCCESS,
+                    });
+                }
+            }
+            // The session's changes, when its repository has git.
+            let diff = client
+                .call(Method::GET, &format!("/api/sessions/{id}/diff"), None)
+                .await
+                .unwrap_or(Value::Null);
             if json {
                 println!(
                     "{}",
-                    json!({"id": id, "outcome": outcome, "error": error, "text": text, "last_seq": last_seq})
+                    json!({"id": id, "outcome": outcome, "error": error, "text": text,
+                           "last_seq": last_seq, "diff": diff, "pr": pr})
                 );
+            } else {
+                print_diff(&diff);
+                if let Some(url) = pr["url"].as_str() {
+                    println!("pull request: {url}");
+                }
             }
             Ok(if outcome == "done" {
                 std::process::ExitCode::SUCCESS

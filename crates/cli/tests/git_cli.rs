@@ -658,3 +658,110 @@ async fn registered_repositories_are_built_before_anyone_asks_and_rebuilt_when_t
     let (_, after) = api.get("/api/images/builds").await;
     assert_eq!(before, after);
 }
+
+// Multi-threaded: the fake model runs in this process while `hangar run` blocks a thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangar_run_ends_with_the_changes_and_ctrl_c_detaches() {
+    use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+    let (dir, data) = scratch();
+    let remote = remote_with_history(dir.path());
+    let write = json!({"path": "cli.txt", "content": "a\nb\n"}).to_string();
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &[],
+            &[("t1", "write_file", &[&write])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Done."], &[], "end_turn")),
+        // The second run's model takes its time: Ctrl-C comes first.
+        Reply::Sse {
+            events: anthropic(&["late"], &[], "end_turn"),
+            ttft: std::time::Duration::from_secs(30),
+            gap: std::time::Duration::ZERO,
+            cut_after: None,
+        },
+    ])
+    .await;
+    let server = Server::start_with_config(
+        &data,
+        &format!(
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\n",
+            fake.url()
+        ),
+    );
+    let token = server.admin_token.clone().unwrap();
+    let api = Api::new(&server, &token);
+    api.send(
+        "POST",
+        "/api/repos",
+        json!({"name": "acme/app", "url": remote.to_str().unwrap()}),
+    )
+    .await;
+
+    let out = client(
+        &server,
+        &token,
+        &["run", "add cli.txt", "--repo", "acme/app", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["outcome"], "done", "{doc}");
+    assert_eq!(doc["diff"]["files"][0]["path"], "cli.txt", "{doc}");
+    assert_eq!(doc["diff"]["files"][0]["additions"], 2, "{doc}");
+
+    // Ctrl-C without a terminal: detach, the agent keeps working, exit 0.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(["run", "think slowly", "--repo", "acme/app"])
+        .env("HANGAR_SERVER", &server.url)
+        .env("HANGAR_TOKEN", &token)
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the session is running, interrupt.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, list) = api.get("/api/sessions").await;
+        if list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["status"] == "running")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{list}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // SAFETY: kill with a valid pid and signal has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        (status, err)
+    })
+    .await
+    .unwrap();
+    assert!(out.0.success(), "{}", out.1);
+    assert!(
+        out.1.contains("detached") && out.1.contains("hangar attach"),
+        "{}",
+        out.1
+    );
+    let (_, list) = api.get("/api/sessions").await;
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["status"] == "running"),
+        "the agent still works: {list}"
+    );
+}

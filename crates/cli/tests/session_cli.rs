@@ -778,7 +778,30 @@ async fn the_openapi_document_describes_the_session_api() {
             "{method} {path} missing from openapi.json"
         );
     }
-    assert!(doc["components"]["schemas"]["EventDoc"].is_object());
+    // Every event type has its schema, defined once in the protocol crate.
+    let schemas = &doc["components"]["schemas"];
+    for name in [
+        "Event",
+        "EventBody",
+        "PresenceUpdate",
+        "ClientMessage",
+        "Prompt",
+        "Author",
+    ] {
+        assert!(schemas[name].is_object(), "{name} missing");
+    }
+    let bodies = schemas["EventBody"].to_string();
+    for kind in [
+        "prompt.queued",
+        "model.delta",
+        "file.changed",
+        "git.committed",
+        "git.pushed",
+        "pr.opened",
+        "session.spawned",
+    ] {
+        assert!(bodies.contains(kind), "{kind} has no schema: {bodies}");
+    }
 }
 
 #[test]

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Who wrote a prompt or joined a session: a user, or a guest holding a share link.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Author {
@@ -24,6 +25,7 @@ pub struct Author {
 }
 
 /// Where a prompt is in its life.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PromptStatus {
@@ -79,6 +81,7 @@ impl PromptStatus {
 }
 
 /// A prompt: what someone asked the session's agent to do.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Prompt {
@@ -95,6 +98,7 @@ pub struct Prompt {
 }
 
 /// A session's state as a whole.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionStatus {
@@ -128,6 +132,7 @@ impl SessionStatus {
 }
 
 /// How a prompt's run ended.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PromptOutcome {
@@ -154,6 +159,7 @@ impl PromptOutcome {
 }
 
 /// Which output stream a tool wrote to.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputStream {
@@ -164,6 +170,7 @@ pub enum OutputStream {
 }
 
 /// What happened to a file.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileChange {
@@ -176,6 +183,7 @@ pub enum FileChange {
 }
 
 /// What happened, by type. Serialized as `"type"` plus `"data"` inside an [`Event`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 #[non_exhaustive]
@@ -401,6 +409,7 @@ impl EventBody {
 }
 
 /// One entry of a session's event log.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Position in the session's log: 1, 2, 3, … without gaps.
@@ -414,6 +423,7 @@ pub struct Event {
 
 /// Who is looking at a session right now, and who is typing. Live state: never logged,
 /// carries no `seq`; JSON `{"type": "presence", "at": ..., "data": {"participants": [...]}}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename = "presence")]
 pub struct PresenceUpdate {
@@ -424,6 +434,7 @@ pub struct PresenceUpdate {
 }
 
 /// The presence state of a session.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Presence {
     /// Everyone connected, by login.
@@ -431,6 +442,7 @@ pub struct Presence {
 }
 
 /// One connected participant.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceEntry {
     /// Who.
@@ -448,6 +460,7 @@ pub struct PresenceEntry {
 pub const MAX_PRESENCE_STATE: usize = 64;
 
 /// A message from a client over the session's WebSocket.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {

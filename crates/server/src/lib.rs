@@ -155,7 +155,14 @@ impl AppState {
         description = "Self-hosted background coding agents and sandboxes. Everything under /api needs `Authorization: Bearer TOKEN`; errors are `{\"error\": {\"code\", \"message\"}}`."
     ),
     modifiers(&BearerAuth),
-    components(schemas(error::ErrorResponse, error::ErrorBody))
+    components(schemas(
+        error::ErrorResponse,
+        error::ErrorBody,
+        hangar_protocol::session::Event,
+        hangar_protocol::session::EventBody,
+        hangar_protocol::session::PresenceUpdate,
+        hangar_protocol::session::ClientMessage
+    ))
 )]
 struct ApiDoc;
 

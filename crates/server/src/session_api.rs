@@ -217,26 +217,6 @@ impl ShareView {
     }
 }
 
-/// One event of a session's log: `{"seq", "type", "at", "data"}`. `type` is one of
-/// `prompt.queued`, `prompt.started`, `prompt.finished`, `model.delta`, `tool.started`,
-/// `tool.output`, `tool.finished`, `file.changed`, `status`, `participant.joined`,
-/// `participant.left`, `queue.updated`, `git.pushed`, `pr.opened`, `pr.updated`,
-/// `session.spawned` (the `hangar-protocol` crate's `session::EventBody` is the reference).
-/// On the WebSocket, `{"type": "presence", "at", "data": {"participants": [...]}}` also
-/// arrives, without `seq`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct EventDoc {
-    /// Position in the log: 1, 2, 3, … without gaps.
-    pub seq: u64,
-    /// The event's type.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// RFC 3339 UTC time with milliseconds.
-    pub at: String,
-    /// The event's fields.
-    pub data: serde_json::Value,
-}
-
 /// What a request may do in a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {

@@ -18,8 +18,8 @@ use crate::auth::{Caller, bearer};
 use crate::error::ErrorResponse;
 use crate::extract::JsonBody;
 use crate::session_api::{
-    Access, CreateSession, CreateShare, EventDoc, Need, PromptBody, PromptView, SessionView,
-    ShareView, StopResult, check_after_seq, events_query,
+    Access, CreateSession, CreateShare, Need, PromptBody, PromptView, SessionView, ShareView,
+    StopResult, check_after_seq, events_query,
 };
 use crate::{ApiError, AppState};
 
@@ -283,7 +283,7 @@ pub async fn stop_session(
         ("after_seq" = Option<u64>, Query, description = "Only events with a larger seq"),
         ("limit" = Option<u32>, Query, description = "At most this many (1-1000)")),
     responses(
-        (status = 200, body = Vec<EventDoc>),
+        (status = 200, body = Vec<hangar_protocol::session::Event>),
         (status = 400, description = "Bad after_seq or limit", body = ErrorResponse),
         (status = 403, body = ErrorResponse),
         (status = 404, body = ErrorResponse)))]

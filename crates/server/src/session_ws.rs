@@ -49,7 +49,7 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
         ("after_seq" = Option<u64>, Query, description = "Send events with a larger seq (default 0)"),
         ("token" = Option<String>, Query, description = "The token, for clients that cannot set headers")),
     responses(
-        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 101, description = "Switching to the WebSocket protocol. The server sends `Event`s (each once durable, in `seq` order) and `PresenceUpdate`s; the client sends `ClientMessage`s."),
         (status = 400, description = "Bad after_seq, or not a WebSocket request", body = ErrorResponse),
         (status = 401, body = ErrorResponse),
         (status = 403, body = ErrorResponse),
