@@ -6,11 +6,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use hangar_agent::{Provider, ProviderConfig, ProviderKind};
-use hangar_config::Config;
+use hangar_config::{Config, ModelSettings};
 use hangar_runner::{AgentExecutor, NoModel};
 use hangar_sandbox::{LocalRuntime, Network, Rootfs, SandboxSpec};
 use hangar_server::{AppState, Backend};
 use hangar_session::{Durability, Executor, ScriptedExecutor, Sessions, SessionsConfig};
+use hangar_slack::{
+    BotConfig, Classifier, FixedRepos, RegistryRepos, SlackBot, SlackClient, SlackState,
+};
 use hangar_store::Store;
 
 #[derive(Args)]
@@ -129,6 +132,7 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
             interrupted.join(", ")
         );
     }
+    let sessions_for_slack = sessions.clone();
     let state = AppState::new(Backend::local(runtime), Arc::clone(&store), sessions)
         .context("setting up metrics")?
         .with_builds(builds)
@@ -139,6 +143,13 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
     };
     let state = match github {
         Some(github) => state.with_github(github),
+        None => state,
+    };
+    let state = match open_slack(config, &sessions_for_slack, &url)? {
+        Some(bot) => {
+            bot.resume(&interrupted).await;
+            state.with_slack(bot)
+        }
         None => state,
     };
     println!("hangar listening on {url}");
@@ -172,18 +183,7 @@ async fn open_sessions(
             delay: Duration::from_millis(settings.scripted_delay_ms),
         }),
         (_, Some(model)) => {
-            let kind = match model.provider.as_str() {
-                "openai" => ProviderKind::OpenAi,
-                _ => ProviderKind::Anthropic,
-            };
-            let provider = Provider::new(ProviderConfig {
-                kind,
-                base_url: model.base_url.clone(),
-                model: model.model.clone(),
-                api_key: model.api_key()?,
-                max_retries: 4,
-                initial_backoff: Duration::from_millis(500),
-            })?;
+            let provider = provider(model, 4)?;
             let local = LocalRuntime::open(config)?;
             let spec = SandboxSpec {
                 rootfs: Rootfs::HostRoot,
@@ -226,6 +226,61 @@ async fn open_sessions(
         agent.enable_sub_sessions(sessions.clone());
     }
     Ok((sessions, warm_pool))
+}
+
+/// A provider for the configured model, retrying failures before anything streamed
+/// `retries` times.
+fn provider(model: &ModelSettings, retries: u32) -> anyhow::Result<Provider> {
+    let kind = match model.provider.as_str() {
+        "openai" => ProviderKind::OpenAi,
+        _ => ProviderKind::Anthropic,
+    };
+    Ok(Provider::new(ProviderConfig {
+        kind,
+        base_url: model.base_url.clone(),
+        model: model.model.clone(),
+        api_key: model.api_key()?,
+        max_retries: retries,
+        initial_backoff: Duration::from_millis(500),
+    })?)
+}
+
+/// The Slack bot, when `[slack]` is configured: its secrets, the Web API client, the
+/// classifier (`[slack.classifier]`, else `[model]`), its state file and repositories.
+fn open_slack(config: &Config, sessions: &Sessions, url: &str) -> anyhow::Result<Option<SlackBot>> {
+    let Some(s) = &config.slack else {
+        return Ok(None);
+    };
+    let client = SlackClient::new(&s.api_base_url, s.bot_token()?)?;
+    let classifier_model = s.classifier.as_ref().or(config.model.as_ref());
+    let model = classifier_model.map(|m| provider(m, 2)).transpose()?;
+    if model.is_none() {
+        eprintln!(
+            "hangar: no [slack.classifier] or [model]: Slack requests that do not name a repository ask which one"
+        );
+    }
+    let state_file = config.data_dir.join("slack.db");
+    let state = SlackState::open(&state_file)
+        .with_context(|| format!("opening {}", state_file.display()))?;
+    let bot = SlackBot::new(
+        BotConfig {
+            team_ids: s.team_ids.clone(),
+            signing_secret: s.signing_secret()?,
+            public_url: s.public_url.clone().unwrap_or_else(|| url.to_string()),
+            update_interval: Duration::from_millis(s.update_interval_ms),
+            follow_idle: Duration::from_secs(30 * 60),
+        },
+        client,
+        Classifier::new(model, s.min_confidence),
+        Arc::new(RegistryRepos::new(
+            sessions.store().clone(),
+            FixedRepos::from(&s.repos[..]),
+        )),
+        state,
+        sessions.clone(),
+    );
+    tracing::info!(teams = ?s.team_ids, "Slack app enabled at /slack/events, /slack/commands, /slack/interactivity");
+    Ok(Some(bot))
 }
 
 /// The spec of a session sandbox started from `image`: its layers (over the host's root

@@ -1,4 +1,4 @@
-//! Session client commands: `hangar run`, `sessions`, `attach`, `stop`, `share`. They talk
+//! Session client commands: `hangar run`, `sessions`, `attach`, `stop`, `share`, `slack link`. They talk
 //! to a server (`--server`/`HANGAR_SERVER`, else the one `hangar login` saved) with a token
 //! (`--token`/`HANGAR_TOKEN`, else the saved one), over the HTTP API and the session
 //! WebSocket.
@@ -81,6 +81,21 @@ pub enum SessionCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The Slack app, from your side.
+    #[command(subcommand)]
+    Slack(SlackCommand),
+}
+
+#[derive(Subcommand)]
+pub enum SlackCommand {
+    /// Link your Slack account to your Hangar user with the code the bot sent you in
+    /// Slack; the request you made there then starts as you.
+    Link {
+        /// The code from Slack.
+        code: String,
         #[command(flatten)]
         remote: Remote,
     },
@@ -523,6 +538,16 @@ pub async fn run(cmd: SessionCommand) -> anyhow::Result<std::process::ExitCode> 
                     true
                 })
                 .await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        SessionCommand::Slack(SlackCommand::Link { code, remote }) => {
+            let r = Client::new(&remote)?
+                .call(Method::POST, "/api/slack/link", Some(json!({"code": code})))
+                .await?;
+            println!(
+                "linked Slack user {} to you; your request in Slack starts now",
+                r["slack_user"].as_str().unwrap_or("?")
+            );
             Ok(std::process::ExitCode::SUCCESS)
         }
         SessionCommand::Stop { id, remote } => {

@@ -42,6 +42,23 @@
 //! webhook_secret_env = "HANGAR_GITHUB_WEBHOOK_SECRET" # or webhook_secret_file
 //! review_comment_prompts = ["acme/app"]   # review comments become follow-up prompts
 //! token_refresh_margin_secs = 300
+//!
+//! [slack]                          # the Slack app (docs/slack.md)
+//! bot_token_env = "SLACK_BOT_TOKEN"            # or bot_token_file
+//! signing_secret_env = "SLACK_SIGNING_SECRET"  # or signing_secret_file
+//! team_ids = ["T012AB3C4"]         # workspaces served; others are ignored
+//! public_url = "https://hangar.example.com"    # for links to sessions
+//! min_confidence = 0.7             # below this the person chooses the repository
+//! [slack.classifier]               # a fast model, like [model]; [model] when absent
+//! provider = "anthropic"
+//! base_url = "https://api.anthropic.com"
+//! model = "claude-haiku-4-5"
+//! api_key_env = "ANTHROPIC_API_KEY"
+//! [[slack.repos]]
+//! name = "acme/app"
+//! description = "The customer web app"
+//! keywords = ["checkout", "frontend"]
+//! channels = ["app-dev"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -73,6 +90,8 @@ pub struct Config {
     /// GitHub: the App (git credentials), sign-in, pull requests and webhooks. Without
     /// it, the GitHub routes answer that GitHub is not configured.
     pub github: Option<GitHubSettings>,
+    /// The Slack app, when Hangar answers in Slack.
+    pub slack: Option<SlackSettings>,
 }
 
 /// Image build settings.
@@ -342,6 +361,150 @@ impl GitHubSettings {
     }
 }
 
+/// The Slack app (see docs/slack.md). Its bot token and signing secret never appear in the
+/// file itself: they are read from the environment variables or files named here, and never
+/// logged.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSettings {
+    /// Environment variable holding the bot token (`xoxb-…`), e.g. `SLACK_BOT_TOKEN`.
+    #[serde(default)]
+    pub bot_token_env: Option<String>,
+    /// File holding the bot token (its first line).
+    #[serde(default)]
+    pub bot_token_file: Option<PathBuf>,
+    /// Environment variable holding the app's signing secret, e.g. `SLACK_SIGNING_SECRET`.
+    #[serde(default)]
+    pub signing_secret_env: Option<String>,
+    /// File holding the signing secret (its first line).
+    #[serde(default)]
+    pub signing_secret_file: Option<PathBuf>,
+    /// The workspaces (team ids, `T…`) served; events from any other are ignored.
+    pub team_ids: Vec<String>,
+    /// The Slack Web API.
+    #[serde(default = "default_slack_api")]
+    pub api_base_url: String,
+    /// Hangar's address as people open it, for links to sessions; by default the address
+    /// the server listens on.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Least time between two edits of a thread's progress message.
+    #[serde(default = "default_slack_update_ms")]
+    pub update_interval_ms: u64,
+    /// The classifier's choice of repository is used only at or above this confidence
+    /// (0-1); below it, the person is asked to choose.
+    #[serde(default = "default_min_confidence")]
+    pub min_confidence: f64,
+    /// The fast model that picks a request's repository; `[model]` when absent.
+    #[serde(default)]
+    pub classifier: Option<ModelSettings>,
+    /// The repositories requests may go to, with what helps choose between them.
+    #[serde(default)]
+    pub repos: Vec<RepoSettings>,
+}
+
+fn default_slack_api() -> String {
+    "https://slack.com/api".into()
+}
+
+fn default_slack_update_ms() -> u64 {
+    1500
+}
+
+fn default_min_confidence() -> f64 {
+    0.7
+}
+
+impl SlackSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.team_ids.is_empty() || self.team_ids.iter().any(|t| t.trim().is_empty()) {
+            return invalid(
+                "slack.team_ids",
+                "name the workspaces served, e.g. team_ids = [\"T012AB3C4\"]".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.min_confidence) {
+            return invalid("slack.min_confidence", "must be between 0 and 1".into());
+        }
+        if let Some(c) = &self.classifier
+            && !matches!(c.provider.as_str(), "anthropic" | "openai")
+        {
+            return invalid(
+                "slack.classifier.provider",
+                format!("{:?} is not one of \"anthropic\", \"openai\"", c.provider),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for r in &self.repos {
+            if r.name.trim().is_empty() || !names.insert(r.name.as_str()) {
+                return invalid(
+                    "slack.repos.name",
+                    format!("{:?}: every repository needs a distinct name", r.name),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The bot token (`xoxb-…`).
+    pub fn bot_token(&self) -> Result<String, ConfigError> {
+        read_secret(
+            ("slack.bot_token_file", self.bot_token_file.as_deref()),
+            ("slack.bot_token_env", self.bot_token_env.as_deref()),
+        )?
+        .ok_or(ConfigError::Invalid {
+            key: "slack.bot_token_env",
+            message: "set bot_token_env or bot_token_file".into(),
+        })
+    }
+
+    /// The signing secret that every request from Slack is verified with.
+    pub fn signing_secret(&self) -> Result<String, ConfigError> {
+        read_secret(
+            (
+                "slack.signing_secret_file",
+                self.signing_secret_file.as_deref(),
+            ),
+            (
+                "slack.signing_secret_env",
+                self.signing_secret_env.as_deref(),
+            ),
+        )?
+        .ok_or(ConfigError::Invalid {
+            key: "slack.signing_secret_env",
+            message: "set signing_secret_env or signing_secret_file".into(),
+        })
+    }
+}
+
+/// A repository that Slack requests may go to.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RepoSettings {
+    /// Its name, e.g. `acme/app`.
+    pub name: String,
+    /// Where it is cloned from.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Its default branch.
+    #[serde(default = "default_branch")]
+    pub default_branch: String,
+    /// What it is, in a sentence or two, for the classifier.
+    #[serde(default)]
+    pub description: String,
+    /// Words that point to it (components, products, services).
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    /// Slack channels (names without `#`) where requests are usually about it.
+    #[serde(default)]
+    pub channels: Vec<String>,
+}
+
+fn default_branch() -> String {
+    "main".into()
+}
+
 /// Git settings.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -460,6 +623,7 @@ impl Default for Config {
             git: GitSettings::default(),
             github: None,
             images: ImagesSettings::default(),
+            slack: None,
         }
     }
 }
@@ -603,6 +767,9 @@ impl Config {
                 key: "model.provider",
                 message: format!("{:?} is not one of \"anthropic\", \"openai\"", m.provider),
             });
+        }
+        if let Some(slack) = &self.slack {
+            slack.validate()?;
         }
         let s = &self.sandbox;
         if s.uid_base == 0 {
@@ -824,6 +991,68 @@ mod tests {
             ..g
         };
         assert_eq!(ghes.web_host(), "ghe.example.com");
+    }
+
+    #[test]
+    fn slack_settings_read_secrets_and_refuse_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let text = format!(
+            "[slack]\nbot_token_env = \"HANGAR_TEST_SURELY_UNSET_TOKEN\"\nsigning_secret_file = {secret:?}\nteam_ids = [\"T1\"]\n[[slack.repos]]\nname = \"acme/app\"\nchannels = [\"app-dev\"]\n"
+        );
+        let c = Config::parse(&text, Path::new("x")).unwrap();
+        c.validate().unwrap();
+        let s = c.slack.unwrap();
+        assert_eq!(s.signing_secret().unwrap(), "s3cret");
+        assert!(
+            s.bot_token()
+                .unwrap_err()
+                .to_string()
+                .contains("HANGAR_TEST_SURELY_UNSET_TOKEN")
+        );
+        assert_eq!(s.api_base_url, "https://slack.com/api");
+        assert_eq!((s.min_confidence, s.update_interval_ms), (0.7, 1500));
+        assert_eq!(s.repos[0].default_branch, "main");
+        let none = SlackSettings {
+            signing_secret_file: None,
+            ..s.clone()
+        };
+        assert!(
+            none.signing_secret()
+                .unwrap_err()
+                .to_string()
+                .contains("signing_secret")
+        );
+        for (toml, key) in [
+            ("[slack]\nteam_ids = []", "slack.team_ids"),
+            (
+                "[slack]\nteam_ids = [\"T1\"]\nmin_confidence = 2.0",
+                "slack.min_confidence",
+            ),
+            (
+                "[slack]\nteam_ids = [\"T1\"]\n[[slack.repos]]\nname = \"a\"\n[[slack.repos]]\nname = \"a\"",
+                "slack.repos.name",
+            ),
+            (
+                "[slack]\nteam_ids = [\"T1\"]\n[slack.classifier]\nprovider = \"x\"\nbase_url = \"u\"\nmodel = \"m\"",
+                "slack.classifier.provider",
+            ),
+        ] {
+            let err = Config::parse(toml, Path::new("x"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{toml:?} gave {err:?}");
+        }
+        assert!(
+            Config::parse(
+                "[slack]\nteam_ids = [\"T1\"]\ntoken = \"xoxb\"",
+                Path::new("x")
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -174,7 +174,7 @@ impl AgentExecutor {
 
     /// The session that spawned `session`, if an agent did.
     pub fn parent_of(&self, session: &str) -> Option<String> {
-        self.inner.family.parent_of(session)
+        Family::parent_of(self.inner.service.get()?.store(), session)
     }
 
     /// The sandbox of `session`, if it has one.

@@ -3,13 +3,13 @@
 //! spawned session belongs to the prompt's author, like any other; the parent's log records
 //! a `session.spawned` event.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use hangar_agent::{ExtraTool, ToolOutcome, ToolSpec};
 use hangar_protocol::session::{Author, EventBody};
 use hangar_session::{EventSink, Sessions};
+use hangar_store::Store;
 use serde_json::{Value, json};
 
 fn outcome(result: Result<String, String>) -> ToolOutcome {
@@ -39,23 +39,25 @@ pub const MAX_CHILDREN: usize = 8;
 /// Most levels of sessions spawning sessions.
 pub const MAX_DEPTH: usize = 3;
 
-/// Who spawned whom, so a runaway agent cannot spawn without bound.
+/// Who spawned whom, so a runaway agent cannot spawn without bound. The links live in the
+/// index (`sessions.parent_id`), so the limits hold across restarts and clients can list a
+/// session's sub-sessions; spawns are serialised so two at once cannot both take the last
+/// place.
 #[derive(Default)]
 pub struct Family {
-    parents: Mutex<HashMap<String, String>>,
-    children: Mutex<HashMap<String, usize>>,
+    spawning: tokio::sync::Mutex<()>,
 }
 
 impl Family {
     /// The session that spawned `id`, if any.
-    pub fn parent_of(&self, id: &str) -> Option<String> {
-        self.parents.lock().ok()?.get(id).cloned()
+    pub fn parent_of(store: &Store, id: &str) -> Option<String> {
+        store.session(id).ok()?.parent_id
     }
 
-    fn depth_of(&self, id: &str) -> usize {
+    fn depth_of(store: &Store, id: &str) -> usize {
         let mut depth = 0;
         let mut at = id.to_string();
-        while let Some(p) = self.parent_of(&at) {
+        while let Some(p) = Family::parent_of(store, &at) {
             depth += 1;
             at = p;
             if depth > MAX_DEPTH {
@@ -65,26 +67,21 @@ impl Family {
         depth
     }
 
-    /// Counts a child of `parent` if the limits allow one more.
-    fn admit(&self, parent: &str) -> Result<(), String> {
-        if self.depth_of(parent) + 1 > MAX_DEPTH {
+    /// Whether the limits allow `parent` one more child.
+    fn admit(store: &Store, parent: &str) -> Result<(), String> {
+        if Family::depth_of(store, parent) + 1 > MAX_DEPTH {
             return Err(format!("sub-sessions may nest at most {MAX_DEPTH} deep"));
         }
-        let mut children = self.children.lock().map_err(|_| "poisoned".to_string())?;
-        let n = children.entry(parent.to_string()).or_default();
-        if *n >= MAX_CHILDREN {
+        let children = store
+            .session_children(parent)
+            .map_err(|e| e.to_string())?
+            .len();
+        if children >= MAX_CHILDREN {
             return Err(format!(
                 "a session may start at most {MAX_CHILDREN} sub-sessions"
             ));
         }
-        *n += 1;
         Ok(())
-    }
-
-    fn record(&self, child: &str, parent: &str) {
-        if let Ok(mut p) = self.parents.lock() {
-            p.insert(child.to_string(), parent.to_string());
-        }
     }
 }
 
@@ -126,13 +123,20 @@ impl ExtraTool for SpawnSession {
                     .author
                     .user_id
                     .ok_or("a guest (share link) cannot start sessions")?;
-                self.family.admit(&self.parent)?;
-                let child = self
-                    .sessions
-                    .create(user, repo, &title)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.family.record(&child.id, &self.parent);
+                let store = self.sessions.store();
+                let child = {
+                    let _one_at_a_time = self.family.spawning.lock().await;
+                    Family::admit(store, &self.parent)?;
+                    let child = self
+                        .sessions
+                        .create(user, repo, &title)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    store
+                        .set_session_parent(&child.id, &self.parent)
+                        .map_err(|e| e.to_string())?;
+                    child
+                };
                 self.sessions
                     .prompt(&child.id, self.author.clone(), prompt.to_string())
                     .await

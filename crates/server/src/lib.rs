@@ -1,8 +1,9 @@
 //! The session server's HTTP API: health, Prometheus metrics, the OpenAPI document, bearer
 //! token auth, the sandbox endpoints ([`routes`]), and sessions: REST (`session_routes`),
-//! the WebSocket stream (`session_ws`) and share links, and GitHub (`github_routes`:
-//! sign-in, the webhook, a session's pull request, stats). The web UI will be a further
-//! route module.
+//! the WebSocket stream (`session_ws`) and share links, GitHub (`github_routes`: sign-in,
+//! the webhook, a session's pull request, stats) and the Slack app's endpoints
+//! (`slack_routes`, authenticated by Slack's request signature). The web UI will be a
+//! further route module.
 //!
 //! **API boundary:** HTTP stops here. Handlers decode and validate requests ([`api`]), call
 //! the sandbox [`Runtime`] or the [`Store`], and turn every failure into
@@ -24,6 +25,7 @@ mod routes;
 pub mod session_api;
 mod session_routes;
 mod session_ws;
+pub mod slack_routes;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -99,6 +101,8 @@ pub struct AppState {
     pub(crate) builds: Option<Arc<builds::Builds>>,
     /// Sessions' git (branches, diffs), when sessions have it.
     worktrees: Option<Arc<hangar_runner::Worktrees>>,
+    /// The Slack app, when configured.
+    slack: Option<hangar_slack::SlackBot>,
     /// Set when the server begins to stop: WebSocket connections close with 1001.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -119,6 +123,7 @@ impl AppState {
             github: None,
             builds: None,
             worktrees: None,
+            slack: None,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
@@ -138,6 +143,12 @@ impl AppState {
     /// Serves `/api/images` and builds from `builds`.
     pub fn with_builds(mut self, builds: Arc<builds::Builds>) -> AppState {
         self.builds = Some(builds);
+        self
+    }
+
+    /// Serves the Slack app's endpoints with `bot`.
+    pub fn with_slack(mut self, bot: hangar_slack::SlackBot) -> AppState {
+        self.slack = Some(bot);
         self
     }
 
@@ -196,6 +207,9 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
         .routes(routes!(github_routes::github_login))
         .routes(routes!(github_routes::github_callback))
         .routes(routes!(github_routes::github_webhook))
+        .routes(routes!(slack_routes::events))
+        .routes(routes!(slack_routes::commands))
+        .routes(routes!(slack_routes::interactivity))
         .split_for_parts();
     let (api, api_doc) = OpenApiRouter::new()
         .routes(routes!(routes::me))
@@ -214,6 +228,7 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
             image_routes::start_build
         ))
         .routes(routes!(image_routes::get_build))
+        .routes(routes!(slack_routes::link))
         .split_for_parts();
     doc.merge(api_doc);
     let (sessions, sessions_doc) = OpenApiRouter::new()

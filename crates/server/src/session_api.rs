@@ -120,6 +120,12 @@ pub struct SessionView {
     /// Prompts waiting, next first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<Vec<PromptView>>,
+    /// The session whose agent started this one (a sub-session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    /// The sub-sessions its agent started, oldest first (when asked for one session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<Vec<String>>,
 }
 
 impl SessionView {
@@ -136,6 +142,8 @@ impl SessionView {
             last_seq: None,
             running: None,
             queue: None,
+            parent_id: r.parent_id,
+            children: None,
         };
         if let Some(info) = info {
             view.status = info.status.as_str().to_string();

@@ -150,7 +150,16 @@ pub async fn get_session(
     access.check(Some(&id), Need::View)?;
     let record = state.sessions.record(&id)?;
     let info = state.sessions.info(&id).await?;
-    Ok(Json(SessionView::new(record, Some(info))))
+    let mut view = SessionView::new(record, Some(info));
+    view.children = Some(
+        state
+            .store
+            .session_children(&id)?
+            .into_iter()
+            .map(|c| c.id)
+            .collect(),
+    );
+    Ok(Json(view))
 }
 
 /// Adds a prompt, attributed to the caller: it starts at once, or queues while the agent

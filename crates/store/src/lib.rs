@@ -94,7 +94,10 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );",
-    // 4: GitHub: users' tokens (ciphertext only), OAuth sign-in states (hashed, single
+    // 4: sub-sessions: the session whose agent started this one.
+    "ALTER TABLE sessions ADD COLUMN parent_id TEXT REFERENCES sessions(id) ON DELETE SET NULL;
+    CREATE INDEX sessions_parent ON sessions(parent_id);",
+    // 5: GitHub: users' tokens (ciphertext only), OAuth sign-in states (hashed, single
     // use), pull requests opened for sessions and the webhook deliveries already applied.
     "CREATE TABLE github_tokens (
         user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,

@@ -24,6 +24,8 @@ pub struct SessionRecord {
     pub created_at_ms: i64,
     /// Last status change, likewise.
     pub updated_at_ms: i64,
+    /// The session whose agent started this one, for a sub-session.
+    pub parent_id: Option<String>,
 }
 
 /// What it takes to create a session's entry.
@@ -87,7 +89,8 @@ pub struct ShareLink {
     pub revoked_at_ms: Option<i64>,
 }
 
-const SESSION_COLUMNS: &str = "id, repo, title, status, created_by, created_at, updated_at";
+const SESSION_COLUMNS: &str =
+    "id, repo, title, status, created_by, created_at, updated_at, parent_id";
 const SHARE_COLUMNS: &str = "id, session_id, scope, created_by, created_at, revoked_at";
 
 fn session_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
@@ -99,6 +102,7 @@ fn session_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> 
         created_by: row.get("created_by")?,
         created_at_ms: row.get("created_at")?,
         updated_at_ms: row.get("updated_at")?,
+        parent_id: row.get("parent_id")?,
     })
 }
 
@@ -132,6 +136,7 @@ impl Store {
             created_by: new.created_by,
             created_at_ms: now,
             updated_at_ms: now,
+            parent_id: None,
         })
     }
 
@@ -162,6 +167,28 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT id FROM sessions WHERE status = ?1 ORDER BY id")?;
         let rows = stmt.query_map([status], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records that `parent`'s agent started `child`.
+    pub fn set_session_parent(&self, child: &str, parent: &str) -> Result<(), StoreError> {
+        let n = self.conn().execute(
+            "UPDATE sessions SET parent_id = ?1 WHERE id = ?2",
+            params![parent, child],
+        )?;
+        if n == 0 {
+            return Err(StoreError::SessionNotFound(child.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The sub-sessions `parent`'s agent started, oldest first.
+    pub fn session_children(&self, parent: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE parent_id = ?1 ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map([parent], session_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -320,6 +347,39 @@ mod tests {
             Err(StoreError::SessionNotFound(_))
         ));
         assert!(store.set_session_status("ses-2", "idle").is_err());
+    }
+
+    #[test]
+    fn sub_sessions_are_linked_to_their_parent() {
+        let (store, uid) = setup();
+        for id in ["ses-2", "ses-3"] {
+            store
+                .create_session(&NewSession {
+                    id: id.into(),
+                    repo: "acme/app".into(),
+                    title: "child".into(),
+                    status: "idle".into(),
+                    created_by: uid,
+                })
+                .unwrap();
+            store.set_session_parent(id, "ses-1").unwrap();
+        }
+        assert_eq!(
+            store.session("ses-2").unwrap().parent_id.as_deref(),
+            Some("ses-1")
+        );
+        assert_eq!(store.session("ses-1").unwrap().parent_id, None);
+        let children: Vec<String> = store
+            .session_children("ses-1")
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(children, ["ses-2", "ses-3"]);
+        assert!(matches!(
+            store.set_session_parent("ses-9", "ses-1"),
+            Err(StoreError::SessionNotFound(_))
+        ));
     }
 
     #[test]
