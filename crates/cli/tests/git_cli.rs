@@ -331,9 +331,23 @@ async fn a_token_protected_http_remote_is_used_without_the_token_reaching_the_sa
         http.users()
     );
 
+    // An image build clones over the same authenticated HTTP.
+    api.raw(
+        "PUT",
+        "/api/repos/acme/app/recipe",
+        Some(b"base = \"host\"\n".to_vec()),
+    )
+    .await;
+    let (status, build) = api
+        .send("POST", "/api/images/builds", json!({"repo": "acme/app"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{build}");
+    let build = wait_build(&api, build["id"].as_str().unwrap()).await;
+    assert_eq!(build["status"], "succeeded", "{build}");
+
     // The token is nowhere but the file it came from: not in the log (which holds the
     // sandbox's git config and environment), the server's output, the data directory
-    // (mirrors, sandboxes' files, databases).
+    // (mirrors, sandboxes' files, image layers, databases).
     let log = serde_json::to_string(&events).unwrap();
     assert!(
         log.contains("GIT_") || log.contains("core."),

@@ -789,14 +789,18 @@ impl Builder {
             count: self.config.sandbox.uid_count,
         };
         let store = self.store.clone();
-        let (layer, _) =
+        let sealed =
             tokio::task::spawn_blocking(move || store.seal_upper(&upper, owners, UPPER_EXCLUDE))
                 .await
                 .map_err(|e| BuildError::Envd {
                     step: name.to_string(),
                     message: format!("seal task: {e}"),
-                })??;
-        guard.destroy().await?;
+                });
+        // The sandbox goes before the result is looked at: a failed seal (a full disk)
+        // must not leave it behind.
+        let destroyed = guard.destroy().await;
+        let (layer, _) = sealed??;
+        destroyed?;
         Ok((layer, failure.is_none()))
     }
 }

@@ -18,6 +18,8 @@ struct Fixture {
     repo: PathBuf,
     runtime: Arc<LocalRuntime>,
     builder: Builder,
+    /// A small filesystem mounted for the data directory (unmounted on drop).
+    small_disk: Option<PathBuf>,
 }
 
 fn git(repo: &Path, args: &[&str]) {
@@ -66,10 +68,27 @@ run = "cat /deps/deps.txt src/main.txt > built.txt && echo built"
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with_disk(None)
+    }
+
+    /// With the data directory (layer store, sandboxes) on a tmpfs of `size` when given.
+    fn with_disk(size: Option<&str>) -> Fixture {
         hangar_testkit::require_root();
         let dir = hangar_testkit::scratch_dir();
+        let data_dir = dir.path().join("data");
+        let small_disk = size.map(|size| {
+            std::fs::create_dir_all(&data_dir).unwrap();
+            let ok = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "hangar-test"])
+                .arg(&data_dir)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mounting a tmpfs for the data directory");
+            data_dir.clone()
+        });
         let mut config = hangar_config::Config {
-            data_dir: dir.path().join("data"),
+            data_dir,
             ..Default::default()
         };
         config.sandbox.tools_dir = Some(hangar_testkit::bin_dir());
@@ -93,6 +112,7 @@ impl Fixture {
             repo,
             runtime,
             builder,
+            small_disk,
         }
     }
 
@@ -179,7 +199,16 @@ impl Drop for Fixture {
             });
         })
         .join();
+        if let Some(mount) = &self.small_disk {
+            let _ = Command::new("umount").arg("-l").arg(mount).status();
+        }
     }
+}
+
+/// Free bytes on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).unwrap();
+    st.blocks_available() as u64 * st.fragment_size() as u64
 }
 
 fn ran(outcome: &hangar_images::BuildOutcome) -> Vec<(String, bool)> {
@@ -339,6 +368,67 @@ async fn a_failing_step_keeps_the_previous_image_and_names_the_step() {
     assert_eq!(
         store.current(&good.repo).unwrap().unwrap().digest,
         good.image.digest
+    );
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_the_build_cleanly_and_leaves_the_store_intact() {
+    let f = Fixture::with_disk(Some("48m"));
+    let data = f.small_disk.clone().unwrap();
+    let good = f.build().await.0.unwrap();
+    let free_after_good = free_bytes(&data);
+    let store = f.builder.store();
+
+    // A step that fills the disk itself, and a step whose output fits but whose sealed
+    // layer does not: both fail the build, and everything they wrote is gone.
+    for (name, run, expect) in [
+        (
+            "fill",
+            "head -c 100000000 /dev/zero > /big.bin",
+            "No space left",
+        ),
+        (
+            "seal",
+            "head -c 30000000 /dev/urandom > /random.bin",
+            "No space left",
+        ),
+    ] {
+        let recipe = format!("{RECIPE}\n[[setup]]\nname = \"{name}\"\nrun = \"{run}\"\n");
+        commit_files(&f.repo, &[("hangar.toml", &recipe)], name);
+        let err = f.build().await.0.unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains(expect), "{name}: {message}");
+        assert_eq!(
+            store.current(&good.repo).unwrap().unwrap().digest,
+            good.image.digest,
+            "{name}: the previous image stays current"
+        );
+        assert_eq!(store.images().unwrap().len(), 1, "{name}: no half image");
+        assert!(
+            f.runtime.list().await.unwrap().is_empty(),
+            "{name}: no build sandbox left"
+        );
+        let free = free_bytes(&data);
+        assert!(
+            free + (2 << 20) >= free_after_good,
+            "{name}: the failed build's files were removed ({free} free, {free_after_good} before)"
+        );
+    }
+
+    // The store is intact: the old image still runs, and a build that fits succeeds.
+    assert_eq!(
+        f.run_in(&good.image, "cat built.txt").await,
+        "deps v1\nmain v1\n"
+    );
+    commit_files(
+        &f.repo,
+        &[("hangar.toml", RECIPE), ("src/main.txt", "main v2\n")],
+        "fits",
+    );
+    let next = f.build().await.0.unwrap();
+    assert_eq!(
+        f.run_in(&next.image, "cat built.txt").await,
+        "deps v1\nmain v2\n"
     );
 }
 
