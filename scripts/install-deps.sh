@@ -3,7 +3,8 @@
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 # chromium: the web UI's browser tests drive Debian's build (it cannot be downloaded).
-packages=(git tar zstd xz-utils iproute2 nftables mmdebstrap bubblewrap runc umoci chromium)
+# openssl: the GitHub tests make the App's keys with it.
+packages=(git tar zstd xz-utils iproute2 nftables mmdebstrap bubblewrap runc umoci chromium openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -41,6 +41,14 @@ export type EventBody =
   | { type: "git.pushed"; data: { branch: string; commit: string } }
   | { type: "pr.opened"; data: { number: number; url: string; title: string } }
   | { type: "pr.updated"; data: { number: number; url: string; state: string } }
+  | {
+      type: "pr.reviewed";
+      data: { number: number; url: string; reviewer: string; state: string; body?: string };
+    }
+  | {
+      type: "pr.review_comment";
+      data: { number: number; url: string; author: string; path: string; line?: number; body: string };
+    }
   | { type: "session.spawned"; data: { session_id: string; repo: string } };
 
 /** A logged event. */
@@ -95,5 +103,7 @@ export const EVENT_TYPES: ReadonlyArray<EventBody["type"]> = [
   "git.pushed",
   "pr.opened",
   "pr.updated",
+  "pr.reviewed",
+  "pr.review_comment",
   "session.spawned",
 ];

@@ -14,7 +14,7 @@ describe("the session state", () => {
   it("folds a whole stream into turns, tools, queue, files, PRs and presence", () => {
     const s = emptyState();
     for (const m of messages) apply(s, m);
-    expect(s.lastSeq).toBe(26);
+    expect(s.lastSeq).toBe(28);
     expect(s.status).toBe("idle");
     expect(s.turns.map((t) => [t.promptId, t.author?.login, t.text, t.state])).toEqual([
       [1, "alice", "fix the test", "stopped"],
@@ -36,6 +36,10 @@ describe("the session state", () => {
       { branch: "hangar/fix-test", commit: "0123456789abcdef0123456789abcdef01234567", author: "Alice", coAuthors: ["Bob"] },
     ]);
     expect(s.pushFailed).toBeUndefined();
+    expect(s.reviews.map((r) => [r.number, r.who, r.what])).toEqual([
+      [7, "carol", "changes requested"],
+      [7, "carol", "commented on src/lib.rs:12"],
+    ]);
     expect(s.spawned).toEqual([{ sessionId: "s_child", repo: "acme/lib" }]);
     expect(s.participants[0].participant.login).toBe("bob");
     expect(typingOthers(s, () => false)).toEqual(["bob"]);

@@ -53,6 +53,8 @@ export interface SessionState {
   /** Why the last push failed, until a push succeeds. */
   pushFailed?: string;
   prs: PullRequest[];
+  /** Reviews and review comments on the pull requests, oldest first. */
+  reviews: { number: number; url: string; who: string; what: string; body?: string }[];
   spawned: { sessionId: string; repo: string }[];
   /** Prompt texts and authors by id, from `prompt.queued`. */
   prompts: Map<number, Prompt>;
@@ -74,6 +76,7 @@ export function emptyState(): SessionState {
     pushes: [],
     commits: [],
     prs: [],
+    reviews: [],
     spawned: [],
     prompts: new Map(),
     calls: new Map(),
@@ -186,6 +189,24 @@ export function apply(s: SessionState, msg: ServerMessage): boolean {
       else s.prs.push({ number: msg.data.number, url: msg.data.url, title: "", state: msg.data.state });
       break;
     }
+    case "pr.reviewed":
+      s.reviews.push({
+        number: msg.data.number,
+        url: msg.data.url,
+        who: msg.data.reviewer,
+        what: msg.data.state.replace("_", " "),
+        body: msg.data.body,
+      });
+      break;
+    case "pr.review_comment":
+      s.reviews.push({
+        number: msg.data.number,
+        url: msg.data.url,
+        who: msg.data.author,
+        what: `commented on ${msg.data.path}${msg.data.line === undefined ? "" : `:${msg.data.line}`}`,
+        body: msg.data.body,
+      });
+      break;
     case "session.spawned":
       s.spawned.push({ sessionId: msg.data.session_id, repo: msg.data.repo });
       break;

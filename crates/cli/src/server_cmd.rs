@@ -27,6 +27,9 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
     // Settings that can be wrong are checked before anything is created.
     let credentials = git_credentials(config)?;
+    if let Some(github) = &config.github {
+        github.check()?;
+    }
     let runtime = LocalRuntime::open(config)?;
     let recovery = runtime
         .recover()
@@ -65,6 +68,17 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(store);
+    let github = match &config.github {
+        Some(settings) => Some(Arc::new(
+            hangar_github::GitHub::from_settings(settings, &config.data_dir, Arc::clone(&store))
+                .context("setting up GitHub ([github] in the configuration)")?,
+        )),
+        None => None,
+    };
+    let credentials: Arc<dyn hangar_images::Credentials> = Arc::new(GitCredentials {
+        configured: credentials,
+        github: github.as_ref().and_then(|g| g.app().cloned()),
+    });
     let images = hangar_images::Store::open(&config.data_dir)?;
     let limits = runtime.default_limits();
     let specs: hangar_runner::SpecForRepo = {
@@ -120,13 +134,17 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
     }
     let sessions_for_slack = sessions.clone();
     let envs = open_environments(config, Arc::clone(&store))?;
-    let state = AppState::new(Backend::local(runtime), store, sessions)
+    let state = AppState::new(Backend::local(runtime), Arc::clone(&store), sessions)
         .context("setting up metrics")?
         .with_builds(builds)
         .with_git(worktrees)
         .with_envs(envs);
     let state = match pool {
         Some(pool) => state.with_pool(pool),
+        None => state,
+    };
+    let state = match github {
+        Some(github) => state.with_github(github),
         None => state,
     };
     let state = match open_slack(config, &sessions_for_slack, &url)? {
@@ -320,6 +338,25 @@ pub fn git_credentials(config: &Config) -> anyhow::Result<Arc<dyn hangar_images:
     let configured = hangar_images::ConfiguredCredentials(config.git.credentials.clone());
     configured.check().map_err(anyhow::Error::msg)?;
     Ok(Arc::new(configured))
+}
+
+/// git's credentials: `[[git.credentials]]` first (an explicit setting wins), then the
+/// GitHub App's installation token for repositories on GitHub.
+struct GitCredentials {
+    configured: Arc<dyn hangar_images::Credentials>,
+    github: Option<Arc<hangar_github::GitHubApp>>,
+}
+
+impl hangar_images::Credentials for GitCredentials {
+    fn credential(&self, url: &str) -> Result<Option<hangar_images::git::GitCredential>, String> {
+        if let Some(c) = self.configured.credential(url)? {
+            return Ok(Some(c));
+        }
+        match &self.github {
+            Some(app) => app.credential(url),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Starts the external plugins configured, failing clearly if one cannot start.

@@ -292,6 +292,26 @@ fn render(e: &Value) -> Option<String> {
             d["state"].as_str()?,
             d["url"].as_str()?
         ),
+        "pr.reviewed" => format!(
+            "[pull request #{} {} by {}]{}\n",
+            d["number"],
+            d["state"].as_str()?.replace('_', " "),
+            d["reviewer"].as_str()?,
+            d["body"]
+                .as_str()
+                .map(|b| format!(" {b}"))
+                .unwrap_or_default()
+        ),
+        "pr.review_comment" => format!(
+            "[{} on {}{}] {}\n",
+            d["author"].as_str()?,
+            d["path"].as_str()?,
+            d["line"]
+                .as_i64()
+                .map(|l| format!(":{l}"))
+                .unwrap_or_default(),
+            d["body"].as_str()?
+        ),
         other => format!("[{other}] {d}\n"),
     })
 }

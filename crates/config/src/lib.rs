@@ -35,6 +35,18 @@
 //! username = "x-access-token"
 //! password_env = "ACME_GIT_TOKEN"  # or password_file = "/etc/hangar/git.token"
 //!
+//! [github]                         # optional; see docs/github.md
+//! api_url = "https://api.github.com"
+//! web_url = "https://github.com"
+//! app_id = 123456
+//! private_key_file = "/etc/hangar/github-app.pem"
+//! client_id = "Iv1.0123456789abcdef"
+//! client_secret_env = "HANGAR_GITHUB_CLIENT_SECRET"   # or client_secret_file
+//! callback_url = "https://hangar.example.com/auth/github/callback"
+//! webhook_secret_env = "HANGAR_GITHUB_WEBHOOK_SECRET" # or webhook_secret_file
+//! review_comment_prompts = ["acme/app"]   # review comments become follow-up prompts
+//! token_refresh_margin_secs = 300
+//!
 //! [slack]                          # the Slack app (docs/slack.md)
 //! bot_token_env = "SLACK_BOT_TOKEN"            # or bot_token_file
 //! signing_secret_env = "SLACK_SIGNING_SECRET"  # or signing_secret_file
@@ -79,6 +91,9 @@ pub struct Config {
     pub git: GitSettings,
     /// Image builds.
     pub images: ImagesSettings,
+    /// GitHub: the App (git credentials), sign-in, pull requests and webhooks. Without
+    /// it, the GitHub routes answer that GitHub is not configured.
+    pub github: Option<GitHubSettings>,
     /// The Slack app, when Hangar answers in Slack.
     pub slack: Option<SlackSettings>,
     /// Where layers, sandboxes and git mirrors are kept.
@@ -239,6 +254,139 @@ pub fn read_secret(
             }),
         },
         None => Ok(None),
+    }
+}
+
+/// GitHub settings (see docs/github.md for creating the App). Secrets never appear in the
+/// file itself: each is read from the environment variable or the file named here.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GitHubSettings {
+    /// The REST API base: `https://api.github.com`, or `https://HOST/api/v3` for GitHub
+    /// Enterprise Server.
+    #[serde(default = "default_github_api_url")]
+    pub api_url: String,
+    /// The web host, for sign-in and repository URLs: `https://github.com`.
+    #[serde(default = "default_github_web_url")]
+    pub web_url: String,
+    /// The GitHub App's id.
+    #[serde(default)]
+    pub app_id: Option<u64>,
+    /// The App's private key, the PEM file GitHub generated.
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// The OAuth client id used for sign-in (the App's "Client ID").
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Environment variable holding the OAuth client secret.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// File holding the OAuth client secret (its first line).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Where GitHub sends people back after sign-in: this server's
+    /// `/auth/github/callback`; GitHub's registered callback URL when unset.
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// Environment variable holding the webhook secret.
+    #[serde(default)]
+    pub webhook_secret_env: Option<String>,
+    /// File holding the webhook secret (its first line).
+    #[serde(default)]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Repositories (`owner/name`) whose pull request review comments become follow-up
+    /// prompts of the session, attributed to the commenter's Hangar user.
+    #[serde(default)]
+    pub review_comment_prompts: Vec<String>,
+    /// An installation token is replaced this long before it expires.
+    #[serde(default = "default_token_refresh_margin_secs")]
+    pub token_refresh_margin_secs: i64,
+}
+
+fn default_github_api_url() -> String {
+    "https://api.github.com".into()
+}
+
+fn default_github_web_url() -> String {
+    "https://github.com".into()
+}
+
+fn default_token_refresh_margin_secs() -> i64 {
+    300
+}
+
+impl GitHubSettings {
+    /// The OAuth client secret, if one is configured.
+    pub fn client_secret(&self) -> Result<Option<String>, ConfigError> {
+        read_secret(
+            (
+                "github.client_secret_file",
+                self.client_secret_file.as_deref(),
+            ),
+            (
+                "github.client_secret_env",
+                self.client_secret_env.as_deref(),
+            ),
+        )
+    }
+
+    /// The webhook secret, if one is configured.
+    pub fn webhook_secret(&self) -> Result<Option<String>, ConfigError> {
+        read_secret(
+            (
+                "github.webhook_secret_file",
+                self.webhook_secret_file.as_deref(),
+            ),
+            (
+                "github.webhook_secret_env",
+                self.webhook_secret_env.as_deref(),
+            ),
+        )
+    }
+
+    /// The App's private key (PEM text), if one is configured.
+    pub fn private_key(&self) -> Result<Option<String>, ConfigError> {
+        match &self.private_key_file {
+            Some(path) => {
+                std::fs::read_to_string(path)
+                    .map(Some)
+                    .map_err(|source| ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Reads every key and secret configured, so a missing file or variable stops the
+    /// start with its name rather than failing a sign-in or a webhook later.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.app_id.is_some() && self.private_key()?.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "github.private_key_file",
+                message: "github.app_id is set, so the App's private key file is needed".into(),
+            });
+        }
+        if self.client_id.is_some() && self.client_secret()?.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "github.client_secret_file",
+                message:
+                    "github.client_id is set, so client_secret_file or client_secret_env is needed"
+                        .into(),
+            });
+        }
+        self.webhook_secret()?;
+        Ok(())
+    }
+
+    /// The web host's name (`github.com`), to recognise repository URLs.
+    pub fn web_host(&self) -> &str {
+        let rest = self
+            .web_url
+            .split_once("://")
+            .map_or(self.web_url.as_str(), |(_, r)| r);
+        rest.split('/').next().unwrap_or(rest)
     }
 }
 
@@ -502,6 +650,7 @@ impl Default for Config {
             plugins: Vec::new(),
             pool: PoolSettings::default(),
             git: GitSettings::default(),
+            github: None,
             images: ImagesSettings::default(),
             slack: None,
             storage: StorageSettings::default(),
@@ -849,6 +998,42 @@ mod tests {
                 .to_string()
                 .contains("model.provider")
         );
+    }
+
+    #[test]
+    fn github_settings_have_defaults_and_read_secrets_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("webhook");
+        std::fs::write(&secret, "whsec\n").unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let text = format!(
+            "[github]\napp_id = 7\nwebhook_secret_file = {secret:?}\nclient_secret_file = {empty:?}\nreview_comment_prompts = [\"acme/app\"]\n"
+        );
+        let g = Config::parse(&text, Path::new("x"))
+            .unwrap()
+            .github
+            .unwrap();
+        assert_eq!(g.api_url, "https://api.github.com");
+        assert_eq!(g.web_host(), "github.com");
+        assert_eq!(g.app_id, Some(7));
+        assert_eq!(g.token_refresh_margin_secs, 300);
+        assert_eq!(g.webhook_secret().unwrap().as_deref(), Some("whsec"));
+        let e = g.client_secret().unwrap_err().to_string();
+        assert!(
+            e.contains("github.client_secret_file") && e.contains("empty"),
+            "{e}"
+        );
+        assert_eq!(g.private_key().unwrap(), None);
+        let e = g.check().unwrap_err().to_string();
+        assert!(e.contains("github.private_key_file"), "{e}");
+        let unknown = Config::parse("[github]\nsecret = \"x\"\n", Path::new("x")).unwrap_err();
+        assert!(unknown.to_string().contains("secret"), "{unknown}");
+        let ghes = GitHubSettings {
+            web_url: "https://ghe.example.com/".into(),
+            ..g
+        };
+        assert_eq!(ghes.web_host(), "ghe.example.com");
     }
 
     #[test]

@@ -338,6 +338,38 @@ pub enum EventBody {
         /// `open`, `merged`, `closed`, …
         state: String,
     },
+    /// A review of a pull request was submitted.
+    #[serde(rename = "pr.reviewed")]
+    PrReviewed {
+        /// The pull request's number.
+        number: u64,
+        /// Its web address.
+        url: String,
+        /// The reviewer's GitHub login.
+        reviewer: String,
+        /// `approved`, `changes_requested` or `commented`.
+        state: String,
+        /// The review's text, when it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<String>,
+    },
+    /// Someone commented on a line of a pull request's diff.
+    #[serde(rename = "pr.review_comment")]
+    PrReviewComment {
+        /// The pull request's number.
+        number: u64,
+        /// The comment's web address.
+        url: String,
+        /// The commenter's GitHub login.
+        author: String,
+        /// The file commented on.
+        path: String,
+        /// The line, when the comment is on one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        line: Option<i64>,
+        /// The comment.
+        body: String,
+    },
     /// The agent started a sub-session.
     #[serde(rename = "session.spawned")]
     SessionSpawned {
@@ -369,6 +401,8 @@ impl EventBody {
             EventBody::GitPushed { .. } => "git.pushed",
             EventBody::PrOpened { .. } => "pr.opened",
             EventBody::PrUpdated { .. } => "pr.updated",
+            EventBody::PrReviewed { .. } => "pr.reviewed",
+            EventBody::PrReviewComment { .. } => "pr.review_comment",
             EventBody::SessionSpawned { .. } => "session.spawned",
         }
     }
@@ -641,6 +675,30 @@ mod tests {
                     "data": {"number": 9, "url": "u", "state": "merged"}}),
             ),
             (
+                EventBody::PrReviewed {
+                    number: 9,
+                    url: "u".into(),
+                    reviewer: "carol".into(),
+                    state: "approved".into(),
+                    body: None,
+                },
+                json!({"seq": 1, "type": "pr.reviewed", "at": "2026-11-29T12:00:00.123Z",
+                    "data": {"number": 9, "url": "u", "reviewer": "carol", "state": "approved"}}),
+            ),
+            (
+                EventBody::PrReviewComment {
+                    number: 9,
+                    url: "u".into(),
+                    author: "carol".into(),
+                    path: "src/lib.rs".into(),
+                    line: Some(12),
+                    body: "use a constant".into(),
+                },
+                json!({"seq": 1, "type": "pr.review_comment", "at": "2026-11-29T12:00:00.123Z",
+                    "data": {"number": 9, "url": "u", "author": "carol", "path": "src/lib.rs",
+                        "line": 12, "body": "use a constant"}}),
+            ),
+            (
                 EventBody::SessionSpawned {
                     session_id: "ses-1".into(),
                     repo: "r".into(),
@@ -760,11 +818,13 @@ mod tests {
                 EventBody::SessionSpawned { .. } => 15,
                 EventBody::GitCommitted { .. } => 16,
                 EventBody::GitPushFailed { .. } => 17,
+                EventBody::PrReviewed { .. } => 18,
+                EventBody::PrReviewComment { .. } => 19,
             }
         }
         let fixture: Vec<serde_json::Value> =
             serde_json::from_str(include_str!("../../../web/src/protocol.fixture.json")).unwrap();
-        let mut seen = [false; 18];
+        let mut seen = [false; 20];
         let mut presence = 0;
         for message in fixture {
             if message["type"] == "presence" {

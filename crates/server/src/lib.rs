@@ -1,6 +1,7 @@
 //! The session server's HTTP API: health, Prometheus metrics, the OpenAPI document, bearer
 //! token auth, the sandbox endpoints ([`routes`]), and sessions: REST (`session_routes`),
-//! the WebSocket stream (`session_ws`) and share links, the Slack app's endpoints
+//! the WebSocket stream (`session_ws`) and share links, GitHub (`github_routes`: sign-in,
+//! the webhook, a session's pull request, stats), the Slack app's endpoints
 //! (`slack_routes`, authenticated by Slack's request signature), environments and their
 //! terminals (`env_routes`), and the embedded web UI (`web`), which answers every other GET.
 //!
@@ -17,6 +18,7 @@ pub mod builds;
 pub mod env_routes;
 pub mod error;
 mod extract;
+pub mod github_routes;
 mod image_routes;
 mod metrics;
 mod repo_routes;
@@ -96,6 +98,8 @@ pub struct AppState {
     metrics: Metrics,
     /// The warm pool, when sessions take sandboxes from one.
     pool: Option<hangar_pool::Pool>,
+    /// GitHub, when configured: sign-in, pull requests, webhooks.
+    github: Option<Arc<hangar_github::GitHub>>,
     /// Image builds, when this server builds images.
     pub(crate) builds: Option<Arc<builds::Builds>>,
     /// Sessions' git (branches, diffs), when sessions have it.
@@ -123,6 +127,7 @@ impl AppState {
             sessions,
             metrics: Metrics::new()?,
             pool: None,
+            github: None,
             builds: None,
             worktrees: None,
             slack: None,
@@ -135,6 +140,12 @@ impl AppState {
     /// Serves environments (`/api/environments`) from `envs`.
     pub fn with_envs(mut self, envs: hangar_envs::Environments) -> AppState {
         self.envs = Some(envs);
+        self
+    }
+
+    /// Serves GitHub sign-in, pull requests and webhooks with `github`.
+    pub fn with_github(mut self, github: Arc<hangar_github::GitHub>) -> AppState {
+        self.github = Some(github);
         self
     }
 
@@ -208,6 +219,9 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
     let (public, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(routes::healthz))
         .routes(routes!(routes::metrics))
+        .routes(routes!(github_routes::github_login))
+        .routes(routes!(github_routes::github_callback))
+        .routes(routes!(github_routes::github_webhook))
         .routes(routes!(slack_routes::events))
         .routes(routes!(slack_routes::commands))
         .routes(routes!(slack_routes::interactivity))
@@ -223,6 +237,8 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
             env_routes::list_environments,
             env_routes::create_environment
         ))
+        .routes(routes!(github_routes::open_pr, github_routes::get_pr))
+        .routes(routes!(github_routes::stats))
         .routes(routes!(repo_routes::list_repos, repo_routes::create_repo))
         .routes(routes!(repo_routes::get_repo, repo_routes::delete_repo))
         .routes(routes!(repo_routes::put_recipe, repo_routes::delete_recipe))

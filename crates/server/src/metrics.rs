@@ -2,7 +2,7 @@
 //! by state (read from the runtime at scrape time, so it is never stale).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 /// The server's metrics and their registry.
@@ -14,6 +14,7 @@ pub struct Metrics {
     sandboxes: IntGaugeVec,
     sessions: IntGaugeVec,
     pool: IntGaugeVec,
+    pull_requests: GaugeVec,
 }
 
 impl Metrics {
@@ -58,6 +59,16 @@ impl Metrics {
             &["what", "repo"],
         )?;
         registry.register(Box::new(pool.clone()))?;
+        let pull_requests = GaugeVec::new(
+            Opts::new(
+                "hangar_pull_requests",
+                "Pull requests per repository (repo=\"\" for all): opened, merged, \
+                 closed_unmerged, revisions (pushes after the first review), \
+                 median_time_to_merge_seconds, approval_rate, agent_code_share",
+            ),
+            &["what", "repo"],
+        )?;
+        registry.register(Box::new(pull_requests.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
@@ -65,6 +76,7 @@ impl Metrics {
             sandboxes,
             sessions,
             pool,
+            pull_requests,
         })
     }
 
@@ -83,6 +95,37 @@ impl Metrics {
             ("reservations", stats.reservations as i64),
         ] {
             self.pool.with_label_values(&[what, ""]).set(n);
+        }
+    }
+
+    /// Sets the pull request gauges from the figures per repository and overall.
+    pub fn set_pull_requests(
+        &self,
+        per_repo: &std::collections::BTreeMap<String, hangar_store::PrStats>,
+        overall: &hangar_store::PrStats,
+    ) {
+        self.pull_requests.reset();
+        for (repo, s) in per_repo
+            .iter()
+            .map(|(r, s)| (r.as_str(), s))
+            .chain([("", overall)])
+        {
+            let set = |what: &str, v: f64| {
+                self.pull_requests.with_label_values(&[what, repo]).set(v);
+            };
+            set("opened", s.opened as f64);
+            set("merged", s.merged as f64);
+            set("closed_unmerged", s.closed_unmerged as f64);
+            set("revisions", s.revisions as f64);
+            if let Some(v) = s.median_time_to_merge_secs {
+                set("median_time_to_merge_seconds", v);
+            }
+            if let Some(v) = s.approval_rate {
+                set("approval_rate", v);
+            }
+            if let Some(v) = s.agent_code_share {
+                set("agent_code_share", v);
+            }
         }
     }
 

@@ -71,6 +71,8 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     if let Some(pool) = &state.pool {
         state.metrics.set_pool(&pool.stats().await);
     }
+    let (per_repo, overall) = state.store.pr_stats()?;
+    state.metrics.set_pull_requests(&per_repo, &overall);
     let text = state.metrics.render().map_err(ApiError::internal)?;
     Ok((
         [(

@@ -119,6 +119,15 @@ pub async fn create_session(
         return Err(ApiError::forbidden("only users create sessions"));
     };
     let (repo, title) = req.validate()?;
+    if let Some(github) = &state.github {
+        // A repository the GitHub App cannot reach is refused before anything starts.
+        let url = state
+            .store
+            .repo(&repo)
+            .map(|r| r.url)
+            .unwrap_or_else(|_| repo.clone());
+        github.check_before_start(&url).await?;
+    }
     let record = state.sessions.create(caller.user.id, &repo, &title).await?;
     if let Some(text) = req.prompt {
         state

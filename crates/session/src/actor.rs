@@ -81,6 +81,10 @@ pub(crate) enum Command {
     Info {
         reply: Reply<SessionInfo>,
     },
+    Record {
+        body: EventBody,
+        reply: Reply<u64>,
+    },
     Join {
         who: Author,
         reply: Reply<(broadcast::Receiver<Live>, u64)>,
@@ -409,6 +413,12 @@ impl Actor {
                     queue: self.queue.iter().cloned().collect(),
                     connections: self.connected.values().map(|c| c.connections).sum(),
                 }));
+            }
+            Command::Record { body, reply } => {
+                let r = self
+                    .commit(&[], None, vec![body])
+                    .map(|()| self.log.last_seq());
+                let _ = reply.send(r);
             }
             Command::Join { who, reply } => {
                 let _ = reply.send(self.join(who));

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use hangar_protocol::session::{Author, Prompt, SessionStatus};
+use hangar_protocol::session::{Author, EventBody, Prompt, SessionStatus};
 use hangar_store::{NewSession, SessionRecord, Store, StoreError};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -435,6 +435,16 @@ impl Sessions {
         self.call(id, |reply| Command::Events {
             after,
             limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Appends an event from outside the agent (a pull request opened, reviewed, merged)
+    /// to the session's log; returns its seq.
+    pub async fn append_event(&self, id: &str, body: EventBody) -> Result<u64, SessionError> {
+        self.call(id, |reply| Command::Record {
+            body: body.clone(),
             reply,
         })
         .await

@@ -384,3 +384,21 @@ async fn typing_reaches_the_executor_for_warm_up_and_presence() {
     .await;
     assert!(cleared.is_ok(), "typing never cleared");
 }
+
+#[tokio::test]
+async fn events_from_outside_the_agent_are_appended_in_order() {
+    let f = fixture(Duration::from_secs(60));
+    let s = f.sessions.create(1, "acme/app", "t").await.unwrap();
+    let body = EventBody::PrUpdated {
+        number: 7,
+        url: "https://github.com/acme/app/pull/7".into(),
+        state: "merged".into(),
+    };
+    let seq = f.sessions.append_event(&s.id, body.clone()).await.unwrap();
+    let events = all_events(&f.sessions, &s.id).await;
+    assert_eq!(events.last().map(|e| (e.seq, &e.body)), Some((seq, &body)));
+    assert!(matches!(
+        f.sessions.append_event("ses-ffffffffffffffff", body).await,
+        Err(SessionError::NotFound(_))
+    ));
+}

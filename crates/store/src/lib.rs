@@ -1,8 +1,10 @@
 //! The index database: one SQLite file (`<data dir>/index.db`, WAL mode) holding users, API
 //! tokens, the repository registry, sessions, participants and share links, and later
-//! images and metrics. Session event logs live in their own files, not here (see DESIGN.md), so no
-//! session can slow another. Share links are scoped tokens (`hgs_…`, `view` or `prompt`,
-//! one session each), stored hashed like API tokens and revocable.
+//! images and metrics. GitHub (`github.rs`): users' GitHub tokens as ciphertext, OAuth
+//! states, pull requests with their review and merge figures, webhook deliveries seen.
+//! Session event logs live in their own files, not here (see DESIGN.md), so no session can
+//! slow another. Share links are scoped tokens (`hgs_…`, `view` or `prompt`, one session
+//! each), stored hashed like API tokens and revocable.
 //!
 //! The schema evolves by numbered migrations recorded in SQLite's `user_version` pragma;
 //! a database written by a newer Hangar is refused rather than guessed at.
@@ -117,6 +119,45 @@ const MIGRATIONS: &[&str] = &[
         revoked_at INTEGER
     );
     CREATE INDEX environment_shares_env ON environment_shares(environment_id);",
+    // 7: GitHub: users' tokens (ciphertext only), OAuth sign-in states (hashed, single
+    // use), pull requests opened for sessions and the webhook deliveries already applied.
+    "CREATE TABLE github_tokens (
+        user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        ciphertext BLOB NOT NULL,
+        expires_at INTEGER,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE oauth_states (
+        state_sha256 BLOB PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE TABLE pull_requests (
+        repo TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        session_id TEXT REFERENCES sessions(id) ON DELETE SET NULL,
+        author_user_id INTEGER REFERENCES users(id) ON DELETE SET NULL,
+        head_branch TEXT NOT NULL,
+        url TEXT NOT NULL,
+        title TEXT NOT NULL,
+        state TEXT NOT NULL,
+        opened_at INTEGER NOT NULL,
+        merged_at INTEGER,
+        closed_at INTEGER,
+        first_review_at INTEGER,
+        reviews INTEGER NOT NULL DEFAULT 0,
+        approvals INTEGER NOT NULL DEFAULT 0,
+        pushes_after_review INTEGER NOT NULL DEFAULT 0,
+        agent_lines INTEGER,
+        total_lines INTEGER,
+        PRIMARY KEY (repo, number)
+    );
+    CREATE INDEX pull_requests_session ON pull_requests(session_id);
+    CREATE TABLE webhook_deliveries (
+        delivery_id TEXT PRIMARY KEY,
+        event TEXT NOT NULL,
+        received_at INTEGER NOT NULL
+    );",
 ];
 
 /// The prefix of share-link tokens, distinct from API tokens so each is checked only where
@@ -253,6 +294,9 @@ pub enum StoreError {
     /// A repository with this name is registered already.
     #[error("repository {0} is registered already")]
     DuplicateRepo(String),
+    /// This webhook delivery was applied before.
+    #[error("webhook delivery {0} was received before")]
+    DuplicateDelivery(String),
     /// The system's random source failed.
     #[error("cannot generate a token: {0}")]
     Random(String),
@@ -308,9 +352,11 @@ fn new_secret_with(prefix: &str) -> Result<TokenSecret, StoreError> {
 }
 
 mod envs;
+mod github;
 mod repos;
 mod sessions;
 pub use envs::EnvironmentRecord;
+pub use github::{NewPullRequest, PrStats, PrUpdate, PullRequest, SealedGitHubToken};
 pub use repos::{NewRepo, Repo, check_branch_name, check_repo_name};
 pub use sessions::{NewSession, SessionRecord, ShareLink, ShareScope};
 

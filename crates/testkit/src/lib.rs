@@ -5,10 +5,12 @@
 //!   answer rather than on what some shell tool printed.
 //! - [`scratch_dir`]: test working directories on a fast filesystem.
 //! - [`fake_model`]: a model server speaking the Anthropic and OpenAI streaming formats.
+//! - [`fake_github`]: GitHub's App, OAuth, pull request endpoints, as documented.
 //! - [`fake_slack`]: the Slack Web API methods Hangar calls, and request signing.
 //! - [`git_http`]: a smart-HTTP git server (`git http-backend`) that requires a token.
 //! - [`bullseye_tarball`]: a Debian bullseye rootfs (glibc 2.31, Python 3.9), built once.
 
+pub mod fake_github;
 pub mod fake_model;
 pub mod fake_slack;
 pub mod git_http;

@@ -130,7 +130,7 @@ export function SessionPage({ id, me }: { id: string; me: Me | null }) {
               </ul>
             </section>
           )}
-          {s && (s.prs.length > 0 || s.pushes.length > 0 || s.commits.length > 0 || s.pushFailed) && (
+          {s && (s.prs.length > 0 || s.pushes.length > 0 || s.commits.length > 0 || s.reviews.length > 0 || s.pushFailed) && (
             <section>
               <h2>Branch and pull request</h2>
               {s.commits.map((c) => (
@@ -146,6 +146,15 @@ export function SessionPage({ id, me }: { id: string; me: Me | null }) {
                     #{p.number} {p.title}
                   </a>{" "}
                   <span class="badge">{p.state}</span>
+                </p>
+              ))}
+              {s.reviews.map((r) => (
+                <p class="hint">
+                  <a href={r.url} target="_blank" rel="noreferrer">
+                    #{r.number}
+                  </a>{" "}
+                  {r.who} {r.what}
+                  {r.body && `: ${r.body}`}
                 </p>
               ))}
               {s.pushes.map((p) => (
