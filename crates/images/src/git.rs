@@ -154,6 +154,8 @@ pub struct Git {
     url: String,
     credential: Option<GitCredential>,
     askpass: PathBuf,
+    /// Run git at a lower CPU priority (background work beside latency-critical work).
+    background: bool,
 }
 
 impl std::fmt::Debug for Git {
@@ -190,7 +192,15 @@ impl Git {
             url: url.to_string(),
             credential,
             askpass,
+            background: false,
         })
+    }
+
+    /// Runs every git process of this value at nice 10: for work (a session's sync) that
+    /// must not take the cores from the prompt's own path.
+    pub fn in_background(mut self) -> Git {
+        self.background = true;
+        self
     }
 
     /// The remote.
@@ -220,6 +230,15 @@ impl Git {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+        if self.background {
+            // SAFETY: setpriority is async-signal-safe and touches only the child.
+            unsafe {
+                c.pre_exec(|| {
+                    libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+                    Ok(())
+                });
+            }
+        }
         if let Some(cred) = &self.credential {
             c.env("HANGAR_GIT_USERNAME", &cred.username)
                 .env("HANGAR_GIT_PASSWORD", &cred.password);

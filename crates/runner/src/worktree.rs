@@ -160,7 +160,9 @@ impl Worktrees {
         };
         let lock = self.lock(&repo.name).await;
         let _held = lock.lock().await;
+        // The sync runs beside the prompt's first model request: it yields the cores.
         let (git, _scratch) = self.git(&repo)?;
+        let git = git.in_background();
         let mirror = self.mirror_dir(&repo);
         let tip = git
             .fetch_mirror(&mirror, &repo.default_branch)
@@ -185,7 +187,8 @@ impl Worktrees {
         self.put_bundle(envd, &bundle).await?;
         self.sandbox_git(
             envd,
-            r#"git fetch -q --no-tags "$HANGAR_BUNDLE" "+$HANGAR_REF:$HANGAR_REF" \
+            r#"{ command -v renice && renice -n 10 -p $$; } >/dev/null 2>&1
+               git fetch -q --no-tags "$HANGAR_BUNDLE" "+$HANGAR_REF:$HANGAR_REF" \
                && git checkout -q --detach "$HANGAR_TIP" && rm -f "$HANGAR_BUNDLE""#,
             &[
                 ("HANGAR_BUNDLE", SANDBOX_BUNDLE),
