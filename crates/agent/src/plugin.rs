@@ -165,6 +165,24 @@ pub enum SyncState {
     Failed(String),
 }
 
+impl SyncState {
+    /// Waits until the sync behind `state` has ended: `Ok` when synced, else why not (a
+    /// sync whose sender went away without an answer counts as failed).
+    pub async fn settled(
+        state: &mut tokio::sync::watch::Receiver<SyncState>,
+    ) -> Result<(), String> {
+        match state
+            .wait_for(|s| *s != SyncState::Syncing)
+            .await
+            .as_deref()
+        {
+            Ok(SyncState::Synced) => Ok(()),
+            Ok(SyncState::Failed(why)) => Err(why.clone()),
+            Ok(SyncState::Syncing) | Err(_) => Err("the sync ended without a result".into()),
+        }
+    }
+}
+
 /// Built-in `tool.execute.before`: reads, listing and search run at once against the
 /// image's checkout; writes, edits and shell commands not declared read-only wait until
 /// the checkout is synced to the latest base commit, and are refused if the sync failed.
@@ -205,16 +223,11 @@ impl Plugin for SyncGate {
             return Decision::Allow;
         }
         let mut state = self.state.clone();
-        let settled = state.wait_for(|s| *s != SyncState::Syncing).await;
-        match settled.as_deref() {
-            Ok(SyncState::Synced) => Decision::Allow,
-            Ok(SyncState::Failed(why)) => Decision::Block(format!(
+        match SyncState::settled(&mut state).await {
+            Ok(()) => Decision::Allow,
+            Err(why) => Decision::Block(format!(
                 "the checkout could not be synced to the latest base commit ({why}); changes are refused until it is"
             )),
-            // The sync's sender is gone without an answer.
-            Ok(SyncState::Syncing) | Err(_) => Decision::Block(
-                "the checkout's sync ended without a result; changes are refused".into(),
-            ),
         }
     }
 }

@@ -55,6 +55,26 @@ pub trait Syncer: Send + Sync {
     async fn sync(&self, repo: &str, sandbox: &str) -> Result<(), String>;
 }
 
+/// Starts bringing the checkout in `sandbox` up to date with `repo`'s base branch in the
+/// background; the receiver says when it is done (every claim does this; so does a
+/// session that takes a sandbox without a pool).
+pub fn start_sync(
+    syncer: Arc<dyn Syncer>,
+    repo: &str,
+    sandbox: &str,
+) -> watch::Receiver<SyncState> {
+    let (tx, rx) = watch::channel(SyncState::Syncing);
+    let (sandbox, repo) = (sandbox.to_string(), repo.to_string());
+    tokio::spawn(async move {
+        let state = match syncer.sync(&repo, &sandbox).await {
+            Ok(()) => SyncState::Synced,
+            Err(why) => SyncState::Failed(why),
+        };
+        let _ = tx.send(state);
+    });
+    rx
+}
+
 /// A syncer for repositories whose image is always current (nothing to fetch).
 pub struct AlreadySynced;
 
@@ -298,20 +318,8 @@ impl Pool {
         }
     }
 
-    /// Starts bringing the checkout in `sandbox` up to date with `repo`'s base branch in
-    /// the background; the receiver says when it is done.
     fn start_sync(&self, repo: &str, sandbox: &str) -> watch::Receiver<SyncState> {
-        let (tx, rx) = watch::channel(SyncState::Syncing);
-        let syncer = self.inner.syncer.clone();
-        let (sandbox, repo) = (sandbox.to_string(), repo.to_string());
-        tokio::spawn(async move {
-            let state = match syncer.sync(&repo, &sandbox).await {
-                Ok(()) => SyncState::Synced,
-                Err(why) => SyncState::Failed(why),
-            };
-            let _ = tx.send(state);
-        });
-        rx
+        start_sync(self.inner.syncer.clone(), repo, sandbox)
     }
 
     /// Predictive warm-up: `user` started typing a prompt for `repo`. Claims a sandbox for

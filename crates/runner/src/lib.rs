@@ -227,21 +227,12 @@ impl Inner {
                 let (tx, rx) = watch::channel(SyncState::Syncing);
                 let (worktrees, envd, id) = (worktrees.clone(), envd.clone(), id.to_string());
                 tokio::spawn(async move {
-                    let synced = upstream
-                        .wait_for(|s| *s != SyncState::Syncing)
-                        .await
-                        .map(|s| s.clone())
-                        .unwrap_or_else(|_| {
-                            SyncState::Failed("the sync ended without a result".into())
-                        });
-                    let state = match synced {
-                        SyncState::Synced => {
-                            match worktrees.restore_branch(&repo, &envd, &id).await {
-                                Ok(()) => SyncState::Synced,
-                                Err(why) => SyncState::Failed(why),
-                            }
-                        }
-                        other => other,
+                    let state = match SyncState::settled(&mut upstream).await {
+                        Ok(()) => match worktrees.restore_branch(&repo, &envd, &id).await {
+                            Ok(()) => SyncState::Synced,
+                            Err(why) => SyncState::Failed(why),
+                        },
+                        Err(why) => SyncState::Failed(why),
                     };
                     let _ = tx.send(state);
                 });
@@ -339,21 +330,11 @@ impl Inner {
         // Without a pool, the sync starts here, as a claim would start it.
         let sync = match (self.worktrees.get(), repo) {
             (Some(worktrees), Some(repo)) => {
-                let syncer = GitSyncer {
+                let syncer = Arc::new(GitSyncer {
                     worktrees: worktrees.clone(),
                     runtime: self.runtime.clone(),
-                };
-                let (tx, rx) = watch::channel(SyncState::Syncing);
-                let sandbox = sandbox.id.clone();
-                tokio::spawn(async move {
-                    use hangar_pool::Syncer;
-                    let state = match syncer.sync(&repo, &sandbox).await {
-                        Ok(()) => SyncState::Synced,
-                        Err(why) => SyncState::Failed(why),
-                    };
-                    let _ = tx.send(state);
                 });
-                Some(rx)
+                Some(hangar_pool::start_sync(syncer, &repo, &sandbox.id))
             }
             _ => None,
         };

@@ -560,11 +560,10 @@ pub async fn watch_changes(
     };
     let (gated_tx, gated) = watch::channel(SyncState::Syncing);
     let task = tokio::spawn(async move {
-        let settled = upstream
-            .wait_for(|s| *s != SyncState::Syncing)
-            .await
-            .map(|s| s.clone())
-            .unwrap_or_else(|_| SyncState::Failed("the sync ended without a result".into()));
+        let settled = match SyncState::settled(&mut upstream).await {
+            Ok(()) => SyncState::Synced,
+            Err(why) => SyncState::Failed(why),
+        };
         let watch = envd.watch(&root, true).await;
         let _ = gated_tx.send(settled);
         forward_changes(watch, root, events).await;

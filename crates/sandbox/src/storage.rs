@@ -93,7 +93,14 @@ pub fn prepare(config: &Config) -> Result<Storage, SandboxError> {
             drop(file);
             run(
                 Command::new("mkfs.ext4")
-                    .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1"])
+                    .args([
+                        "-q",
+                        "-F",
+                        "-m",
+                        "0",
+                        "-E",
+                        "lazy_itable_init=1,lazy_journal_init=1",
+                    ])
                     .arg(&partial),
                 "making the storage volume (mkfs.ext4, from e2fsprogs)",
             )?;

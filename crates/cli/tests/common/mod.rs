@@ -361,3 +361,24 @@ pub async fn wait_finished(api: &Api, id: &str, n: usize) -> Vec<Value> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs git in `dir` as a fixed upstream identity, failing the test on an error; its
+/// stdout, trimmed.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Upstream")
+        .env("GIT_AUTHOR_EMAIL", "upstream@example.com")
+        .env("GIT_COMMITTER_NAME", "Upstream")
+        .env("GIT_COMMITTER_EMAIL", "upstream@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
