@@ -4,9 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
@@ -17,90 +14,8 @@ const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const TOKEN: &str = "xoxb-17653672481-19874698323-pdFZKVeTuE8sk7oOcBrzbqgy";
 const TEAM: &str = "T1";
 
-struct Server {
-    child: Child,
-    data_dir: PathBuf,
-    url: String,
-    admin_token: String,
-    printed: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-fn hangar(data_dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hangar"));
-    cmd.env("HANGAR_DATA_DIR", data_dir)
-        .env_remove("HANGAR_CONFIG")
-        .env_remove("HANGAR_LISTEN")
-        .env_remove("HANGAR_SERVER")
-        .env_remove("HANGAR_TOKEN")
-        .env("HOME", data_dir);
-    cmd
-}
-
-impl Server {
-    fn start(data_dir: &Path, toml: &str) -> Server {
-        Server::start_as(data_dir, toml, None)
-    }
-
-    /// Starts the server; `admin_token` is the one printed by an earlier start.
-    fn start_as(data_dir: &Path, toml: &str, admin_token: Option<String>) -> Server {
-        let mut admin_token = admin_token;
-        std::fs::create_dir_all(data_dir).unwrap();
-        std::fs::write(data_dir.join("hangar.toml"), toml).unwrap();
-        let mut child = hangar(data_dir)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start hangar serve");
-        let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let err = BufReader::new(child.stderr.take().unwrap());
-        let p = printed.clone();
-        std::thread::spawn(move || {
-            for line in err.lines().map_while(Result::ok) {
-                let mut p = p.lock().unwrap();
-                p.push_str(&line);
-                p.push('\n');
-            }
-        });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = loop {
-            let Some(Ok(line)) = lines.next() else {
-                let _ = child.kill();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "hangar serve exited before listening:\n{}",
-                    printed.lock().unwrap()
-                );
-            };
-            if let Some(rest) = line.trim().strip_prefix("hangar login --server ") {
-                admin_token = Some(rest.split("--token ").nth(1).unwrap().trim().to_string());
-            }
-            if let Some(url) = line.strip_prefix("hangar listening on ") {
-                break url.trim().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Server {
-            child,
-            data_dir: data_dir.to_path_buf(),
-            url,
-            admin_token: admin_token.unwrap(),
-            printed,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.printed.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        hangar_testkit::remove_sandboxes(&self.data_dir);
-    }
-}
+mod common;
+use common::{Server, hangar};
 
 /// Waits (up to 20 s) until `f` gives something; the test fails naming `what` otherwise.
 async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -180,7 +95,7 @@ keywords = ["terraform"]
             model = model.url(),
         );
         customise(&mut toml);
-        let server = Server::start(&dir.path().join("data"), &toml);
+        let server = Server::start_with_config(&dir.path().join("data"), &toml);
         Harness {
             server,
             toml,
@@ -193,10 +108,9 @@ keywords = ["terraform"]
 
     /// Kills the server (`kill -9`) and starts it again on the same data.
     fn restart(&mut self) {
-        self.server.child.kill().unwrap();
-        self.server.child.wait().unwrap();
+        self.server.kill9();
         let token = self.server.admin_token.clone();
-        self.server = Server::start_as(&self.server.data_dir.clone(), &self.toml, Some(token));
+        self.server = Server::start_again(&self.server.data_dir.clone(), &self.toml, token);
     }
 
     /// POSTs `body` to `path` signed as Slack signs it, `age` seconds ago.
@@ -282,7 +196,7 @@ keywords = ["terraform"]
                 "--server",
                 &self.server.url,
                 "--token",
-                &self.server.admin_token,
+                self.server.admin_token.as_deref().unwrap(),
             ])
             .output()
             .unwrap();
@@ -300,7 +214,7 @@ keywords = ["terraform"]
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.server.url))
-            .bearer_auth(&self.server.admin_token);
+            .bearer_auth(self.server.admin_token.as_deref().unwrap());
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -821,7 +735,7 @@ async fn bad_signatures_and_stale_timestamps_are_refused_and_start_nothing() {
             "--server",
             &h.server.url,
             "--token",
-            &h.server.admin_token,
+            h.server.admin_token.as_deref().unwrap(),
         ])
         .output()
         .unwrap();
@@ -1263,7 +1177,7 @@ async fn a_slash_command_and_a_direct_message_start_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_slack_configured_the_routes_say_so_and_the_document_lists_them() {
     let dir = hangar_testkit::scratch_dir();
-    let server = Server::start(
+    let server = Server::start_with_config(
         &dir.path().join("data"),
         "[sessions]\nexecutor = \"scripted\"\n",
     );

@@ -27,7 +27,10 @@ pub fn hangar(data_dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hangar"));
     cmd.env("HANGAR_DATA_DIR", data_dir)
         .env_remove("HANGAR_CONFIG")
-        .env_remove("HANGAR_LISTEN");
+        .env_remove("HANGAR_LISTEN")
+        .env_remove("HANGAR_SERVER")
+        .env_remove("HANGAR_TOKEN")
+        .env("HOME", data_dir);
     cmd
 }
 
@@ -86,6 +89,16 @@ impl Server {
             admin_token,
             printed,
         }
+    }
+
+    /// Starts the server again on the same data directory (after `kill9`); the admin's
+    /// token, printed only by the first start, is carried over.
+    pub fn start_again(data_dir: &Path, toml: &str, admin_token: Option<String>) -> Server {
+        let mut server = Server::start_with_config(data_dir, toml);
+        if server.admin_token.is_none() {
+            server.admin_token = admin_token;
+        }
+        server
     }
 
     pub fn kill9(&mut self) {
