@@ -6,9 +6,10 @@
 //! subscriber of the session; Hangar's overhead is (a), and (b) minus the TTFT. Cases:
 //! a warm-pool hit, predictive warm-up (the typing signal one second before the prompt),
 //! a cold start (a sandbox started for the prompt), and a warm-pool hit on a registered
-//! repository (a real git remote: the claim syncs the checkout through the host mirror and
-//! each prompt's end commits and pushes). In process: the session service,
-//! the runner, the pool and the real local sandbox runtime, without HTTP in between.
+//! repository (a real git remote: idle sandboxes are kept synced through the host mirror and
+//! each prompt's end commits and pushes). In process: the session service, the runner, the
+//! pool and the real local sandbox runtime. The same git case runs once more through the
+//! HTTP server: the prompt is POSTed and the token read from a session WebSocket.
 //! Prints one JSON document.
 
 use std::sync::Arc;
@@ -16,11 +17,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use futures_util::StreamExt;
 use hangar_agent::{Provider, ProviderConfig, ProviderKind};
 use hangar_pool::{AlreadySynced, Pool, PoolConfig};
 use hangar_protocol::session::Author;
 use hangar_runner::AgentExecutor;
 use hangar_sandbox::{LocalRuntime, Network, Rootfs, Runtime, SandboxSpec};
+use hangar_server::{AppState, Backend};
 use hangar_session::{Live, Sessions, SessionsConfig};
 use hangar_store::{NewUser, Store};
 use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
@@ -43,6 +46,17 @@ struct Setup {
     sessions: Sessions,
     alice: Author,
     fake: FakeModel,
+    /// The HTTP server's address and alice's token, when prompts go through HTTP.
+    http: Option<(std::net::SocketAddr, String)>,
+}
+
+/// How prompts reach the session and tokens the subscriber.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// Calls on the session service.
+    InProcess,
+    /// `POST /api/sessions/{id}/prompts` and the session's WebSocket.
+    Http,
 }
 
 /// A bare repository with a small tree and two commits, made with the git CLI.
@@ -83,7 +97,11 @@ fn remote_repo(root: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     Ok(remote)
 }
 
-async fn setup(pool: Option<PoolConfig>, with_git: bool) -> anyhow::Result<(Setup, Option<Pool>)> {
+async fn setup(
+    pool: Option<PoolConfig>,
+    with_git: bool,
+    transport: Transport,
+) -> anyhow::Result<(Setup, Option<Pool>)> {
     let dir = tempfile::Builder::new()
         .prefix("hangar-latency-")
         .tempdir_in("/dev/shm")?;
@@ -142,7 +160,7 @@ async fn setup(pool: Option<PoolConfig>, with_git: bool) -> anyhow::Result<(Setu
     };
     let sessions = Sessions::new(
         SessionsConfig::new(dir.path().join("sessions")),
-        store,
+        store.clone(),
         Arc::new(executor.clone()),
     )?;
     executor.enable_sub_sessions(sessions.clone());
@@ -155,6 +173,28 @@ async fn setup(pool: Option<PoolConfig>, with_git: bool) -> anyhow::Result<(Setu
         }
         None => None,
     };
+    let http = match transport {
+        Transport::InProcess => None,
+        Transport::Http => {
+            let (_, token) = store.create_token(user.id, "bench")?;
+            let mut state = AppState::new(
+                Backend::local(LocalRuntime::open(&config)?),
+                store,
+                sessions.clone(),
+            )?;
+            if let Some(p) = &pool {
+                state = state.with_pool(p.clone());
+            }
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(hangar_server::serve(
+                state,
+                listener,
+                std::future::pending::<()>(),
+            ));
+            Some((addr, token.expose().to_string()))
+        }
+    };
     Ok((
         Setup {
             _dir: dir,
@@ -162,6 +202,7 @@ async fn setup(pool: Option<PoolConfig>, with_git: bool) -> anyhow::Result<(Setu
             sessions,
             alice,
             fake,
+            http,
         },
         pool,
     ))
@@ -184,6 +225,9 @@ async fn measure(s: &Setup, ttft: Duration, warm_up: bool) -> anyhow::Result<(Du
         gap: Duration::ZERO,
         cut_after: None,
     });
+    if let Some((addr, token)) = &s.http {
+        return measure_http(s, *addr, token, &session.id).await;
+    }
     let before = s.fake.requests().len();
     let t0 = Instant::now();
     s.sessions
@@ -195,6 +239,46 @@ async fn measure(s: &Setup, ttft: Duration, warm_up: bool) -> anyhow::Result<(Du
             Ok(Ok(_)) => continue,
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
             Ok(Err(e)) => anyhow::bail!("subscription ended: {e}"),
+            Err(_) => anyhow::bail!("no token within 30 s"),
+        }
+    };
+    let reqs = s.fake.requests();
+    let arrived = reqs
+        .get(before)
+        .context("the model request was not recorded")?
+        .at;
+    Ok((arrived.saturating_duration_since(t0), first_token))
+}
+
+/// One prompt through the HTTP server: POSTed, its first token read from a WebSocket that
+/// subscribed before (as a browser's session view does).
+async fn measure_http(
+    s: &Setup,
+    addr: std::net::SocketAddr,
+    token: &str,
+    session: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let url = format!("ws://{addr}/api/sessions/{session}/ws?after_seq=0&token={token}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let client = reqwest::Client::new();
+    let before = s.fake.requests().len();
+    let t0 = Instant::now();
+    let resp = client
+        .post(format!("http://{addr}/api/sessions/{session}/prompts"))
+        .bearer_auth(token)
+        .json(&json!({"text": "go"}))
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status().is_success(), "prompt POST: {}", resp.status());
+    let first_token = loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(msg))) => {
+                if msg.to_text().is_ok_and(|t| t.contains("\"model.delta\"")) {
+                    break t0.elapsed();
+                }
+            }
+            Ok(Some(Err(e))) => anyhow::bail!("websocket: {e}"),
+            Ok(None) => anyhow::bail!("the websocket closed"),
             Err(_) => anyhow::bail!("no token within 30 s"),
         }
     };
@@ -222,10 +306,11 @@ async fn case(
     pool: Option<PoolConfig>,
     warm_up: bool,
     with_git: bool,
+    transport: Transport,
     args: &Args,
 ) -> anyhow::Result<serde_json::Value> {
     let ttft = Duration::from_millis(args.ttft_ms);
-    let (s, pool) = setup(pool, with_git).await?;
+    let (s, pool) = setup(pool, with_git, transport).await?;
     let (mut to_request, mut overhead) = (Vec::new(), Vec::new());
     for i in 0..args.iterations {
         if let Some(p) = &pool {
@@ -243,9 +328,12 @@ async fn case(
         to_request.push(req);
         overhead.push(token.saturating_sub(ttft));
     }
-    let hits = match &pool {
-        Some(p) => p.stats().await.hits,
-        None => 0,
+    let (hits, presynced) = match &pool {
+        Some(p) => {
+            let stats = p.stats().await;
+            (stats.hits, stats.presynced)
+        }
+        None => (0, 0),
     };
     let rt = LocalRuntime::open(&s.config)?;
     for sb in rt.list().await? {
@@ -254,6 +342,7 @@ async fn case(
     Ok(json!({
         "case": name,
         "pool_hits": hits,
+        "presynced_hits": presynced,
         "prompt_to_model_request": summary(to_request),
         "prompt_to_first_token_minus_ttft": summary(overhead),
     }))
@@ -267,11 +356,45 @@ async fn main() -> anyhow::Result<()> {
         max: 2,
         ..Default::default()
     };
+    use Transport::{Http, InProcess};
     let cases = vec![
-        case("warm_pool_hit", Some(pool.clone()), false, false, &args).await?,
-        case("predictive_warm_up", Some(pool.clone()), true, false, &args).await?,
-        case("cold_start", None, false, false, &args).await?,
-        case("warm_pool_hit_with_git", Some(pool), false, true, &args).await?,
+        case(
+            "warm_pool_hit",
+            Some(pool.clone()),
+            false,
+            false,
+            InProcess,
+            &args,
+        )
+        .await?,
+        case(
+            "predictive_warm_up",
+            Some(pool.clone()),
+            true,
+            false,
+            InProcess,
+            &args,
+        )
+        .await?,
+        case("cold_start", None, false, false, InProcess, &args).await?,
+        case(
+            "warm_pool_hit_with_git",
+            Some(pool.clone()),
+            false,
+            true,
+            InProcess,
+            &args,
+        )
+        .await?,
+        case(
+            "warm_pool_hit_with_git_over_http",
+            Some(pool),
+            false,
+            true,
+            Http,
+            &args,
+        )
+        .await?,
     ];
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(

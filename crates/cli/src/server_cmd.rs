@@ -89,12 +89,15 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
             image_spec(&images, &image, limits)
         })
     };
-    let worktrees = Arc::new(hangar_runner::Worktrees::new(
-        Arc::clone(&store),
-        config.data_dir.join("git"),
-        credentials.clone(),
-        config.sessions.workdir.clone(),
-    ));
+    let worktrees = Arc::new(
+        hangar_runner::Worktrees::new(
+            Arc::clone(&store),
+            config.data_dir.join("git"),
+            credentials.clone(),
+            config.sessions.workdir.clone(),
+        )
+        .with_freshness(Duration::from_millis(config.pool.base_fresh_for_ms)),
+    );
     let (sessions, pool) =
         open_sessions(config, Arc::clone(&store), worktrees.clone(), specs).await?;
     let builder = Arc::new(
@@ -226,6 +229,7 @@ async fn open_sessions(
                     max: config.pool.max,
                     reservation_timeout: Duration::from_millis(config.pool.reservation_timeout_ms),
                     state_file: Some(config.data_dir.join("pool.state")),
+                    refresh_every: Duration::from_millis(config.pool.refresh_every_ms),
                     ..Default::default()
                 },
             );

@@ -151,6 +151,12 @@ pub struct PoolSettings {
     /// A sandbox reserved when someone started typing is released after this long without
     /// a prompt.
     pub reservation_timeout_ms: u64,
+    /// How often each repository's base branch is fetched, and idle sandboxes left behind
+    /// re-synced.
+    pub refresh_every_ms: u64,
+    /// How long a fetched base counts as the latest: an idle sandbox synced to it is handed
+    /// out without fetching again. Longer means fewer fetches and an older base at worst.
+    pub base_fresh_for_ms: u64,
 }
 
 impl Default for PoolSettings {
@@ -159,6 +165,8 @@ impl Default for PoolSettings {
             min: 1,
             max: 4,
             reservation_timeout_ms: 120_000,
+            refresh_every_ms: 20_000,
+            base_fresh_for_ms: 30_000,
         }
     }
 }

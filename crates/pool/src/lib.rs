@@ -8,6 +8,11 @@
 //! changes ([`Pool::set_image`]), idle sandboxes of the old image are destroyed and replaced;
 //! claimed ones are not touched. Every idle sandbox is checked alive before it is handed out.
 //!
+//! Idle sandboxes are synced when they are started, and again whenever the base branch moves
+//! (the refill task refreshes each repository's base every `refresh_every`). A claim whose
+//! sandbox is at the base commit the syncer last saw, fetched no longer than its freshness
+//! window ago, starts no git work at all: the prompt's first model request has the cores.
+//!
 //! The pool knows sandboxes and images only through the `Runtime` trait; how a checkout is
 //! synced is a [`Syncer`] (git fetch of the base branch, in the git layer).
 
@@ -34,6 +39,9 @@ pub struct PoolConfig {
     /// Where the pool lists the sandboxes it holds unclaimed, so that the next process
     /// destroys them instead of leaking them (sandboxes outlive the server).
     pub state_file: Option<std::path::PathBuf>,
+    /// How often the refill task asks the syncer for each repository's latest base (and
+    /// re-syncs idle sandboxes left behind).
+    pub refresh_every: Duration,
 }
 
 impl Default for PoolConfig {
@@ -44,15 +52,37 @@ impl Default for PoolConfig {
             demand_window: Duration::from_secs(600),
             reservation_timeout: Duration::from_secs(120),
             state_file: None,
+            refresh_every: Duration::from_secs(20),
         }
     }
+}
+
+/// Where a checkout stands after a sync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Synced {
+    /// There is nothing to sync (the repository has no git remote).
+    Nothing,
+    /// At this base commit.
+    At(String),
 }
 
 /// Brings a sandbox's checkout up to the latest base commit.
 #[async_trait::async_trait]
 pub trait Syncer: Send + Sync {
-    /// Syncs the checkout in sandbox `sandbox` of `repo`; `Err` says why it could not.
-    async fn sync(&self, repo: &str, sandbox: &str) -> Result<(), String>;
+    /// Syncs the checkout in sandbox `sandbox` of `repo` (fetching the base first); says
+    /// where it now stands, or why it could not.
+    async fn sync(&self, repo: &str, sandbox: &str) -> Result<Synced, String>;
+
+    /// Where a sync of `repo` would bring a checkout now, when that is known without
+    /// fetching (the base was fetched recently enough); `None` when a sync must fetch.
+    async fn fresh(&self, _repo: &str) -> Option<Synced> {
+        None
+    }
+
+    /// Fetches `repo`'s latest base, so that [`Syncer::fresh`] knows it.
+    async fn refresh(&self, _repo: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Starts bringing the checkout in `sandbox` up to date with `repo`'s base branch in the
@@ -67,7 +97,7 @@ pub fn start_sync(
     let (sandbox, repo) = (sandbox.to_string(), repo.to_string());
     tokio::spawn(async move {
         let state = match syncer.sync(&repo, &sandbox).await {
-            Ok(()) => SyncState::Synced,
+            Ok(_) => SyncState::Synced,
             Err(why) => SyncState::Failed(why),
         };
         let _ = tx.send(state);
@@ -80,8 +110,12 @@ pub struct AlreadySynced;
 
 #[async_trait::async_trait]
 impl Syncer for AlreadySynced {
-    async fn sync(&self, _repo: &str, _sandbox: &str) -> Result<(), String> {
-        Ok(())
+    async fn sync(&self, _repo: &str, _sandbox: &str) -> Result<Synced, String> {
+        Ok(Synced::Nothing)
+    }
+
+    async fn fresh(&self, _repo: &str) -> Option<Synced> {
+        Some(Synced::Nothing)
     }
 }
 
@@ -105,7 +139,8 @@ pub struct Claim {
     pub hit: bool,
     /// How long the claim took.
     pub latency: Duration,
-    /// The sync of its checkout to the latest base commit, started by the claim.
+    /// The sync of its checkout to the latest base commit: started by the claim, or
+    /// already `Synced` when the sandbox was current.
     pub sync: watch::Receiver<SyncState>,
 }
 
@@ -124,11 +159,24 @@ pub struct PoolStats {
     pub reservations: usize,
     /// Each reservation: user, repository, and its sandbox once claimed.
     pub drafts: Vec<(String, String, Option<String>)>,
+    /// Claims whose sandbox was already current, so no sync ran.
+    pub presynced: u64,
+}
+
+/// Whether a claim fetches the base when its sandbox is at a base known to be fresh.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    /// Only when the sandbox is behind or the base's freshness is unknown.
+    IfStale,
+    /// Always.
+    Always,
 }
 
 struct Warm {
     sandbox: String,
     generation: u64,
+    /// Where its checkout stood after the last sync, `None` if that failed.
+    synced: Option<Synced>,
 }
 
 struct RepoPool {
@@ -136,6 +184,7 @@ struct RepoPool {
     generation: u64,
     idle: VecDeque<Warm>,
     claims: VecDeque<Instant>,
+    refreshed: Option<Instant>,
 }
 
 /// A draft's sandbox: being claimed (`None`), then claimed. The claim is delivered through
@@ -163,6 +212,7 @@ struct Inner {
     closed: std::sync::atomic::AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
+    presynced: AtomicU64,
     claim_micros: AtomicU64,
 }
 
@@ -187,6 +237,7 @@ impl Pool {
             closed: std::sync::atomic::AtomicBool::new(false),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            presynced: AtomicU64::new(0),
             claim_micros: AtomicU64::new(0),
         });
         // The task holds the pool only while it works, so dropping the last `Pool` ends it.
@@ -244,6 +295,7 @@ impl Pool {
                 generation: 0,
                 idle: VecDeque::new(),
                 claims: VecDeque::new(),
+                refreshed: None,
             });
             entry.spec = spec;
             entry.generation += 1;
@@ -259,6 +311,10 @@ impl Pool {
     /// Hands out a sandbox of `repo`'s current image: a warm one if there is one alive,
     /// else a fresh one.
     pub async fn claim(&self, repo: &str) -> Result<Claim, PoolError> {
+        self.claim_with(repo, Fetch::IfStale).await
+    }
+
+    async fn claim_with(&self, repo: &str, fetch: Fetch) -> Result<Claim, PoolError> {
         let started = Instant::now();
         loop {
             let (warm, spec) = {
@@ -302,7 +358,7 @@ impl Pool {
                     self.inner
                         .claim_micros
                         .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
-                    let sync = self.start_sync(repo, &warm.sandbox);
+                    let sync = self.sync_claimed(repo, &warm, fetch).await;
                     return Ok(Claim {
                         sandbox: warm.sandbox,
                         hit: true,
@@ -322,8 +378,27 @@ impl Pool {
         start_sync(self.inner.syncer.clone(), repo, sandbox)
     }
 
+    /// A warm sandbox already at the base the syncer knows to be current needs no sync;
+    /// any other starts one.
+    async fn sync_claimed(
+        &self,
+        repo: &str,
+        warm: &Warm,
+        fetch: Fetch,
+    ) -> watch::Receiver<SyncState> {
+        if fetch == Fetch::IfStale
+            && warm.synced.is_some()
+            && self.inner.syncer.fresh(repo).await == warm.synced
+        {
+            self.inner.presynced.fetch_add(1, Ordering::Relaxed);
+            return watch::channel(SyncState::Synced).1;
+        }
+        self.start_sync(repo, &warm.sandbox)
+    }
+
     /// Predictive warm-up: `user` started typing a prompt for `repo`. Claims a sandbox for
-    /// their draft and starts syncing its checkout; calling again for the same draft only
+    /// their draft and starts syncing its checkout (fetching the latest base whatever the
+    /// pool knows: there is time while they type); calling again for the same draft only
     /// keeps the reservation alive.
     pub async fn typing(&self, user: &str, repo: &str) -> Result<(), PoolError> {
         let key = (user.to_string(), repo.to_string());
@@ -344,7 +419,7 @@ impl Pool {
             );
             slot
         };
-        let claim = match self.claim(repo).await {
+        let claim = match self.claim_with(repo, Fetch::Always).await {
             Ok(c) => c,
             Err(e) => {
                 self.inner.reservations.lock().await.remove(&key);
@@ -412,6 +487,7 @@ impl Pool {
             claim_micros_total: self.inner.claim_micros.load(Ordering::Relaxed),
             reservations: drafts.len(),
             drafts,
+            presynced: self.inner.presynced.load(Ordering::Relaxed),
         }
     }
 
@@ -532,24 +608,97 @@ impl Inner {
                         break;
                     }
                 };
-                let mut repos = self.repos.lock().await;
-                match repos.get_mut(&repo) {
-                    // Still the current image: keep it.
-                    Some(p)
-                        if p.generation == generation && !self.closed.load(Ordering::SeqCst) =>
-                    {
-                        p.idle.push_back(Warm {
-                            sandbox: sb.id,
-                            generation,
-                        });
-                        self.dirty.store(true, Ordering::SeqCst);
-                    }
-                    _ => {
-                        drop(repos);
-                        let _ = self.runtime.destroy(&sb.id).await;
-                        break;
-                    }
+                let synced = self.sync_idle(&repo, &sb.id).await;
+                if !self.keep_idle(&repo, generation, sb.id, synced).await {
+                    break;
                 }
+            }
+        }
+        self.resync_stale().await;
+    }
+
+    /// Syncs an idle sandbox's checkout; `None` (and a warning) when that failed, so its
+    /// claim syncs again.
+    async fn sync_idle(&self, repo: &str, sandbox: &str) -> Option<Synced> {
+        match self.syncer.sync(repo, sandbox).await {
+            Ok(s) => Some(s),
+            Err(why) => {
+                tracing::warn!(%repo, %sandbox, "syncing a warm sandbox failed: {why}");
+                None
+            }
+        }
+    }
+
+    /// Puts a sandbox back among `repo`'s idle ones if it is still of the current image
+    /// and the pool is open; destroys it otherwise (and says so with `false`).
+    async fn keep_idle(
+        &self,
+        repo: &str,
+        generation: u64,
+        sandbox: String,
+        synced: Option<Synced>,
+    ) -> bool {
+        let mut repos = self.repos.lock().await;
+        match repos.get_mut(repo) {
+            Some(p) if p.generation == generation && !self.closed.load(Ordering::SeqCst) => {
+                p.idle.push_back(Warm {
+                    sandbox,
+                    generation,
+                    synced,
+                });
+                self.dirty.store(true, Ordering::SeqCst);
+                true
+            }
+            _ => {
+                drop(repos);
+                let _ = self.runtime.destroy(&sandbox).await;
+                false
+            }
+        }
+    }
+
+    /// Every `refresh_every`, fetches each repository's base and re-syncs the idle
+    /// sandboxes it left behind (taken out while syncing, so no claim gets one mid-way).
+    async fn resync_stale(&self) {
+        let due: Vec<String> = {
+            let mut repos = self.repos.lock().await;
+            let now = Instant::now();
+            repos
+                .iter_mut()
+                .filter(|(_, p)| !p.idle.is_empty())
+                .filter(|(_, p)| {
+                    p.refreshed
+                        .is_none_or(|t| now.duration_since(t) >= self.config.refresh_every)
+                })
+                .map(|(repo, p)| {
+                    p.refreshed = Some(now);
+                    repo.clone()
+                })
+                .collect()
+        };
+        for repo in due {
+            if let Err(why) = self.syncer.refresh(&repo).await {
+                tracing::warn!(%repo, "refreshing the base branch failed: {why}");
+                continue;
+            }
+            let Some(current) = self.syncer.fresh(&repo).await else {
+                continue;
+            };
+            let stale: VecDeque<Warm> = {
+                let mut repos = self.repos.lock().await;
+                let Some(p) = repos.get_mut(&repo) else {
+                    continue;
+                };
+                let (stale, fresh) = p
+                    .idle
+                    .drain(..)
+                    .partition(|w| w.synced.as_ref() != Some(&current));
+                p.idle = fresh;
+                stale
+            };
+            for w in stale {
+                let synced = self.sync_idle(&repo, &w.sandbox).await;
+                self.keep_idle(&repo, w.generation, w.sandbox, synced).await;
             }
         }
     }

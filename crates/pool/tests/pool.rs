@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 
 use hangar_agent::SyncState;
-use hangar_pool::{AlreadySynced, Pool, PoolConfig, Syncer};
+use hangar_pool::{AlreadySynced, Pool, PoolConfig, Synced, Syncer};
 use hangar_sandbox::{LocalRuntime, Network, Rootfs, Runtime, SandboxSpec, Status};
 
 struct Fixture {
@@ -78,6 +78,7 @@ fn config(min: usize, max: usize) -> PoolConfig {
         demand_window: Duration::from_secs(600),
         reservation_timeout: Duration::from_millis(400),
         state_file: None,
+        refresh_every: Duration::from_secs(20),
     }
 }
 
@@ -195,9 +196,135 @@ struct SlowSync(Duration);
 
 #[async_trait::async_trait]
 impl Syncer for SlowSync {
-    async fn sync(&self, _repo: &str, _sandbox: &str) -> Result<(), String> {
+    async fn sync(&self, _repo: &str, _sandbox: &str) -> Result<Synced, String> {
         tokio::time::sleep(self.0).await;
+        Ok(Synced::At("tip".into()))
+    }
+}
+
+/// A remote whose base moves when the test says so; records every sync. Like git, a sync
+/// reaches the remote's tip, and `fresh` knows the tip only after a fetch (sync or refresh).
+#[derive(Default)]
+struct MovingBase {
+    remote: std::sync::Mutex<u32>,
+    fetched: std::sync::Mutex<Option<u32>>,
+    synced: std::sync::Mutex<Vec<(String, u32)>>,
+    /// Cannot tell whether the last fetch is recent enough.
+    unsure: std::sync::atomic::AtomicBool,
+}
+
+impl MovingBase {
+    fn push(&self) {
+        *self.remote.lock().unwrap() += 1;
+    }
+
+    fn syncs_of(&self, sandbox: &str) -> Vec<u32> {
+        let synced = self.synced.lock().unwrap();
+        synced
+            .iter()
+            .filter(|(s, _)| s == sandbox)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Syncer for MovingBase {
+    async fn sync(&self, _repo: &str, sandbox: &str) -> Result<Synced, String> {
+        let tip = *self.remote.lock().unwrap();
+        *self.fetched.lock().unwrap() = Some(tip);
+        self.synced.lock().unwrap().push((sandbox.to_string(), tip));
+        Ok(Synced::At(tip.to_string()))
+    }
+
+    async fn fresh(&self, _repo: &str) -> Option<Synced> {
+        if self.unsure.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        let fetched = *self.fetched.lock().unwrap();
+        fetched.map(|t| Synced::At(t.to_string()))
+    }
+
+    async fn refresh(&self, _repo: &str) -> Result<(), String> {
+        *self.fetched.lock().unwrap() = Some(*self.remote.lock().unwrap());
         Ok(())
+    }
+}
+
+#[tokio::test]
+async fn idle_sandboxes_are_synced_ahead_so_a_claim_starts_no_sync_until_the_base_moves() {
+    let f = Fixture::new();
+    let base = Arc::new(MovingBase::default());
+    let pool = Pool::new(
+        f.rt.clone(),
+        base.clone(),
+        PoolConfig {
+            refresh_every: Duration::from_millis(100),
+            ..config(1, 1)
+        },
+    );
+    pool.set_image("acme/app", f.spec(512 << 20)).await;
+    f.wait_idle(&pool, "acme/app", 1).await;
+
+    // Synced when it was started: the claim finds it current and runs no sync.
+    let first = pool.claim("acme/app").await.unwrap();
+    assert!(first.hit);
+    assert_eq!(*first.sync.borrow(), SyncState::Synced);
+    assert_eq!(
+        base.syncs_of(&first.sandbox),
+        vec![0],
+        "one sync, at refill"
+    );
+    assert_eq!(pool.stats().await.presynced, 1);
+
+    // The base moves: the idle replacement, synced to 0, is re-synced by the refill task
+    // after its next refresh, and handed out current again.
+    f.wait_idle(&pool, "acme/app", 1).await;
+    base.push();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the idle sandbox was never re-synced"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let resynced = base
+            .synced
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(s, t)| *t == 1 && s != &first.sandbox);
+        if resynced && pool.stats().await.idle.iter().any(|(_, n)| *n == 1) {
+            break pool.claim("acme/app").await.unwrap();
+        }
+    };
+    assert!(second.hit);
+    assert_eq!(base.syncs_of(&second.sandbox), vec![0, 1]);
+    assert_eq!(*second.sync.borrow(), SyncState::Synced);
+    assert_eq!(pool.stats().await.presynced, 2);
+
+    // A base that moved since the last fetch is not known to the pool: with the syncer
+    // unable to vouch for freshness, the claim syncs.
+    f.wait_idle(&pool, "acme/app", 1).await;
+    base.unsure.store(true, std::sync::atomic::Ordering::SeqCst);
+    let third = pool.claim("acme/app").await.unwrap();
+    let mut sync = third.sync.clone();
+    sync.wait_for(|s| *s == SyncState::Synced).await.unwrap();
+    assert_eq!(base.syncs_of(&third.sandbox).len(), 2, "refill and claim");
+    assert_eq!(pool.stats().await.presynced, 2);
+
+    // A typing signal fetches the latest base even for a current sandbox: there is time.
+    base.unsure
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    f.wait_idle(&pool, "acme/app", 1).await;
+    pool.typing("alice", "acme/app").await.unwrap();
+    let draft = pool.take_reservation("alice", "acme/app").await.unwrap();
+    let mut sync = draft.sync.clone();
+    sync.wait_for(|s| *s == SyncState::Synced).await.unwrap();
+    assert_eq!(base.syncs_of(&draft.sandbox).len(), 2, "refill and typing");
+    assert_eq!(pool.stats().await.presynced, 2);
+    for c in [first, second, third, draft] {
+        f.rt.destroy(&c.sandbox).await.unwrap();
     }
 }
 

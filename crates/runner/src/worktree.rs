@@ -10,11 +10,13 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hangar_agent::SyncState;
 use hangar_envd_client::ChangeKind;
 use hangar_envd_client::{EnvdClient as Envd, ExecRequest};
 use hangar_images::git::{Credentials, Git, GitError};
+use hangar_pool::Synced;
 use hangar_protocol::session::{Author, EventBody, FileChange};
 use hangar_sandbox::Runtime;
 use hangar_store::{Repo, Store, StoreError};
@@ -92,6 +94,10 @@ pub struct Worktrees {
     committer: Identity,
     /// One git operation per mirror at a time: concurrent fetches would race on its refs.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Each mirror's base tip at its last fetch, and when that was.
+    tips: std::sync::Mutex<HashMap<String, (String, Instant)>>,
+    /// How long a fetched base counts as the latest (see [`Worktrees::fresh`]).
+    fresh_for: Duration,
 }
 
 impl Worktrees {
@@ -113,7 +119,52 @@ impl Worktrees {
                 email: "hangar@localhost".into(),
             },
             locks: Mutex::default(),
+            tips: std::sync::Mutex::default(),
+            fresh_for: Duration::from_secs(30),
         }
+    }
+
+    /// Sets how long a fetched base counts as the latest: a pool sandbox synced to it is
+    /// handed out without another fetch for that long.
+    pub fn with_freshness(mut self, fresh_for: Duration) -> Worktrees {
+        self.fresh_for = fresh_for;
+        self
+    }
+
+    /// Where a sync of `repo` would bring a checkout now, if that is known without a fetch:
+    /// `Nothing` for repositories without git, the base tip when it was fetched less than
+    /// the freshness window ago; `None` when a sync must fetch first.
+    pub fn fresh(&self, repo: &str) -> Option<Synced> {
+        if self.repo(repo).ok()?.is_none() {
+            return Some(Synced::Nothing);
+        }
+        let tips = self.tips.lock().ok()?;
+        let (tip, fetched) = tips.get(repo)?;
+        (fetched.elapsed() < self.fresh_for).then(|| Synced::At(tip.clone()))
+    }
+
+    /// Fetches `repo`'s base branch into its mirror (nothing for unregistered repositories).
+    pub async fn refresh(&self, repo: &str) -> Result<(), String> {
+        let Some(repo) = self.repo(repo)? else {
+            return Ok(());
+        };
+        let lock = self.lock(&repo.name).await;
+        let _held = lock.lock().await;
+        let (git, _scratch) = self.git(&repo)?;
+        self.fetch_base(&git.in_background(), &repo).await.map(drop)
+    }
+
+    /// Fetches the base branch into the mirror (the caller holds the mirror's lock) and
+    /// remembers its tip.
+    async fn fetch_base(&self, git: &Git, repo: &Repo) -> Result<String, String> {
+        let tip = git
+            .fetch_mirror(&self.mirror_dir(repo), &repo.default_branch)
+            .await
+            .map_err(|e| format!("fetching {}: {e}", repo.name))?;
+        if let Ok(mut tips) = self.tips.lock() {
+            tips.insert(repo.name.clone(), (tip.clone(), Instant::now()));
+        }
+        Ok(tip)
     }
 
     /// The registered repository, `None` when it is not registered.
@@ -153,27 +204,25 @@ impl Worktrees {
     }
 
     /// Brings the checkout in the sandbox up to `repo`'s latest base commit (a fresh
-    /// checkout when the sandbox has none). Nothing to do for unregistered repositories.
-    pub async fn sync(&self, repo: &str, envd: &Envd) -> Result<(), String> {
+    /// checkout when the sandbox has none) and says which that is. Nothing to do for
+    /// unregistered repositories.
+    pub async fn sync(&self, repo: &str, envd: &Envd) -> Result<Synced, String> {
         let Some(repo) = self.repo(repo)? else {
-            return Ok(());
+            return Ok(Synced::Nothing);
         };
         let lock = self.lock(&repo.name).await;
         let _held = lock.lock().await;
-        // The sync runs beside the prompt's first model request: it yields the cores.
+        // The sync may run beside a prompt's first model request: it yields the cores.
         let (git, _scratch) = self.git(&repo)?;
         let git = git.in_background();
         let mirror = self.mirror_dir(&repo);
-        let tip = git
-            .fetch_mirror(&mirror, &repo.default_branch)
-            .await
-            .map_err(|e| format!("fetching {}: {e}", repo.name))?;
+        let tip = self.fetch_base(&git, &repo).await?;
         let head = self
             .sandbox_git(envd, "git rev-parse -q --verify HEAD", &[])
             .await;
         let head = head.ok().map(|h| h.trim().to_string());
         if head.as_deref() == Some(tip.as_str()) {
-            return Ok(());
+            return Ok(Synced::At(tip));
         }
         let tracking = format!("refs/remotes/origin/{}", repo.default_branch);
         let bundle = match git.bundle(&mirror, &tracking, head.as_deref()).await {
@@ -198,7 +247,7 @@ impl Worktrees {
         )
         .await
         .map_err(|e| format!("updating the checkout to {tip}: {e}"))?;
-        Ok(())
+        Ok(Synced::At(tip))
     }
 
     /// Puts the session's branch, as last committed, into the sandbox and checks it out,
@@ -475,9 +524,7 @@ impl Worktrees {
         let (git, scratch) = self.git(repo)?;
         let mirror = self.mirror_dir(repo);
         // The mirror must hold the base the bundle leaves out.
-        git.fetch_mirror(&mirror, &repo.default_branch)
-            .await
-            .map_err(|e| format!("fetching {}: {e}", repo.name))?;
+        self.fetch_base(&git, repo).await?;
         let file = scratch.path().join("branch.bundle");
         std::fs::write(&file, &bundle).map_err(|e| format!("writing the bundle: {e}"))?;
         let refname = format!("refs/heads/{branch}");
@@ -624,13 +671,21 @@ pub struct GitSyncer {
 
 #[async_trait::async_trait]
 impl hangar_pool::Syncer for GitSyncer {
-    async fn sync(&self, repo: &str, sandbox: &str) -> Result<(), String> {
+    async fn sync(&self, repo: &str, sandbox: &str) -> Result<Synced, String> {
         let envd = self
             .runtime
             .envd(sandbox)
             .await
             .map_err(|e| e.to_string())?;
         self.worktrees.sync(repo, &envd).await
+    }
+
+    async fn fresh(&self, repo: &str) -> Option<Synced> {
+        self.worktrees.fresh(repo)
+    }
+
+    async fn refresh(&self, repo: &str) -> Result<(), String> {
+        self.worktrees.refresh(repo).await
     }
 }
 

@@ -427,6 +427,8 @@ pub struct PoolView {
     pub hits: u64,
     /// Claims that had to start one.
     pub misses: u64,
+    /// Hits whose sandbox was already synced to the latest base, so no sync ran.
+    pub presynced: u64,
     /// Mean time to claim, milliseconds.
     pub mean_claim_ms: f64,
     /// Drafts holding a reserved sandbox (predictive warm-up).
@@ -469,6 +471,7 @@ impl From<&hangar_pool::PoolStats> for PoolView {
                 .collect(),
             hits: s.hits,
             misses: s.misses,
+            presynced: s.presynced,
             mean_claim_ms: if claims == 0 {
                 0.0
             } else {

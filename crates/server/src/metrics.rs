@@ -54,7 +54,7 @@ impl Metrics {
             Opts::new(
                 "hangar_pool",
                 "Warm pool: idle sandboxes per repository, claims served warm (hits) and started \
-                 (misses), microseconds spent claiming, reservations held for drafts",
+                 (misses), hits already synced to the latest base (presynced), microseconds spent claiming, reservations held for drafts",
             ),
             &["what", "repo"],
         )?;
@@ -91,6 +91,7 @@ impl Metrics {
         for (what, n) in [
             ("hits", stats.hits as i64),
             ("misses", stats.misses as i64),
+            ("presynced", stats.presynced as i64),
             ("claim_micros_total", stats.claim_micros_total as i64),
             ("reservations", stats.reservations as i64),
         ] {

@@ -73,11 +73,6 @@ pub(crate) enum Command {
     Stop {
         reply: Reply<Option<i64>>,
     },
-    Events {
-        after: u64,
-        limit: usize,
-        reply: Reply<Vec<Arc<LoggedEvent>>>,
-    },
     Info {
         reply: Reply<SessionInfo>,
     },
@@ -397,13 +392,6 @@ impl Actor {
             }
             Command::Stop { reply } => {
                 let _ = reply.send(self.stop());
-            }
-            Command::Events {
-                after,
-                limit,
-                reply,
-            } => {
-                let _ = reply.send(self.log.events_after(after, limit.min(MAX_EVENTS_PAGE)));
             }
             Command::Info { reply } => {
                 let _ = reply.send(Ok(SessionInfo {

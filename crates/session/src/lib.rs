@@ -425,19 +425,31 @@ impl Sessions {
         self.call(id, |reply| Command::Stop { reply }).await
     }
 
-    /// Up to `limit` (at most [`MAX_EVENTS_PAGE`]) events after `after`, as logged.
+    /// Up to `limit` (at most [`MAX_EVENTS_PAGE`]) events after `after`, as logged. Read
+    /// from the file beside the session's actor, so it neither waits for the actor nor
+    /// loads a hibernated session.
     pub async fn events(
         &self,
         id: &str,
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<LoggedEvent>>, SessionError> {
-        self.call(id, |reply| Command::Events {
-            after,
-            limit,
-            reply,
+        if !valid_session_id(id) {
+            return Err(SessionError::NotFound(id.to_string()));
+        }
+        let path = self.path(id);
+        let missing = SessionError::NotFound(id.to_string());
+        tokio::task::spawn_blocking(move || {
+            if !path.exists() {
+                return Err(missing);
+            }
+            log::LogReader::open(&path)?.events_after(after, limit.min(MAX_EVENTS_PAGE))
         })
         .await
+        .map_err(|e| SessionError::Storage {
+            path: self.path(id),
+            message: format!("reading events: {e}"),
+        })?
     }
 
     /// Appends an event from outside the agent (a pull request opened, reviewed, merged)

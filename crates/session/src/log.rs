@@ -327,19 +327,7 @@ impl SessionLog {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<LoggedEvent>>, SessionError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq, json FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![after, limit as i64], |r| {
-                Ok(Arc::new(LoggedEvent {
-                    seq: r.get(0)?,
-                    json: r.get(1)?,
-                }))
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        events_after(&self.conn, after, limit).map_err(|e| self.err(e))
     }
 
     /// Checks the file's integrity (`PRAGMA integrity_check`).
@@ -349,6 +337,77 @@ impl SessionLog {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .map_err(|e| self.err(e))?;
         Ok(r == "ok")
+    }
+}
+
+fn events_after(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Arc<LoggedEvent>>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, json FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let rows = stmt.query_map(params![after, limit as i64], |r| {
+        Ok(Arc::new(LoggedEvent {
+            seq: r.get(0)?,
+            json: r.get(1)?,
+        }))
+    })?;
+    rows.collect()
+}
+
+/// A read-only view of a session's file, beside its actor's connection: catch-up reads
+/// (a client's backlog) neither queue behind the actor's writes nor wake a hibernated
+/// session. WAL lets them read committed events while the actor appends.
+pub struct LogReader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl LogReader {
+    /// Opens the existing session file at `path` for reading.
+    pub fn open(path: &Path) -> Result<LogReader, SessionError> {
+        let wrap = |e: rusqlite::Error| SessionError::Storage {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        // Read-write without create: a read-only connection could not make the WAL's
+        // shared-memory file of a session that is not loaded. `query_only` keeps it a reader.
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(wrap)?;
+        conn.execute_batch("PRAGMA query_only = ON;")
+            .map_err(wrap)?;
+        conn.busy_timeout(std::time::Duration::from_secs(2))
+            .map_err(wrap)?;
+        Ok(LogReader {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Up to `limit` events with a seq above `after`, in order (none from a file whose
+    /// schema is not written yet).
+    pub fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<LoggedEvent>>, SessionError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if version == 0 {
+            return Ok(Vec::new());
+        }
+        events_after(&self.conn, after, limit).map_err(|e| self.err(e))
+    }
+
+    fn err(&self, e: rusqlite::Error) -> SessionError {
+        SessionError::Storage {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -381,6 +440,16 @@ mod tests {
         let ev: Event = serde_json::from_str(&page[0].json).unwrap();
         assert_eq!((ev.seq, ev.body), (2, delta("b")));
         assert_eq!(log.events_after(0, 100).unwrap().len(), 3);
+        // A reader beside the writer sees every committed event, and a later commit.
+        let reader = LogReader::open(&path).unwrap();
+        assert_eq!(reader.events_after(0, 100).unwrap().len(), 3);
+        log.commit(&[], None, vec![delta("d")]).unwrap();
+        let after = reader.events_after(2, 100).unwrap();
+        assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
+        assert!(
+            reader.conn.execute("DELETE FROM events", []).is_err(),
+            "the reader cannot write"
+        );
         assert_eq!(log.status().unwrap(), SessionStatus::Running);
         assert!(log.integrity_ok().unwrap());
     }
@@ -389,6 +458,8 @@ mod tests {
     fn opening_a_missing_file_without_create_fails() {
         let dir = tempfile::tempdir().unwrap();
         assert!(SessionLog::open(&dir.path().join("none.db"), Durability::Process, false).is_err());
+        assert!(LogReader::open(&dir.path().join("none.db")).is_err());
+        assert!(!dir.path().join("none.db").exists(), "nothing was created");
     }
 
     #[test]

@@ -211,8 +211,10 @@ async fn idle_sessions_hibernate_and_reload_on_the_next_request() {
     assert_eq!(f.sessions.loaded(), 1);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(f.sessions.loaded(), 0, "hibernated");
-    assert_eq!(all_events(&f.sessions, &s.id).await, before, "reloaded");
-    assert_eq!(f.sessions.loaded(), 1);
+    assert_eq!(all_events(&f.sessions, &s.id).await, before);
+    assert_eq!(f.sessions.loaded(), 0, "reading events does not wake it");
+    f.sessions.info(&s.id).await.unwrap();
+    assert_eq!(f.sessions.loaded(), 1, "reloaded");
     let (loads, unloads) = f.sessions.load_counts();
     assert!(loads >= 2 && unloads >= 1, "{loads} {unloads}");
     // A subscriber keeps the session loaded.
