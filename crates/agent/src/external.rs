@@ -1,6 +1,8 @@
 //! External plugins: a process per plugin speaking newline-delimited JSON over its stdin
 //! and stdout (documented in `docs/plugins.md`). Requests carry an `id` the answer echoes;
-//! event notifications carry none and get no answer.
+//! event notifications carry none and get no answer. A deployment's plugins run on the
+//! host; a repository's run inside the session's sandbox, through envd, so code from a
+//! repository never runs outside a sandbox.
 //!
 //! A `tool.execute.before` hook that does not answer in time, or a plugin that died,
 //! blocks the call (fail closed): a policy plugin that is down must not let everything
@@ -14,8 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hangar_envd_client::{EnvdClient, ExecControl, ExecEvent, ExecRequest};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{Mutex, oneshot};
 
@@ -34,11 +37,37 @@ type Pending = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 pub struct ProcessPlugin {
     name: String,
     hooks: Vec<String>,
-    stdin: Mutex<ChildStdin>,
+    stdin: Mutex<Input>,
     pending: Pending,
     next_id: AtomicU64,
     timeout: Duration,
-    _child: Child,
+    process: Process,
+}
+
+/// Where requests are written.
+enum Input {
+    Host(ChildStdin),
+    Sandbox(ExecControl),
+}
+
+impl Input {
+    async fn write(&mut self, line: &[u8]) -> Result<(), String> {
+        match self {
+            Input::Host(stdin) => {
+                stdin.write_all(line).await.map_err(|e| e.to_string())?;
+                stdin.flush().await.map_err(|e| e.to_string())
+            }
+            Input::Sandbox(control) => control.send_stdin(line).await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// What keeps the plugin's process alive; dropping the plugin ends it.
+enum Process {
+    Host(Child),
+    /// The task holding the envd exec: aborting it closes the exec, and envd kills the
+    /// process group.
+    Sandbox(tokio::task::AbortHandle),
 }
 
 /// Why a plugin could not be started.
@@ -51,6 +80,14 @@ pub enum PluginError {
         program: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The program could not be run in the sandbox.
+    #[error("cannot start plugin {program} in the sandbox: {message}")]
+    SandboxSpawn {
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        message: String,
     },
     /// It did not answer `hello` properly.
     #[error("plugin {program} did not answer hello: {message}")]
@@ -89,45 +126,95 @@ impl ProcessPlugin {
         let stdin = child.stdin.take().ok_or_else(|| handshake("no stdin"))?;
         let stdout = child.stdout.take().ok_or_else(|| handshake("no stdout"))?;
         let pending: Pending = Arc::default();
-        let reader_pending = pending.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout);
-            let mut line = String::new();
+        tokio::spawn(dispatch_answers(BufReader::new(stdout), pending.clone()));
+        Self::hello(
+            program,
+            Input::Host(stdin),
+            Process::Host(child),
+            pending,
+            timeout,
+        )
+        .await
+    }
+
+    /// Starts `argv` inside a sandbox through its envd, in `cwd`, and exchanges `hello`.
+    /// The process lives until the plugin is dropped (or the sandbox goes).
+    pub async fn start_in_sandbox(
+        envd: &EnvdClient,
+        argv: &[String],
+        cwd: &str,
+        timeout: Duration,
+    ) -> Result<ProcessPlugin, PluginError> {
+        let program = PathBuf::from(argv.first().map(String::as_str).unwrap_or_default());
+        let mut exec = envd
+            .exec(ExecRequest {
+                argv: argv.to_vec(),
+                cwd: Some(cwd.to_string()),
+                stdin: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| PluginError::SandboxSpawn {
+                program: program.clone(),
+                message: e.to_string(),
+            })?;
+        let control = exec.control();
+        let (mut to_reader, from_exec) = tokio::io::duplex(64 << 10);
+        let name = program.display().to_string();
+        let pump = tokio::spawn(async move {
             loop {
-                line.clear();
-                match lines.read_line(&mut line).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) if n > MAX_LINE => break,
-                    Ok(_) => {}
+                match exec.next_event().await {
+                    Ok(Some(ExecEvent::Stdout(data))) => {
+                        if to_reader.write_all(&data).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Some(ExecEvent::Stderr(data))) => {
+                        tracing::debug!(plugin = %name, "{}", String::from_utf8_lossy(&data).trim_end());
+                    }
+                    Ok(Some(ExecEvent::Exit(status))) => {
+                        tracing::warn!(plugin = %name, ?status, "a repository plugin exited");
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
                 }
-                let Ok(msg) = serde_json::from_str::<Value>(&line) else {
-                    tracing::warn!("plugin sent a line that is not JSON; ignored");
-                    continue;
-                };
-                let id = msg.get("id").and_then(Value::as_u64);
-                let waiter = id.and_then(|id| reader_pending.lock().ok()?.remove(&id));
-                if let Some(tx) = waiter {
-                    let _ = tx.send(msg);
-                }
-            }
-            // The plugin is gone: fail every waiting request.
-            if let Ok(mut p) = reader_pending.lock() {
-                p.clear();
             }
         });
+        let pending: Pending = Arc::default();
+        tokio::spawn(dispatch_answers(BufReader::new(from_exec), pending.clone()));
+        Self::hello(
+            program,
+            Input::Sandbox(control),
+            Process::Sandbox(pump.abort_handle()),
+            pending,
+            timeout,
+        )
+        .await
+    }
+
+    async fn hello(
+        program: PathBuf,
+        input: Input,
+        process: Process,
+        pending: Pending,
+        timeout: Duration,
+    ) -> Result<ProcessPlugin, PluginError> {
         let mut plugin = ProcessPlugin {
             name: program.display().to_string(),
             hooks: Vec::new(),
-            stdin: Mutex::new(stdin),
+            stdin: Mutex::new(input),
             pending,
             next_id: AtomicU64::new(1),
             timeout,
-            _child: child,
+            process,
         };
         let hello = plugin
             .request(json!({"hook": "hello", "protocol": PLUGIN_PROTOCOL}))
             .await
-            .ok_or_else(|| handshake("no answer"))?;
+            .ok_or_else(|| PluginError::Handshake {
+                program: program.clone(),
+                message: "no answer".into(),
+            })?;
         if let Some(name) = hello.get("name").and_then(Value::as_str) {
             plugin.name = name.to_string();
         }
@@ -156,12 +243,16 @@ impl ProcessPlugin {
         self.pending.lock().ok()?.insert(id, tx);
         let mut line = msg.to_string();
         line.push('\n');
+        if self
+            .stdin
+            .lock()
+            .await
+            .write(line.as_bytes())
+            .await
+            .is_err()
         {
-            let mut stdin = self.stdin.lock().await;
-            if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
-                self.pending.lock().ok()?.remove(&id);
-                return None;
-            }
+            self.pending.lock().ok()?.remove(&id);
+            return None;
         }
         let answer = tokio::time::timeout(self.timeout, rx).await.ok()?.ok();
         if answer.is_none()
@@ -178,16 +269,46 @@ impl ProcessPlugin {
             return;
         }
         let line = format!("{}\n", json!({"hook": "event", "event": event}));
-        let mut stdin = self.stdin.lock().await;
-        let _ = stdin.write_all(line.as_bytes()).await;
+        let _ = self.stdin.lock().await.write(line.as_bytes()).await;
+    }
+}
+
+/// Hands each answer line to the request waiting for its `id`; when the plugin's output
+/// ends, every waiting request fails.
+async fn dispatch_answers(mut lines: impl AsyncBufRead + Unpin, pending: Pending) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match lines.read_line(&mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) if n > MAX_LINE => break,
+            Ok(_) => {}
+        }
+        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
+            tracing::warn!("plugin sent a line that is not JSON; ignored");
+            continue;
+        };
+        let id = msg.get("id").and_then(Value::as_u64);
+        let waiter = id.and_then(|id| pending.lock().ok()?.remove(&id));
+        if let Some(tx) = waiter {
+            let _ = tx.send(msg);
+        }
+    }
+    if let Ok(mut p) = pending.lock() {
+        p.clear();
     }
 }
 
 impl Drop for ProcessPlugin {
     fn drop(&mut self) {
-        if let Some(pid) = self._child.id() {
-            // SAFETY: kill has no memory effects; the group is the plugin's own.
-            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+        match &self.process {
+            Process::Host(child) => {
+                if let Some(pid) = child.id() {
+                    // SAFETY: kill has no memory effects; the group is the plugin's own.
+                    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                }
+            }
+            Process::Sandbox(pump) => pump.abort(),
         }
     }
 }

@@ -84,9 +84,18 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
     let specs: hangar_runner::SpecForRepo = {
         let (store, images) = (Arc::clone(&store), images.clone());
         Arc::new(move |repo: &str| {
-            let url = hangar_images::git::normalize_repo(&store.repo(repo).ok()?.url).ok()?;
-            let image = images.current(&url).ok()??;
+            let image = current_image(&store, &images, repo)?;
             image_spec(&images, &image, limits)
+        })
+    };
+    let repo_plugins: hangar_runner::PluginsForRepo = {
+        let (store, images) = (Arc::clone(&store), images.clone());
+        Arc::new(move |repo: &str| {
+            current_image(&store, &images, repo)
+                .and_then(|image| image.meta.recipe)
+                .and_then(|text| hangar_images::Recipe::parse(&text, None).ok())
+                .map(|recipe| recipe.plugins)
+                .unwrap_or_default()
         })
     };
     let worktrees = Arc::new(
@@ -98,8 +107,14 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         )
         .with_freshness(Duration::from_millis(config.pool.base_fresh_for_ms)),
     );
-    let (sessions, pool) =
-        open_sessions(config, Arc::clone(&store), worktrees.clone(), specs).await?;
+    let (sessions, pool) = open_sessions(
+        config,
+        Arc::clone(&store),
+        worktrees.clone(),
+        specs,
+        repo_plugins,
+    )
+    .await?;
     let builder = Arc::new(
         hangar_images::Builder::new(
             Arc::new(LocalRuntime::open(config)?),
@@ -194,6 +209,7 @@ async fn open_sessions(
     store: Arc<Store>,
     worktrees: Arc<hangar_runner::Worktrees>,
     specs: hangar_runner::SpecForRepo,
+    repo_plugins: hangar_runner::PluginsForRepo,
 ) -> anyhow::Result<(Sessions, Option<hangar_pool::Pool>)> {
     let settings = &config.sessions;
     let mut sessions_config = SessionsConfig::new(config.data_dir.join("sessions"));
@@ -239,6 +255,7 @@ async fn open_sessions(
             executor.use_pool(pool.clone());
             executor.use_git(worktrees);
             executor.use_images(specs);
+            executor.use_repo_plugins(repo_plugins);
             warm_pool = Some(pool);
             executor.use_plugins(start_plugins(config).await?);
             agent = Some(executor.clone());
@@ -309,6 +326,16 @@ fn open_slack(config: &Config, sessions: &Sessions, url: &str) -> anyhow::Result
     );
     tracing::info!(teams = ?s.team_ids, "Slack app enabled at /slack/events, /slack/commands, /slack/interactivity");
     Ok(Some(bot))
+}
+
+/// The current image of a registered repository, if it has one.
+fn current_image(
+    store: &Store,
+    images: &hangar_images::Store,
+    repo: &str,
+) -> Option<hangar_images::ImageInfo> {
+    let url = hangar_images::git::normalize_repo(&store.repo(repo).ok()?.url).ok()?;
+    images.current(&url).ok()?
 }
 
 /// The spec of a session sandbox started from `image`: its layers (over the host's root

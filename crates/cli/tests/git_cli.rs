@@ -760,3 +760,122 @@ async fn hangar_run_ends_with_the_changes_and_ctrl_c_detaches() {
         "the agent still works: {list}"
     );
 }
+
+#[tokio::test]
+async fn a_repositorys_own_plugin_runs_inside_its_session_sandbox() {
+    use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+    let (dir, data) = scratch();
+    let remote = remote_with_history(dir.path());
+    // The repository carries its plugin: it names the sandbox's init in its context (so
+    // the test sees where it runs) and refuses writes to files named secret*.
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(work.join(".hangar")).unwrap();
+    std::fs::write(
+        work.join(".hangar/guard.py"),
+        r#"import json, sys
+init = open("/proc/1/comm").read().strip()
+for line in sys.stdin:
+    msg = json.loads(line)
+    out = {"id": msg.get("id")}
+    if msg.get("hook") == "hello":
+        out.update(name="repo-guard", hooks=["tool.execute.before", "context"])
+    elif msg.get("hook") == "context":
+        out["context"] = "Repository rule from a plugin under " + init + "."
+    elif msg.get("hook") == "tool.execute.before":
+        path = msg["call"]["input"].get("path", "")
+        if path.startswith("secret"):
+            out.update(decision="block", reason="this repository keeps secret* files by hand")
+        else:
+            out["decision"] = "allow"
+    if out["id"] is not None:
+        print(json.dumps(out), flush=True)
+"#,
+    )
+    .unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "plugin"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+
+    let secret = json!({"path": "secret.txt", "content": "x\n"}).to_string();
+    let fine = json!({"path": "fine.txt", "content": "y\n"}).to_string();
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &[],
+            &[
+                ("t1", "write_file", &[&secret]),
+                ("t2", "write_file", &[&fine]),
+            ],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Done."], &[], "end_turn")),
+    ])
+    .await;
+    let server = Server::start_with_config(
+        &data,
+        &format!(
+            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\n",
+            fake.url()
+        ),
+    );
+    let api = Api::new(&server, server.admin_token.as_ref().unwrap());
+    let (status, _) = api
+        .send(
+            "POST",
+            "/api/repos",
+            json!({"name": "acme/app", "url": remote.to_str().unwrap()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // A recipe whose plugin has no command is refused, naming the problem.
+    let (status, r) = api
+        .raw(
+            "PUT",
+            "/api/repos/acme/app/recipe",
+            Some("base = \"host\"\n[[plugins]]\ncommand = []\n".into()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{r}");
+    assert!(r.to_string().contains("command is empty"), "{r}");
+    let recipe = "base = \"host\"\n[[plugins]]\ncommand = [\"python3\", \".hangar/guard.py\"]\ntimeout = \"5s\"\n";
+    let (status, r) = api
+        .raw("PUT", "/api/repos/acme/app/recipe", Some(recipe.into()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let (status, build) = api
+        .send("POST", "/api/images/builds", json!({"repo": "acme/app"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{build}");
+    let build = wait_build(&api, build["id"].as_str().unwrap()).await;
+    assert_eq!(build["status"], "succeeded", "{build}");
+
+    let id = api.create_session().await;
+    api.prompt(&id, "write two files").await;
+    let events = wait_finished(&api, &id, 1).await;
+    // Its context reached the model, from inside the sandbox (pid 1 there is envd).
+    let requests = fake.requests();
+    let system = requests[0].body["system"].to_string();
+    assert!(
+        system.contains("Repository rule from a plugin under envd."),
+        "{system}"
+    );
+    // It blocked one write and let the other through.
+    let finished: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "tool.finished")
+        .collect();
+    assert_eq!(finished.len(), 2, "{events:#?}");
+    let results = requests[1].body["messages"].to_string();
+    assert!(
+        results.contains("this repository keeps secret* files by hand"),
+        "{results}"
+    );
+    let (_, diff) = api.get(&format!("/api/sessions/{id}/diff")).await;
+    let paths: Vec<&str> = diff["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&"fine.txt"), "{diff}");
+    assert!(!paths.contains(&"secret.txt"), "{diff}");
+}

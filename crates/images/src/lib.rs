@@ -19,7 +19,7 @@ pub mod store;
 pub use build::{BuildError, BuildEvent, BuildOutcome, BuildRequest, Builder};
 pub use git::{ConfiguredCredentials, Credentials, GitCredential, NoCredentials};
 pub use layer::Owners;
-pub use recipe::{Base, Recipe, RecipeError};
+pub use recipe::{Base, Recipe, RecipeError, RecipePlugin};
 pub use scheduler::{ImageEvent, Schedule, Scheduler, Unchanged};
 pub use snapshot::{SnapshotError, rootfs, snapshot};
 pub use store::{GcReport, ImageInfo, ImageMeta, Layer, Store, StoreError};

@@ -46,6 +46,32 @@ pub struct Recipe {
     /// Network policy.
     #[serde(default)]
     pub network: NetworkPolicy,
+    /// Plugins for this repository's sessions (`docs/plugins.md`), run inside each
+    /// session's sandbox, in the checkout, beside the deployment's plugins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<RecipePlugin>,
+}
+
+/// A repository's plugin: a program in the session's sandbox speaking the plugin protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipePlugin {
+    /// The program and its arguments, run in the workdir (e.g.
+    /// `["python3", ".hangar/guard.py"]`).
+    pub command: Vec<String>,
+    /// How long a hook may take (e.g. "5s"); 10 s otherwise.
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+impl RecipePlugin {
+    /// How long a hook may take before it counts as unanswered.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+            .as_deref()
+            .and_then(parse_duration)
+            .unwrap_or(Duration::from_secs(10))
+    }
 }
 
 fn default_workdir() -> String {
@@ -323,6 +349,19 @@ impl Recipe {
                 return Err(format!("env: {k:?} is not a variable name"));
             }
         }
+        for (i, p) in self.plugins.iter().enumerate() {
+            if p.command.first().is_none_or(|c| c.trim().is_empty()) {
+                return Err(format!("plugin {}: command is empty", i + 1));
+            }
+            if let Some(t) = &p.timeout
+                && parse_duration(t).is_none()
+            {
+                return Err(format!(
+                    "plugin {}: timeout {t:?} is not a duration like \"5s\"",
+                    i + 1
+                ));
+            }
+        }
         let mut whole_source_seen = None;
         for (i, (step, warm)) in self.steps().enumerate() {
             let label = format!(
@@ -559,6 +598,15 @@ session = "egress"
                 "base = \"debian:bullseye\"\npackages = [\"a b\"]",
                 "not a Debian package",
             ),
+            (
+                "base = \"host\"\n[[plugins]]\ncommand = []",
+                "command is empty",
+            ),
+            (
+                "base = \"host\"\n[[plugins]]\ncommand = [\"x\"]\ntimeout = \"later\"",
+                "not a duration",
+            ),
+            ("base = \"host\"\n[[plugins]]\ncmd = [\"x\"]", "cmd"),
         ];
         for (text, want) in cases {
             let e = Recipe::parse(text, None).unwrap_err().to_string();

@@ -42,6 +42,9 @@ pub struct PoolConfig {
     /// How often the refill task asks the syncer for each repository's latest base (and
     /// re-syncs idle sandboxes left behind).
     pub refresh_every: Duration,
+    /// How long the refill task waits after a claim before it starts and syncs a
+    /// replacement, so the claimer's first model request does not share the cores with it.
+    pub refill_delay: Duration,
 }
 
 impl Default for PoolConfig {
@@ -53,6 +56,7 @@ impl Default for PoolConfig {
             reservation_timeout: Duration::from_secs(120),
             state_file: None,
             refresh_every: Duration::from_secs(20),
+            refill_delay: Duration::from_millis(100),
         }
     }
 }
@@ -210,6 +214,8 @@ struct Inner {
     dirty: std::sync::atomic::AtomicBool,
     /// No more refills (the pool is being closed).
     closed: std::sync::atomic::AtomicBool,
+    /// When the last claim was made (refills wait `refill_delay` after it).
+    last_claim: std::sync::Mutex<Option<Instant>>,
     hits: AtomicU64,
     misses: AtomicU64,
     presynced: AtomicU64,
@@ -235,6 +241,7 @@ impl Pool {
             refilling: Mutex::new(()),
             dirty: std::sync::atomic::AtomicBool::new(false),
             closed: std::sync::atomic::AtomicBool::new(false),
+            last_claim: std::sync::Mutex::new(None),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             presynced: AtomicU64::new(0),
@@ -250,6 +257,11 @@ impl Pool {
             loop {
                 {
                     let Some(inner) = weak.upgrade() else { return };
+                    if let Some(wait) = inner.refill_holdoff() {
+                        drop(inner);
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
                     inner.refill().await;
                     inner.expire_reservations().await;
                     inner.save_state().await;
@@ -334,6 +346,9 @@ impl Pool {
                 (warm, entry.spec.clone())
             };
             self.inner.dirty.store(true, Ordering::SeqCst);
+            if let Ok(mut last) = self.inner.last_claim.lock() {
+                *last = Some(Instant::now());
+            }
             self.inner.wake.notify_one();
             let Some(warm) = warm else {
                 let sb = self.inner.runtime.create(spec).await?;
@@ -508,6 +523,15 @@ impl Pool {
 }
 
 impl Inner {
+    /// How much longer the refill task should leave the cores to the last claimer.
+    fn refill_holdoff(&self) -> Option<Duration> {
+        let last = (*self.last_claim.lock().ok()?)?;
+        self.config
+            .refill_delay
+            .checked_sub(last.elapsed())
+            .filter(|d| !d.is_zero())
+    }
+
     fn target_of(&self, p: &mut RepoPool) -> usize {
         let horizon = Instant::now().checked_sub(self.config.demand_window);
         while p

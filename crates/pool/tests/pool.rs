@@ -79,6 +79,7 @@ fn config(min: usize, max: usize) -> PoolConfig {
         reservation_timeout: Duration::from_millis(400),
         state_file: None,
         refresh_every: Duration::from_secs(20),
+        refill_delay: Duration::from_millis(100),
     }
 }
 

@@ -8,6 +8,7 @@
 //! kills its running command, and every pending tool call gets a result, so the
 //! conversation stays valid for the next prompt.
 
+mod repo_plugins;
 mod subsessions;
 mod worktree;
 
@@ -22,6 +23,7 @@ use hangar_pool::{Pool, PoolError};
 use hangar_protocol::session::{Author, EventBody, OutputStream};
 use hangar_sandbox::{Runtime, SandboxSpec};
 use hangar_session::{Executor, PromptRun, RunFuture, Sessions};
+pub use repo_plugins::PluginsForRepo;
 pub use subsessions::{Family, MAX_CHILDREN, MAX_DEPTH, SessionReport, SpawnSession};
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +59,8 @@ struct SessionState {
     /// Authors of prompts whose changes are not committed yet (a stopped prompt's work is
     /// committed with the next one, crediting both).
     uncommitted_authors: Vec<Identity>,
+    /// The repository's plugins, running in this sandbox.
+    repo_plugins: Option<(String, Vec<Arc<dyn Plugin>>)>,
 }
 
 struct Inner {
@@ -82,6 +86,8 @@ struct Inner {
     worktrees: OnceLock<Arc<Worktrees>>,
     /// A repository's current image, when it has one (else sessions use `spec`).
     images: OnceLock<SpecForRepo>,
+    /// A repository's own plugins, from its current image's recipe.
+    repo_plugins: OnceLock<PluginsForRepo>,
 }
 
 /// The sandbox spec of a repository's current image, `None` when it has none.
@@ -117,6 +123,7 @@ impl AgentExecutor {
                 plugins: OnceLock::new(),
                 worktrees: OnceLock::new(),
                 images: OnceLock::new(),
+                repo_plugins: OnceLock::new(),
                 family: Arc::default(),
             }),
         }
@@ -151,6 +158,12 @@ impl AgentExecutor {
     /// one (later images reach the pool through `Pool::set_image`).
     pub fn use_images(&self, images: SpecForRepo) {
         let _ = self.inner.images.set(images);
+    }
+
+    /// Runs each repository's own plugins (its recipe's `[[plugins]]`) inside its
+    /// sessions' sandboxes, before the deployment's plugins, which so see every call last.
+    pub fn use_repo_plugins(&self, plugins: PluginsForRepo) {
+        let _ = self.inner.repo_plugins.set(plugins);
     }
 
     /// Syncs session checkouts of registered repositories and, after each prompt, commits
@@ -260,6 +273,7 @@ impl Inner {
                 sandbox: None,
                 conversation: Arc::new(Mutex::new(self.load_conversation(id))),
                 uncommitted_authors: Vec::new(),
+                repo_plugins: None,
             })
     }
 
@@ -339,6 +353,36 @@ impl Inner {
             _ => None,
         };
         Ok((sandbox.id, sync))
+    }
+
+    /// The repository's plugins for the session, started in `sandbox` on its first prompt
+    /// there and kept for the next ones.
+    async fn repo_plugins(
+        &self,
+        session: &str,
+        sandbox: &str,
+        envd: &hangar_envd_client::EnvdClient,
+    ) -> Vec<Arc<dyn Plugin>> {
+        let Some(for_repo) = self.repo_plugins.get() else {
+            return Vec::new();
+        };
+        {
+            let mut sessions = self.sessions.lock().await;
+            if let Some((sb, plugins)) = &self.state(&mut sessions, session).repo_plugins
+                && sb == sandbox
+            {
+                return plugins.clone();
+            }
+        }
+        let configured = self
+            .repo_of(session)
+            .map(|r| for_repo(&r))
+            .unwrap_or_default();
+        let started = repo_plugins::start(&configured, envd, &self.workdir).await;
+        let mut sessions = self.sessions.lock().await;
+        self.state(&mut sessions, session).repo_plugins =
+            Some((sandbox.to_string(), started.clone()));
+        started
     }
 
     /// The spec of `repo`'s sessions: its current image, else the default.
@@ -506,6 +550,9 @@ impl Executor for AgentExecutor {
             // a build the agent ran), is logged as it happens; the watch ends with the
             // prompt. It starts once the sync is done (the sync's own checkout is not a
             // change of the session), and the gate opens only once it is watching.
+            for plugin in inner.repo_plugins(&run.session_id, &sandbox, &envd).await {
+                agent = agent.with_plugin(plugin);
+            }
             let (_watching, sync) =
                 worktree::watch_changes(&envd, &inner.workdir, run.events.clone(), sync).await;
             let _watching = AbortOnDrop(_watching.abort_handle());
