@@ -588,3 +588,68 @@ async fn a_failed_sync_refuses_writes_with_the_reason() {
         b"one\ntwo\n"
     );
 }
+
+#[tokio::test]
+async fn a_plugin_runs_inside_the_sandbox_and_one_that_cannot_start_says_why() {
+    use hangar_agent::external::{PluginError, ProcessPlugin};
+    use hangar_agent::{Decision, Plugin, ToolCall};
+    let sb = Sandbox::new().await;
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/plugins/guard.py")
+        .canonicalize()
+        .unwrap();
+    let argv = vec!["python3".to_string(), example.display().to_string()];
+    let guard =
+        ProcessPlugin::start_in_sandbox(&sb.envd, &argv, "/tmp/repo", Duration::from_secs(5))
+            .await
+            .unwrap();
+    assert_eq!(guard.name(), "guard");
+    let call = ToolCall {
+        id: "c1".into(),
+        name: "shell".into(),
+        input: json!({"command": "rm -rf /"}),
+    };
+    assert!(matches!(guard.before_tool(&call).await, Decision::Block(_)));
+    // It runs in the sandbox: envd sees it; dropping the plugin ends it there.
+    let running = |envd: hangar_envd_client::EnvdClient| async move {
+        let out = envd
+            .output(
+                ExecRequest {
+                    shell: Some(
+                        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null \\
+                         | grep -q '[g]uard.py' && echo $p; done | wc -l"
+                            .into(),
+                    ),
+                    ..Default::default()
+                },
+                1024,
+            )
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(running(sb.envd.clone()).await, "1");
+    drop(guard);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while running(sb.envd.clone()).await != "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plugin outlived its handle"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let missing = vec!["/no/such/plugin".to_string()];
+    let err = ProcessPlugin::start_in_sandbox(&sb.envd, &missing, "/", Duration::from_millis(500))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            PluginError::SandboxSpawn { .. } | PluginError::Handshake { .. }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("/no/such/plugin"), "{err}");
+}
