@@ -206,7 +206,7 @@ export function EnvPage({ id, token }: { id: string; token: string; me: Me | nul
       )}
       <div class="env-body">
         <div class="terminal" ref={host} data-testid="terminal" />
-        <EnvSide id={id} token={token} />
+        {env && <EnvSide id={env.id} token={token} />}
       </div>
     </main>
   );
