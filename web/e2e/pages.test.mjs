@@ -29,7 +29,7 @@ before(async () => {
   git("-c", "user.name=Ann", "-c", "user.email=ann@example.com", "commit", "-qm", "First commit");
   const reg = await server.api(server.adminToken, "POST", "/api/repos", { name: "acme/app", url: repoDir });
   assert.equal(reg.status, 201, JSON.stringify(reg.body));
-  const recipe = 'base = "host"\n[[setup]]\nname = "greet"\nrun = "echo building-the-app-image; sleep 2; echo greeted"\n';
+  const recipe = 'base = "host"\n[[setup]]\nname = "greet"\nrun = "echo building-the-app-image; sleep 3; echo greeted"\n';
   const put = await server.api(server.adminToken, "PUT", "/api/repos/acme/app/recipe", recipe);
   assert.equal(put.status, 200, JSON.stringify(put.body));
 });
@@ -76,7 +76,11 @@ test("a build started on the images page shows its log and makes the image curre
   const images = alice.page.locator("[data-testid=images] .image-group", { hasText: "acme/app" });
   await images.locator("li", { hasText: built.image }).locator(".badge", { hasText: "current" }).waitFor();
 
-  // A second build while one runs is refused, and the page says so.
+  // A second build while one runs is refused, and the page says so. A new commit makes
+  // the setup step run again (not from the cache), so the build takes seconds.
+  writeFileSync(join(repoDir, "CHANGES.md"), "second\n");
+  execFileSync("git", ["-C", repoDir, "add", "-A"]);
+  execFileSync("git", ["-C", repoDir, "-c", "user.name=Ann", "-c", "user.email=ann@example.com", "commit", "-qm", "Second"]);
   const running = await server.api(server.adminToken, "POST", "/api/images/builds", { repo: "acme/app" });
   assert.equal(running.status, 202, JSON.stringify(running.body));
   await alice.page.click("[data-testid=start-build] button[type=submit]");
