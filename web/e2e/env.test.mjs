@@ -186,6 +186,21 @@ test("the terminal says when its connection drops and reconnects to a new shell"
   await alice.ctx.close();
 });
 
+test("removing the environment ends the terminal's retries with the reason", { timeout: 60_000 }, async () => {
+  const alice = await signedIn(b, server, server.adminToken);
+  await alice.page.goto(`${server.url}/envs/${env.id}`);
+  const state = alice.page.locator("[data-testid=terminal-state]");
+  await state.filter({ hasText: /^connected$/ }).waitFor();
+  const removed = await server.api(server.adminToken, "DELETE", `/api/environments/${env.id}`);
+  assert.equal(removed.status, 200, JSON.stringify(removed.body));
+  env = null;
+  // Its sandbox goes first, then its record: the page may see either.
+  await alice.page.locator("main > .error", { hasText: /no environment|sandbox is not running/ }).waitFor();
+  await state.filter({ hasText: /^disconnected$/ }).waitFor();
+  await alice.page.locator("text=New shell").waitFor();
+  await alice.ctx.close();
+});
+
 test("an unknown environment, or one that cannot be made, is an error on the page", { timeout: 60_000 }, async () => {
   const alice = await signedIn(b, server, server.adminToken);
   await alice.page.goto(`${server.url}/envs`);

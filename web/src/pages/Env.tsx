@@ -130,11 +130,21 @@ export function EnvPage({ id, token }: { id: string; token: string; me: Me | nul
         const wait = backoffMs(attempts++);
         if (attempts === 1 && connectedOnce) note(31, `disconnected: ${why}; reconnecting…`);
         setState(`disconnected: ${why}; reconnecting in ${Math.max(1, Math.round(wait / 1000))} s`);
-        // An environment that is gone (or a link that no longer opens it) ends the retries.
+        // An environment that is gone or stopped (or a link that no longer opens it) ends
+        // the retries.
         client(token)
           .env(id)
           .then(
-            () => !stopped && (timer = setTimeout(connect, wait)),
+            (now) => {
+              if (stopped) return;
+              if (now.status === "running") {
+                timer = setTimeout(connect, wait);
+                return;
+              }
+              setError("the environment's sandbox is not running");
+              setState("disconnected");
+              setExited(true);
+            },
             (e: Error & { status?: number }) => {
               if (stopped) return;
               if (e.status && e.status >= 400 && e.status < 500) {
