@@ -1,6 +1,7 @@
 // An environment in the browser: two people open its terminal, each gets a shell in the
 // sandbox that echoes what they type and runs Python 3.9 (Debian bullseye); each sees
-// the other; screenshots at desktop and phone sizes.
+// the other; its files and repository beside the terminal; the terminal reconnecting
+// after the server restarts; screenshots at desktop and phone sizes.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -96,6 +97,107 @@ test("the terminal echoes input and runs Python 3.9; everyone sees who is there"
   await alice.page.keyboard.type("exit");
   await alice.page.keyboard.press("Enter");
   await alice.page.locator("[data-testid=terminal-state]", { hasText: "the shell exited (0)" }).waitFor();
+  await alice.ctx.close();
+});
+
+/** Runs a shell command in the environment's sandbox through the API. */
+async function sh(command) {
+  const r = await server.api(server.adminToken, "POST", `/api/sandboxes/${env.sandbox}/exec`, { shell: command, cwd: "/root" });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assert.equal(r.body.exit_code, 0, JSON.stringify(r.body));
+}
+
+test("beside the terminal: the environment's files and its repository", { timeout: 120_000 }, async () => {
+  await sh(
+    [
+      "mkdir -p proj",
+      "printf 'print(\"hello from hangar\")\\n' > proj/hello.py",
+      "head -c 2097152 /dev/zero > big.bin",
+      "git init -q -b main",
+      "git add proj",
+      "git -c user.name=Ann -c user.email=ann@example.com commit -qm 'First commit'",
+      "echo '# changed' >> proj/hello.py",
+    ].join(" && "),
+  );
+  const alice = await signedIn(b, server, server.adminToken);
+  await alice.page.goto(`${server.url}/envs/${env.id}`);
+  const files = alice.page.locator("[data-testid=env-files]");
+  // The working directory (/root without a repository) is listed; folders open, files show.
+  await files.locator("[data-testid=files-path]", { hasText: "root" }).waitFor();
+  await files.locator("button", { hasText: "proj/" }).click();
+  await files.locator("button", { hasText: "hello.py" }).click();
+  await files.locator("[data-testid=file-text]", { hasText: 'print("hello from hangar")' }).waitFor();
+  await screenshot(alice.page, "env-files-desktop");
+  // Up again; a file over the view's limit says so inline.
+  await files.locator("button", { hasText: "← /root/proj" }).click();
+  await files.locator("button", { hasText: /^\.\.$/ }).click();
+  await files.locator("button", { hasText: "big.bin" }).click();
+  await files.locator(".error", { hasText: "up to 1048576 bytes" }).waitFor();
+
+  // The repository: branch, short status, last commits.
+  await alice.page.click("[role=tab] >> text=Repository");
+  const repo = alice.page.locator("[data-testid=env-repo]");
+  await repo.locator("[data-testid=repo-branch]", { hasText: "main" }).waitFor();
+  await repo.locator("[data-testid=repo-status]", { hasText: "M proj/hello.py" }).waitFor();
+  await repo.locator("[data-testid=repo-status]", { hasText: "?? big.bin" }).waitFor();
+  await repo.locator("[data-testid=repo-commits]", { hasText: "First commit" }).waitFor();
+  await screenshot(alice.page, "env-repo-desktop");
+
+  const phone = await signedIn(b, server, server.adminToken, { width: 390, height: 844 }, true);
+  await phone.page.goto(`${server.url}/envs/${env.id}`);
+  await phone.page.locator("[data-testid=env-files] button", { hasText: "proj/" }).click();
+  await phone.page.locator("[data-testid=env-files] button", { hasText: "hello.py" }).click();
+  await phone.page.locator("[data-testid=file-text]", { hasText: "hello from hangar" }).waitFor();
+  await phone.page.locator("[data-testid=file-text]").scrollIntoViewIfNeeded();
+  await screenshot(phone.page, "env-files-phone");
+  await phone.ctx.close();
+  await alice.ctx.close();
+});
+
+test("the terminal says when its connection drops and reconnects to a new shell", { timeout: 120_000 }, async () => {
+  const alice = await signedIn(b, server, server.adminToken);
+  await alice.page.goto(`${server.url}/envs/${env.id}`);
+  const state = alice.page.locator("[data-testid=terminal-state]");
+  await state.filter({ hasText: /^connected$/ }).waitFor();
+  await waitForScreen(alice.page, /^root@\S+:~#\s*$/m);
+  await alice.page.locator("[data-testid=terminal]").click();
+  await alice.page.keyboard.type("echo before-$((1+1))");
+  await alice.page.keyboard.press("Enter");
+  await waitForScreen(alice.page, /^before-2\s*$/m);
+
+  // The server restarts (the sandbox outlives it); the page says so and comes back.
+  const restarting = server.restart({ downMs: 1500 });
+  await state.filter({ hasText: /disconnected|reconnecting/ }).waitFor();
+  await waitForScreen(alice.page, /\[disconnected: .*reconnecting…\]/);
+  await restarting;
+  await state.filter({ hasText: /^connected$/ }).waitFor({ timeout: 30_000 });
+  await waitForScreen(alice.page, /\[reconnected: this is a new shell/);
+  await alice.page.keyboard.type("echo after-$((2+2))");
+  await alice.page.keyboard.press("Enter");
+  await waitForScreen(alice.page, /^after-4\s*$/m);
+  await screenshot(alice.page, "env-reconnected");
+
+  // A shell that exits is not reconnected by itself; New shell starts another.
+  await alice.page.keyboard.type("exit");
+  await alice.page.keyboard.press("Enter");
+  await state.filter({ hasText: "the shell exited (0)" }).waitFor();
+  await alice.page.click("text=New shell");
+  await state.filter({ hasText: /^connected$/ }).waitFor();
+  await alice.ctx.close();
+});
+
+test("removing the environment ends the terminal's retries with the reason", { timeout: 60_000 }, async () => {
+  const alice = await signedIn(b, server, server.adminToken);
+  await alice.page.goto(`${server.url}/envs/${env.id}`);
+  const state = alice.page.locator("[data-testid=terminal-state]");
+  await state.filter({ hasText: /^connected$/ }).waitFor();
+  const removed = await server.api(server.adminToken, "DELETE", `/api/environments/${env.id}`);
+  assert.equal(removed.status, 200, JSON.stringify(removed.body));
+  env = null;
+  // Its sandbox goes first, then its record: the page may see either.
+  await alice.page.locator("main > .error", { hasText: /no environment|sandbox is not running/ }).waitFor();
+  await state.filter({ hasText: /^disconnected$/ }).waitFor();
+  await alice.page.locator("text=New shell").waitFor();
   await alice.ctx.close();
 });
 

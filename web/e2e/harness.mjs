@@ -49,7 +49,7 @@ export async function browser() {
 }
 
 /** A scratch directory on tmpfs. */
-function scratch(name) {
+export function scratch(name) {
   const base = existsSync("/dev/shm") ? "/dev/shm" : undefined;
   return mkdtempSync(join(base ?? (process.env.TMPDIR || "/tmp"), `hangar-e2e-${name}-`));
 }
@@ -73,27 +73,42 @@ export async function startServer(name, extraToml = "") {
   mkdirSync(cache, { recursive: true });
   mkdirSync(join(dataDir, "images"), { recursive: true });
   symlinkSync(cache, join(dataDir, "images", "bases"));
-  const child = spawn(bin, ["serve", "--listen", "127.0.0.1:0"], {
-    env: hangarEnv(dataDir),
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  let child;
   let stderr = "";
-  child.stderr.on("data", (d) => (stderr += d));
-  const lines = createInterface({ input: child.stdout });
-  const started = await new Promise((ok, fail) => {
-    let adminToken = null;
-    const timer = setTimeout(() => fail(new Error(`hangar serve did not start in 60 s:\n${stderr}`)), 60_000);
-    child.on("exit", (code) => fail(new Error(`hangar serve exited (${code}) before listening:\n${stderr}`)));
-    lines.on("line", (line) => {
-      const m = /--token (\S+)/.exec(line);
-      if (line.trim().startsWith("hangar login --server") && m) adminToken = m[1];
-      const u = /^hangar listening on (\S+)/.exec(line);
-      if (u) {
-        clearTimeout(timer);
-        ok({ url: u[1], adminToken });
-      }
+  /** Starts `hangar serve` on `listen`; resolves with its URL and the first start's admin token. */
+  const launch = (listen) => {
+    child = spawn(bin, ["serve", "--listen", listen], {
+      env: hangarEnv(dataDir),
+      stdio: ["ignore", "pipe", "pipe"],
     });
-  });
+    const proc = child;
+    proc.stderr.on("data", (d) => (stderr += d));
+    const lines = createInterface({ input: proc.stdout });
+    return new Promise((ok, fail) => {
+      let adminToken = null;
+      const timer = setTimeout(() => fail(new Error(`hangar serve did not start in 60 s:\n${stderr}`)), 60_000);
+      proc.on("exit", (code) => fail(new Error(`hangar serve exited (${code}) before listening:\n${stderr}`)));
+      lines.on("line", (line) => {
+        const m = /--token (\S+)/.exec(line);
+        if (line.trim().startsWith("hangar login --server") && m) adminToken = m[1];
+        const u = /^hangar listening on (\S+)/.exec(line);
+        if (u) {
+          clearTimeout(timer);
+          ok({ url: u[1], adminToken });
+        }
+      });
+    });
+  };
+  /** Stops the server (SIGTERM, then SIGKILL after 10 s). */
+  const halt = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      const gone = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      await Promise.race([gone, new Promise((r) => setTimeout(r, 10_000))]);
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    }
+  };
+  const started = await launch("127.0.0.1:0");
   if (!started.adminToken) throw new Error("hangar serve printed no admin token");
   return {
     url: started.url,
@@ -105,25 +120,27 @@ export async function startServer(name, extraToml = "") {
       const out = execFileSync(bin, ["user", "add", login, "--json"], { env: hangarEnv(dataDir) });
       return JSON.parse(out.toString()).token;
     },
-    /** An API call as `token`. */
+    /** An API call as `token`; a string body is sent as it is (a recipe), anything else as JSON. */
     async api(token, method, path, body) {
       const res = await fetch(started.url + path, {
         signal: AbortSignal.timeout(20 * 60_000),
         method,
-        headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
-        body: body === undefined ? undefined : JSON.stringify(body),
+        headers: { Authorization: `Bearer ${token}`, "Content-Type": typeof body === "string" ? "application/toml" : "application/json" },
+        body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
       });
       const text = await res.text();
       return { status: res.status, body: text ? JSON.parse(text) : null };
     },
+    /** Stops the server and starts it again on the same address and data (sandboxes
+     * outlive it; open WebSockets see it go). Resolves once it listens again. */
+    async restart({ downMs = 0 } = {}) {
+      await halt();
+      if (downMs) await new Promise((r) => setTimeout(r, downMs));
+      await launch(new URL(started.url).host);
+    },
     /** Stops the server and removes its sandboxes and data. */
     async stop() {
-      if (child.exitCode === null) {
-        const gone = new Promise((r) => child.once("exit", r));
-        child.kill("SIGTERM");
-        await Promise.race([gone, new Promise((r) => setTimeout(r, 10_000))]);
-        if (child.exitCode === null) child.kill("SIGKILL");
-      }
+      await halt();
       const sandboxes = join(dataDir, "sandboxes");
       const ids = existsSync(sandboxes) ? readdirSync(sandboxes) : [];
       if (ids.length) {

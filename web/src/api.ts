@@ -82,6 +82,105 @@ export interface EnvView {
   path: string;
 }
 
+/** An image in the layer store (`GET /api/images`). */
+export interface ImageView {
+  id: string;
+  digest: string;
+  /** The repository URL it was built from. */
+  repo: string | null;
+  commit: string | null;
+  base: string;
+  created: string | null;
+  size: number;
+  layers: number;
+  /** Its repository's current image: new sessions start from it. */
+  current: boolean;
+}
+
+/** One step of a build. */
+export interface BuildStep {
+  name: string;
+  cached: boolean;
+  elapsed_ms: number | null;
+  ok: boolean | null;
+}
+
+/** A build (`/api/images/builds`). */
+export interface BuildView {
+  id: string;
+  repo: string;
+  reference: string | null;
+  status: "running" | "succeeded" | "failed";
+  trigger: string;
+  commit: string | null;
+  steps: BuildStep[];
+  log_tail: string;
+  error: string | null;
+  image: string | null;
+  started_at_ms: number;
+  finished_at_ms: number | null;
+}
+
+/** Pull request figures (`GET /api/stats`). */
+export interface StatsFigures {
+  prs_opened: number;
+  prs_merged: number;
+  prs_closed_unmerged: number;
+  median_time_to_merge_secs: number | null;
+  approval_rate: number | null;
+  revisions: number;
+  agent_code_share: number | null;
+}
+
+/** One UTC day's activity. */
+export interface UsageDay {
+  day_ms: number;
+  sessions: number;
+  prs_opened: number;
+  prs_merged: number;
+}
+
+/** `GET /api/stats`. */
+export interface StatsView {
+  overall: StatsFigures;
+  repos: Record<string, StatsFigures>;
+  usage: { sessions: number; sessions_with_pr: number; sessions_merged: number; days: UsageDay[] };
+  prompting_now: string[];
+}
+
+/** `GET /api/pool`. */
+export interface PoolView {
+  idle: { repo: string; idle: number }[];
+  hits: number;
+  misses: number;
+  mean_claim_ms: number;
+  reservations: number;
+  drafts: { user: string; repo: string; sandbox: string | null }[];
+}
+
+/** A directory entry in an environment. */
+export interface FileEntry {
+  name: string;
+  kind: "file" | "dir" | "symlink" | "other";
+  size: number;
+  mtime_ms: number;
+  link_target?: string;
+}
+
+/** `GET /api/environments/{id}/files`: a directory's entries or a file's text. */
+export type FilesView =
+  | { kind: "directory"; path: string; entries: FileEntry[] }
+  | { kind: "file"; path: string; size: number; text: string | null; binary: boolean };
+
+/** `GET /api/environments/{id}/repo`: the environment's checkout. */
+export interface RepoStatusView {
+  path: string;
+  branch: string | null;
+  upstream: string | null;
+  status: string[];
+  commits: { hash: string; author: string; at_ms: number; subject: string }[];
+}
+
 /** Turns a failed response into an `ApiError`, whatever its body. */
 async function failure(res: Response): Promise<ApiError> {
   const text = await res.text().catch(() => "");
@@ -149,6 +248,16 @@ export function client(token: string) {
         ...(repo ? { repo } : {}),
       }),
     env: (id: string) => call<EnvView>(token, "GET", `/api/environments/${enc(id)}`),
+    envFiles: (id: string, path?: string) =>
+      call<FilesView>(token, "GET", `/api/environments/${enc(id)}/files${path ? `?path=${enc(path)}` : ""}`),
+    envRepo: (id: string) => call<RepoStatusView>(token, "GET", `/api/environments/${enc(id)}/repo`),
+    images: () => call<ImageView[]>(token, "GET", "/api/images"),
+    builds: () => call<BuildView[]>(token, "GET", "/api/images/builds"),
+    build: (id: string) => call<BuildView>(token, "GET", `/api/images/builds/${enc(id)}`),
+    startBuild: (repo: string, ref?: string) =>
+      call<BuildView>(token, "POST", "/api/images/builds", { repo, ...(ref ? { ref } : {}) }),
+    stats: () => call<StatsView>(token, "GET", "/api/stats"),
+    pool: () => call<PoolView>(token, "GET", "/api/pool"),
   };
 }
 

@@ -11,6 +11,8 @@ import { SignIn } from "./pages/SignIn";
 import { Sessions } from "./pages/Sessions";
 import { NewSession } from "./pages/NewSession";
 import { SessionPage } from "./pages/Session";
+import { BuildPage, Images } from "./pages/Images";
+import { Stats } from "./pages/Stats";
 import type { ComponentType } from "preact";
 
 type EnvModule = typeof import("./pages/Env");
@@ -82,6 +84,15 @@ function App() {
     case "env":
       page = <Lazy key={r.id} name="EnvPage" props={{ id: r.id, token: tokenFor(r.id), me }} />;
       break;
+    case "images":
+      page = <Images token={token!} />;
+      break;
+    case "build":
+      page = <BuildPage key={r.id} id={r.id} token={token!} />;
+      break;
+    case "stats":
+      page = <Stats token={token!} />;
+      break;
     case "not-found":
       page = (
         <main class="page">
@@ -102,6 +113,12 @@ function App() {
             </a>
             <a href="/envs" onClick={linkClick}>
               Environments
+            </a>
+            <a href="/images" onClick={linkClick}>
+              Images
+            </a>
+            <a href="/stats" onClick={linkClick}>
+              Stats
             </a>
             <a href="/sessions/new" onClick={linkClick} class="button small">
               New session

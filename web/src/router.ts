@@ -8,6 +8,9 @@ export type Route =
   | { page: "session"; id: string }
   | { page: "envs" }
   | { page: "env"; id: string }
+  | { page: "images" }
+  | { page: "build"; id: string }
+  | { page: "stats" }
   | { page: "not-found"; path: string };
 
 /** The route of `path` (and its query string). */
@@ -20,10 +23,14 @@ export function route(path: string, search = ""): Route {
   if (p === "/" || p === "/sessions") return { page: "sessions" };
   if (p === "/sessions/new") return { page: "new-session" };
   if (p === "/envs") return { page: "envs" };
+  if (p === "/images") return { page: "images" };
+  if (p === "/stats") return { page: "stats" };
   let m = /^\/sessions\/([^/]+)$/.exec(p);
   if (m) return { page: "session", id: decodeURIComponent(m[1]) };
   m = /^\/envs\/([^/]+)$/.exec(p);
   if (m) return { page: "env", id: decodeURIComponent(m[1]) };
+  m = /^\/images\/builds\/([^/]+)$/.exec(p);
+  if (m) return { page: "build", id: decodeURIComponent(m[1]) };
   return { page: "not-found", path };
 }
 

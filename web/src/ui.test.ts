@@ -88,3 +88,38 @@ describe("tool summaries", () => {
     expect(toolSummary("x", null)).toBe("x");
   });
 });
+
+describe("figures for people", () => {
+  it("formats sizes, durations and shares", async () => {
+    const { bytes, duration, percent } = await import("./format");
+    expect([0, 1023, 1536, 5 * 1024 * 1024, 300 * 1024 * 1024].map(bytes)).toEqual(["0 B", "1023 B", "1.5 KiB", "5.0 MiB", "300 MiB"]);
+    expect([850, 12_000, 185_000, 7_800_000].map(duration)).toEqual(["850 ms", "12 s", "3 min 5 s", "2 h 10 min"]);
+    expect([null, 0, 0.256, 1].map(percent)).toEqual(["–", "0%", "26%", "100%"]);
+  });
+});
+
+describe("new pages", () => {
+  it("routes images, builds and stats", () => {
+    expect(route("/images")).toEqual({ page: "images" });
+    expect(route("/images/builds/bld-0a1b")).toEqual({ page: "build", id: "bld-0a1b" });
+    expect(route("/stats/")).toEqual({ page: "stats" });
+    expect(route("/images/builds")).toEqual({ page: "not-found", path: "/images/builds" });
+  });
+});
+
+describe("images", () => {
+  it("groups images by registered repository, the current one first", async () => {
+    const { groupImages } = await import("./pages/Images");
+    const img = (id: string, repo: string | null, current: boolean, created: string) =>
+      ({ id, digest: "sha256:" + id, repo, commit: null, base: "host", created, size: 1, layers: 1, current });
+    const groups = groupImages(
+      [img("a", "/git/app", false, "2026-01-02"), img("b", "/git/app", true, "2026-01-01"), img("c", null, false, "2026-01-01"), img("d", "/git/other", false, "2026-01-01")],
+      [{ name: "acme/app", url: "/git/app", default_branch: "main", description: "" }],
+    );
+    expect(groups.map(([k, l]) => [k, l.map((i) => i.id)])).toEqual([
+      ["/git/other", ["d"]],
+      ["acme/app", ["b", "a"]],
+      ["base images", ["c"]],
+    ]);
+  });
+});

@@ -1,8 +1,8 @@
 //! Environments end to end through the real binary: `hangar env create` builds a Debian
 //! bullseye image with mmdebstrap (the base tarball is shared through the test cache),
 //! starts a sandbox running Python 3.9.2 and prints one JSON document; `env ls` and
-//! `env rm`; a terminal over the WebSocket; and every bad input as one JSON error with a
-//! non-zero exit.
+//! `env rm`; a terminal over the WebSocket; its files and repository over HTTP; and every
+//! bad input as one JSON error with a non-zero exit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -183,6 +183,175 @@ fn env_create_runs_python_3_9_and_env_ls_and_rm_manage_it() {
             }
         }
         assert!(who.unwrap().starts_with("guest-"));
+    });
+
+    // Its files and its repository, read through envd in the sandbox.
+    let sh = |script: &str| {
+        let out = hangar(&data)
+            .args(["sandbox", "exec", sandbox, "--", "sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {out:?}");
+    };
+    sh(
+        "mkdir -p /root/proj && printf 'print(1)\\n' > /root/proj/a.py \
+        && printf '\\377\\376' > /root/proj/b.bin \
+        && head -c 1048577 /dev/zero > /root/big && head -c 1048576 /dev/zero > /root/fits",
+    );
+    let admin = Api::new(&server, &token);
+    rt.block_on(async {
+        let files = |q: &str| {
+            let path = format!("/api/environments/{id}/files{q}");
+            let admin = &admin;
+            async move { admin.get(&path).await }
+        };
+        // The working directory by default (/root without a repository), sorted.
+        let (status, home) = files("").await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{home}");
+        assert_eq!(
+            (&home["kind"], &home["path"]),
+            (&"directory".into(), &"/root".into())
+        );
+        let names: Vec<&str> = home["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"proj") && names.contains(&"big"), "{home}");
+        let (_, proj) = files("?path=proj").await;
+        assert_eq!(proj["entries"][0]["name"], "a.py", "{proj}");
+        assert_eq!(proj["entries"][0]["kind"], "file");
+        assert_eq!(proj["entries"][0]["size"], 9);
+        let (status, file) = files("?path=/root/proj/./a.py").await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{file}");
+        assert_eq!(file["kind"], "file");
+        assert_eq!(file["path"], "/root/proj/a.py");
+        assert_eq!(file["text"], "print(1)\n");
+        let (_, bin) = files("?path=proj/b.bin").await;
+        assert_eq!(
+            (&bin["binary"], &bin["text"]),
+            (&true.into(), &Value::Null),
+            "{bin}"
+        );
+        let (_, root) = files("?path=/").await;
+        assert!(
+            root["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "etc")
+        );
+        let (status, fits) = files("?path=fits").await;
+        assert_eq!(
+            (status, &fits["size"]),
+            (reqwest::StatusCode::OK, &1_048_576.into())
+        );
+
+        // Bad input: each a clear error.
+        let msg = assert_error(
+            files("?path=big").await,
+            reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+            "file_too_large",
+        );
+        assert!(
+            msg.contains("1048577 bytes") && msg.contains("terminal"),
+            "{msg}"
+        );
+        let msg = assert_error(
+            files("?path=../../etc/passwd").await,
+            reqwest::StatusCode::BAD_REQUEST,
+            "invalid_path",
+        );
+        assert!(msg.contains(".."), "{msg}");
+        assert_error(
+            files("?path=/root/%2e%2e/etc").await,
+            reqwest::StatusCode::BAD_REQUEST,
+            "invalid_path",
+        );
+        assert_error(
+            files("?path=a%00b").await,
+            reqwest::StatusCode::BAD_REQUEST,
+            "invalid_path",
+        );
+        let msg = assert_error(
+            files("?path=proj/a.py/inside").await,
+            reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+            "not_a_directory",
+        );
+        assert!(msg.contains("/root/proj/a.py/inside"), "{msg}");
+        let msg = assert_error(
+            files("?path=nothing-here").await,
+            reqwest::StatusCode::NOT_FOUND,
+            "not_found",
+        );
+        assert!(msg.contains("/root/nothing-here"), "{msg}");
+        assert_error(
+            files("?path=/dev/null").await,
+            reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+            "not_a_file",
+        );
+        assert_error(
+            files("?bogus=1").await,
+            reqwest::StatusCode::BAD_REQUEST,
+            "bad_request",
+        );
+        assert_error(
+            admin.get("/api/environments/no-such-env/files").await,
+            reqwest::StatusCode::NOT_FOUND,
+            "not_found",
+        );
+        assert_error(
+            admin.get("/api/environments/no-such-env/repo").await,
+            reqwest::StatusCode::NOT_FOUND,
+            "not_found",
+        );
+
+        // No repository yet: a clear error; then one, with a change and two commits.
+        let msg = assert_error(
+            admin.get(&format!("/api/environments/{id}/repo")).await,
+            reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+            "no_repository",
+        );
+        assert!(msg.contains("no git repository at /root"), "{msg}");
+    });
+    sh("cd /root && git init -q -b trunk && git add proj \
+        && git -c user.name=Ann -c user.email=a@example.com commit -qm 'First commit' \
+        && echo x >> proj/a.py && git add proj && git -c user.name=Bo -c user.email=b@example.com commit -qm 'Second' \
+        && echo y >> proj/a.py");
+    rt.block_on(async {
+        let (status, repo) = admin.get(&format!("/api/environments/{id}/repo")).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{repo}");
+        assert_eq!(repo["path"], "/root");
+        assert_eq!(repo["branch"], "trunk");
+        assert_eq!(repo["upstream"], Value::Null);
+        let status_lines: Vec<&str> = repo["status"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert!(status_lines.contains(&" M proj/a.py"), "{repo}");
+        assert!(status_lines.contains(&"?? big"), "{repo}");
+        assert_eq!(repo["commits"][0]["subject"], "Second");
+        assert_eq!(repo["commits"][0]["author"], "Bo");
+        assert_eq!(repo["commits"][1]["subject"], "First commit");
+        assert_eq!(repo["commits"][0]["hash"].as_str().unwrap().len(), 40);
+        assert!(repo["commits"][0]["at_ms"].as_i64().unwrap() > 1_600_000_000_000);
+        // The share link opens them too (for its own environment only).
+        let (status, _) = api.get(&format!("/api/environments/{id}/repo")).await;
+        assert_eq!(status, reqwest::StatusCode::OK);
+        let (status, _) = api
+            .get(&format!("/api/environments/{id}/files?path=proj"))
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK);
+        assert_error(
+            Api::new(&server, "hgr_nope")
+                .get(&format!("/api/environments/{id}/files"))
+                .await,
+            reqwest::StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
     });
 
     // The name is taken now.

@@ -371,6 +371,10 @@ fn serve_answers_health_auth_sandboxes_and_errors() {
         "/api/sandboxes",
         "/api/sandboxes/{id}",
         "/api/sandboxes/{id}/exec",
+        "/api/environments/{id}/files",
+        "/api/environments/{id}/repo",
+        "/api/images/builds/{id}",
+        "/api/stats",
     ] {
         assert!(paths.contains_key(p), "{p} missing from openapi.json");
     }

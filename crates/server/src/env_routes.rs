@@ -1,5 +1,7 @@
 //! Environments (`/api/environments`): create (builds or reuses the image, starts the
-//! sandbox; the answer waits for both), list, show, remove; and
+//! sandbox; the answer waits for both), list, show, remove; their files
+//! (`/api/environments/{id}/files`, through envd's file API) and checkout
+//! (`/api/environments/{id}/repo`, git run in the sandbox); and
 //! `GET /api/environments/{id}/ws`, a terminal: each connection gets its own shell on a
 //! PTY in the environment's sandbox (envd's PTY exec), and everyone connected to an
 //! environment sees who else is there.
@@ -218,6 +220,358 @@ pub async fn delete_environment(
     let r = envs.remove(&id).await?;
     tracing::info!(env = %r.id, user = %caller.user.login, "environment removed");
     Ok(Json(EnvironmentView::new(r, false)))
+}
+
+/// The largest file `GET /api/environments/{id}/files` shows.
+pub const MAX_FILE_VIEW: u64 = 1 << 20;
+
+/// `GET /api/environments/{id}/files` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FilesQuery {
+    /// A path inside the environment: absolute, or relative to its working directory
+    /// (`/workspace` with a repository, else `/root`), which is the default. `..` is
+    /// refused.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// A directory's entries or a file's text.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FilesView {
+    /// A directory.
+    Directory {
+        /// The absolute path inside the environment.
+        path: String,
+        /// Its entries, sorted by name.
+        entries: Vec<FileEntryView>,
+    },
+    /// A regular file (up to 1 MiB).
+    File {
+        /// The absolute path inside the environment.
+        path: String,
+        /// Its size in bytes.
+        size: u64,
+        /// Its text; absent when it is not UTF-8 (`binary`).
+        text: Option<String>,
+        /// True when the file is not UTF-8 text.
+        binary: bool,
+    },
+}
+
+/// One directory entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FileEntryView {
+    /// Its name.
+    pub name: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: &'static str,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, milliseconds since the Unix epoch.
+    pub mtime_ms: i64,
+    /// A symlink's target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+}
+
+impl From<hangar_protocol::envd::FileInfo> for FileEntryView {
+    fn from(f: hangar_protocol::envd::FileInfo) -> Self {
+        use hangar_protocol::envd::FileKind;
+        FileEntryView {
+            name: f.name,
+            kind: match f.kind {
+                FileKind::File => "file",
+                FileKind::Dir => "dir",
+                FileKind::Symlink => "symlink",
+                FileKind::Other => "other",
+            },
+            size: f.size,
+            mtime_ms: f.mtime_ms,
+            link_target: f.link_target,
+        }
+    }
+}
+
+/// The absolute path inside the environment that `raw` names: absolute, or relative to
+/// `workdir` (the default). `.` and empty components drop out; `..` is refused, so a path
+/// says plainly where it is (envd would keep it inside the sandbox anyway).
+fn env_path(workdir: &str, raw: Option<&str>) -> Result<String, ApiError> {
+    let raw = raw.unwrap_or("");
+    let bad = |why: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            format!(
+                "path {raw:?} {why}; give a path inside the environment, absolute or relative to {workdir}"
+            ),
+        )
+    };
+    if raw.len() > 4096 {
+        return Err(bad("is longer than 4096 bytes"));
+    }
+    if raw.contains('\0') {
+        return Err(bad("contains a NUL byte"));
+    }
+    let joined = if raw.starts_with('/') {
+        raw.to_string()
+    } else {
+        format!("{workdir}/{raw}")
+    };
+    let mut parts = Vec::new();
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(bad("goes up with `..`")),
+            p => parts.push(p),
+        }
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// An envd failure on `path`, for the files view.
+fn file_error(path: &str, e: hangar_envd_client::Error) -> ApiError {
+    match e.code() {
+        Some("not_found") => {
+            ApiError::not_found(format!("no file or directory {path} in this environment"))
+        }
+        Some("not_a_directory") => ApiError::invalid(
+            "not_a_directory",
+            format!("{path}: a component of the path is a file, not a directory"),
+        ),
+        Some("permission_denied") => {
+            ApiError::forbidden(format!("{path}: the sandbox may not read it"))
+        }
+        Some("escapes_root") => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            format!("{path}: a symlink loop or a link out of the sandbox"),
+        ),
+        Some("bad_request") => ApiError::invalid(
+            "not_a_file",
+            format!("{path} is neither a directory nor a regular file (a device, socket or pipe)"),
+        ),
+        _ => e.into(),
+    }
+}
+
+/// A directory's entries or a file's text, read through envd inside the environment's
+/// sandbox (paths resolve inside its root; symlinks are followed there). Files over 1 MiB
+/// are refused: read those in a terminal.
+#[utoipa::path(get, path = "/api/environments/{id}/files", tag = "environments", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Environment id or name"), FilesQuery),
+    responses(
+        (status = 200, body = FilesView),
+        (status = 400, description = "A path with `..`, a NUL byte or over 4096 bytes", body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 403, description = "Another environment's share link, or a file the sandbox may not read", body = ErrorResponse),
+        (status = 404, description = "No such environment, file or directory", body = ErrorResponse),
+        (status = 409, description = "The environment's sandbox is not running", body = ErrorResponse),
+        (status = 422, description = "`file_too_large` (over 1 MiB), `not_a_directory`, `not_a_file`", body = ErrorResponse)))]
+pub async fn env_files(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<FilesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<FilesView>, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| {
+        ApiError::bad_request(format!("{}; the only parameter is path", e.body_text()))
+    })?;
+    let envs = environments(&state)?;
+    let env = envs.get(&id)?;
+    access.check_env(&env.id)?;
+    let path = env_path(hangar_envs::workdir(&env), q.path.as_deref())?;
+    let envd = envs.envd(&env).await?;
+    match envd.list_dir(&path).await {
+        Ok(entries) => {
+            return Ok(Json(FilesView::Directory {
+                path,
+                entries: entries.into_iter().map(FileEntryView::from).collect(),
+            }));
+        }
+        Err(e) if e.code() == Some("not_a_directory") => {}
+        Err(e) => return Err(file_error(&path, e)),
+    }
+    // Not a directory: a file (or a path through one, which reading reports).
+    let data = envd
+        .read_file(&path, 0, Some(MAX_FILE_VIEW))
+        .await
+        .map_err(|e| file_error(&path, e))?;
+    if data.size > MAX_FILE_VIEW {
+        return Err(ApiError::invalid(
+            "file_too_large",
+            format!(
+                "{path} is {} bytes; the file view shows files up to {} bytes (1 MiB): read it in a terminal",
+                data.size, MAX_FILE_VIEW
+            ),
+        ));
+    }
+    let (text, binary) = match String::from_utf8(data.data) {
+        Ok(t) => (Some(t), false),
+        Err(_) => (None, true),
+    };
+    Ok(Json(FilesView::File {
+        path,
+        size: data.size,
+        text,
+        binary,
+    }))
+}
+
+/// The repository view of an environment's checkout.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RepoStatusView {
+    /// The checkout's top directory inside the environment.
+    pub path: String,
+    /// The current branch; absent when HEAD is detached.
+    pub branch: Option<String>,
+    /// The upstream branch it tracks, if any (`origin/main`).
+    pub upstream: Option<String>,
+    /// `git status --short` lines (`XY path`).
+    pub status: Vec<String>,
+    /// The last commits, newest first (at most 20).
+    pub commits: Vec<CommitView>,
+}
+
+/// One commit.
+#[derive(Debug, PartialEq, Serialize, ToSchema)]
+pub struct CommitView {
+    /// The full hash.
+    pub hash: String,
+    /// The author's name.
+    pub author: String,
+    /// Author time, milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// The first line of the message.
+    pub subject: String,
+}
+
+/// The branch and upstream from `git status --short --branch`'s first line
+/// (`## main...origin/main [ahead 1]`, `## No commits yet on main`, `## HEAD (no branch)`).
+fn parse_branch_line(line: &str) -> (Option<String>, Option<String>) {
+    let Some(rest) = line.strip_prefix("## ") else {
+        return (None, None);
+    };
+    let rest = rest
+        .strip_prefix("No commits yet on ")
+        .or_else(|| rest.strip_prefix("Initial commit on "))
+        .unwrap_or(rest);
+    if rest.starts_with("HEAD (no branch)") {
+        return (None, None);
+    }
+    let rest = rest.split(" [").next().unwrap_or(rest);
+    match rest.split_once("...") {
+        Some((branch, upstream)) => (Some(branch.to_string()), Some(upstream.to_string())),
+        None => (Some(rest.to_string()), None),
+    }
+}
+
+/// Commits from `git log --format=%H%x1f%an%x1f%at%x1f%s`.
+fn parse_log(out: &str) -> Vec<CommitView> {
+    out.lines()
+        .filter_map(|line| {
+            let mut f = line.splitn(4, '\u{1f}');
+            let (hash, author, at, subject) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            Some(CommitView {
+                hash: hash.to_string(),
+                author: author.to_string(),
+                at_ms: at.parse::<i64>().ok()? * 1000,
+                subject: subject.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Runs git in the environment's working directory; its output, or why it failed.
+async fn git_in(
+    envd: &hangar_envd_client::EnvdClient,
+    workdir: &str,
+    args: &[&str],
+) -> Result<hangar_envd_client::Output, ApiError> {
+    let mut argv: Vec<String> = ["git", "-c", "safe.directory=*", "-c", "color.ui=never"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    argv.extend(args.iter().map(|s| s.to_string()));
+    envd.output(
+        ExecRequest {
+            argv,
+            cwd: Some(workdir.into()),
+            // A view must not take the index lock from someone's `git commit`.
+            env: [("GIT_OPTIONAL_LOCKS".to_string(), "0".to_string())].into(),
+            timeout_ms: Some(15_000),
+            ..Default::default()
+        },
+        1 << 20,
+    )
+    .await
+    .map_err(|e| match e.code() {
+        Some("not_found") => ApiError::invalid(
+            "no_repository",
+            format!("git is not installed in this environment, or {workdir} is gone"),
+        ),
+        _ => e.into(),
+    })
+}
+
+/// The environment's checkout (its working directory): current branch, `git status
+/// --short`, the last 20 commits. Read by running git in the sandbox.
+#[utoipa::path(get, path = "/api/environments/{id}/repo", tag = "environments", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Environment id or name")),
+    responses(
+        (status = 200, body = RepoStatusView),
+        (status = 401, body = ErrorResponse),
+        (status = 403, description = "Another environment's share link", body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "The environment's sandbox is not running", body = ErrorResponse),
+        (status = 422, description = "`no_repository`: the working directory is not a git checkout", body = ErrorResponse)))]
+pub async fn env_repo(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> Result<Json<RepoStatusView>, ApiError> {
+    let envs = environments(&state)?;
+    let env = envs.get(&id)?;
+    access.check_env(&env.id)?;
+    let workdir = hangar_envs::workdir(&env);
+    let envd = envs.envd(&env).await?;
+    let top = git_in(&envd, workdir, &["rev-parse", "--show-toplevel"]).await?;
+    if top.status.code != Some(0) {
+        let why = String::from_utf8_lossy(&top.stderr);
+        return Err(ApiError::invalid(
+            "no_repository",
+            format!(
+                "environment {} has no git repository at {workdir} ({}); create it with a repository, or run git init there",
+                env.name,
+                why.lines().next().unwrap_or("git failed").trim()
+            ),
+        ));
+    }
+    let status = git_in(&envd, workdir, &["status", "--short", "--branch"]).await?;
+    let status_text = String::from_utf8_lossy(&status.stdout);
+    let mut lines = status_text.lines();
+    let (branch, upstream) = lines.next().map(parse_branch_line).unwrap_or((None, None));
+    let changes = lines.map(str::to_string).collect();
+    // A repository without commits has no log: that is an empty list, not an error.
+    let log = git_in(
+        &envd,
+        workdir,
+        &["log", "-n", "20", "--format=%H%x1f%an%x1f%at%x1f%s"],
+    )
+    .await?;
+    let commits = if log.status.code == Some(0) {
+        parse_log(&String::from_utf8_lossy(&log.stdout))
+    } else {
+        Vec::new()
+    };
+    Ok(Json(RepoStatusView {
+        path: String::from_utf8_lossy(&top.stdout).trim().to_string(),
+        branch,
+        upstream,
+        status: changes,
+        commits,
+    }))
 }
 
 /// Who has terminals open on each environment.
@@ -485,6 +839,56 @@ mod tests {
         for bad in ["cols=0", "rows=x", "cols=1001", "size=3"] {
             assert!(terminal_query(Some(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn env_paths_are_absolute_inside_the_environment_and_never_climb() {
+        assert_eq!(env_path("/workspace", None).unwrap(), "/workspace");
+        assert_eq!(env_path("/workspace", Some("")).unwrap(), "/workspace");
+        assert_eq!(
+            env_path("/workspace", Some("src/./a.py")).unwrap(),
+            "/workspace/src/a.py"
+        );
+        assert_eq!(
+            env_path("/root", Some("/etc//hostname/")).unwrap(),
+            "/etc/hostname"
+        );
+        assert_eq!(env_path("/root", Some("/")).unwrap(), "/");
+        for bad in ["../etc/passwd", "/workspace/../../etc", "a/..", "a\0b"] {
+            let e = env_path("/workspace", Some(bad)).unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_REQUEST, "invalid_path"),
+                "{bad}"
+            );
+        }
+        assert!(env_path("/root", Some(&"a/".repeat(3000))).is_err());
+    }
+
+    #[test]
+    fn git_status_branch_lines_and_logs_parse() {
+        let b = |l: &str| parse_branch_line(l);
+        assert_eq!(b("## main"), (Some("main".into()), None));
+        assert_eq!(
+            b("## main...origin/main [ahead 1, behind 2]"),
+            (Some("main".into()), Some("origin/main".into()))
+        );
+        assert_eq!(
+            b("## No commits yet on trunk"),
+            (Some("trunk".into()), None)
+        );
+        assert_eq!(b("## HEAD (no branch)"), (None, None));
+        assert_eq!(b("?? stray"), (None, None));
+        let log = "abc\u{1f}Ann Author\u{1f}1700000000\u{1f}Fix: a | b\u{1f}c\nbroken line\n";
+        assert_eq!(
+            parse_log(log),
+            [CommitView {
+                hash: "abc".into(),
+                author: "Ann Author".into(),
+                at_ms: 1_700_000_000_000,
+                subject: "Fix: a | b\u{1f}c".into(),
+            }]
+        );
     }
 
     #[test]

@@ -223,6 +223,60 @@ pub struct StatsView {
     pub overall: StatsFigures,
     /// Per repository (`owner/name`).
     pub repos: BTreeMap<String, StatsFigures>,
+    /// From sessions to merged pull requests, and activity per day.
+    pub usage: UsageView,
+    /// The people who added a prompt in the last five minutes (logins, sorted). Counted
+    /// since this server started.
+    pub prompting_now: Vec<String>,
+}
+
+/// How many days of activity `GET /api/stats` shows.
+pub const USAGE_DAYS: u32 = 30;
+
+/// From sessions to merged pull requests, and activity per UTC day.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageView {
+    /// Sessions ever started.
+    pub sessions: u64,
+    /// ... of which opened a pull request.
+    pub sessions_with_pr: u64,
+    /// ... of which had a pull request merged.
+    pub sessions_merged: u64,
+    /// The last 30 UTC days, oldest first, quiet days included.
+    pub days: Vec<UsageDayView>,
+}
+
+/// One UTC day's activity.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageDayView {
+    /// The day's start, milliseconds since the Unix epoch.
+    pub day_ms: i64,
+    /// Sessions started.
+    pub sessions: u64,
+    /// Pull requests opened.
+    pub prs_opened: u64,
+    /// Pull requests merged.
+    pub prs_merged: u64,
+}
+
+impl From<hangar_store::Usage> for UsageView {
+    fn from(u: hangar_store::Usage) -> Self {
+        UsageView {
+            sessions: u.sessions,
+            sessions_with_pr: u.sessions_with_pr,
+            sessions_merged: u.sessions_merged,
+            days: u
+                .days
+                .into_iter()
+                .map(|d| UsageDayView {
+                    day_ms: d.day_ms,
+                    sessions: d.sessions,
+                    prs_opened: d.prs_opened,
+                    prs_merged: d.prs_merged,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Starts a sign-in with GitHub: redirects to GitHub's authorize page with a new,
@@ -435,11 +489,18 @@ pub async fn get_pr(
         (status = 401, body = ErrorResponse)))]
 pub async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiError> {
     let (per_repo, overall) = state.store.pr_stats()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let usage = state.store.usage(USAGE_DAYS, now)?;
     Ok(Json(StatsView {
         overall: StatsFigures::from(&overall),
         repos: per_repo
             .iter()
             .map(|(repo, s)| (repo.clone(), StatsFigures::from(s)))
             .collect(),
+        usage: usage.into(),
+        prompting_now: state.sessions.prompting_since(now - 5 * 60_000),
     }))
 }

@@ -274,6 +274,8 @@ fn parts() -> (Part, Part, Part, utoipa::openapi::OpenApi) {
             env_routes::delete_environment
         ))
         .routes(routes!(env_routes::terminal_ws))
+        .routes(routes!(env_routes::env_files))
+        .routes(routes!(env_routes::env_repo))
         .split_for_parts();
     doc.merge(sessions_doc);
     (public, api, sessions, doc)

@@ -327,6 +327,39 @@ async fn sign_in_then_a_pr_as_the_user_then_webhooks_update_record_log_and_stats
     assert_eq!(stats.json["overall"]["prs_opened"], 1);
     assert_eq!(stats.json["overall"]["prs_merged"], 1);
     assert_eq!(stats.json["repos"]["acme/app"]["prs_merged"], 1);
+    // From sessions to merged pull requests, per day, and nobody has prompted yet.
+    let usage = &stats.json["usage"];
+    assert_eq!(
+        (
+            &usage["sessions"],
+            &usage["sessions_with_pr"],
+            &usage["sessions_merged"]
+        ),
+        (&json!(1), &json!(1), &json!(1)),
+        "{usage}"
+    );
+    let days = usage["days"].as_array().unwrap();
+    assert_eq!(days.len(), 30);
+    let today = days.last().unwrap();
+    assert_eq!(
+        (&today["sessions"], &today["prs_opened"]),
+        (&json!(1), &json!(1)),
+        "{today}"
+    );
+    // Merged on the day GitHub's payload says.
+    let merged: u64 = days.iter().map(|d| d["prs_merged"].as_u64().unwrap()).sum();
+    assert_eq!(merged, 1, "{usage}");
+    assert_eq!(stats.json["prompting_now"], json!([]));
+    let prompted = h
+        .post(
+            &format!("/api/sessions/{}/prompts", session.id),
+            &alice_token,
+            json!({"text": "one more thing"}),
+        )
+        .await;
+    assert_eq!(prompted.status, StatusCode::CREATED, "{}", prompted.json);
+    let stats = h.get("/api/stats", Some(&alice_token)).await;
+    assert_eq!(stats.json["prompting_now"], json!(["alice"]));
     let metrics = h.get("/metrics", None).await.text;
     assert!(
         metrics.contains("hangar_pull_requests{repo=\"acme/app\",what=\"merged\"} 1"),

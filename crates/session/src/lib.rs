@@ -137,6 +137,9 @@ pub(crate) struct Shared {
     generation: AtomicU64,
     loads: AtomicU64,
     pub(crate) unloads: AtomicU64,
+    /// Who added a prompt lately: login → when (ms), for [`Sessions::prompting_since`].
+    /// Kept in memory only: a restart forgets who prompted a few minutes ago.
+    prompters: Mutex<HashMap<String, i64>>,
 }
 
 impl Shared {
@@ -240,6 +243,7 @@ impl Sessions {
                 generation: AtomicU64::new(0),
                 loads: AtomicU64::new(0),
                 unloads: AtomicU64::new(0),
+                prompters: Mutex::default(),
             }),
         })
     }
@@ -375,12 +379,41 @@ impl Sessions {
         author: Author,
         text: String,
     ) -> Result<Prompt, SessionError> {
-        self.call(id, |reply| Command::Prompt {
-            author: author.clone(),
-            text: text.clone(),
-            reply,
-        })
-        .await
+        let prompt = self
+            .call(id, |reply| Command::Prompt {
+                author: author.clone(),
+                text: text.clone(),
+                reply,
+            })
+            .await?;
+        let mut prompters = self
+            .shared
+            .prompters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = log::now_ms();
+        // Forget anyone idle for an hour, so the map stays as small as the team.
+        prompters.retain(|_, at| now - *at < 3_600_000);
+        prompters.insert(author.login, now);
+        Ok(prompt)
+    }
+
+    /// The logins that added a prompt at or after `since_ms` (milliseconds since the Unix
+    /// epoch, at most an hour ago), sorted. Sub-sessions an agent starts prompt in their
+    /// requester's name, so they count as that person.
+    pub fn prompting_since(&self, since_ms: i64) -> Vec<String> {
+        let prompters = self
+            .shared
+            .prompters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut logins: Vec<String> = prompters
+            .iter()
+            .filter(|(_, at)| **at >= since_ms)
+            .map(|(login, _)| login.clone())
+            .collect();
+        logins.sort();
+        logins
     }
 
     /// The prompts waiting, next first.

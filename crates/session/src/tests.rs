@@ -404,3 +404,35 @@ async fn events_from_outside_the_agent_are_appended_in_order() {
         Err(SessionError::NotFound(_))
     ));
 }
+
+#[tokio::test]
+async fn prompting_since_names_who_prompted_in_the_window() {
+    let f = fixture(Duration::from_secs(60));
+    let s = f.sessions.create(1, "acme/app", "t").await.unwrap();
+    let before = log::now_ms();
+    assert!(f.sessions.prompting_since(before - 300_000).is_empty());
+    for who in [&f.bob, &f.alice, &f.bob] {
+        f.sessions
+            .prompt(&s.id, who.clone(), "hello".into())
+            .await
+            .unwrap();
+    }
+    // A refused prompt (unknown session) does not count.
+    let carol = Author {
+        user_id: None,
+        login: "carol".into(),
+        share_id: None,
+    };
+    assert!(
+        f.sessions
+            .prompt("ses-0000000000000000", carol, "x".into())
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        f.sessions.prompting_since(before - 300_000),
+        ["alice", "bob"]
+    );
+    assert!(f.sessions.prompting_since(log::now_ms() + 1_000).is_empty());
+    wait_idle(&f.sessions, &s.id).await;
+}

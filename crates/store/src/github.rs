@@ -167,6 +167,36 @@ impl PrStats {
     }
 }
 
+/// How the team uses Hangar: the way from sessions to merged pull requests, and activity
+/// per UTC day.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Usage {
+    /// Sessions ever started.
+    pub sessions: u64,
+    /// ... of which opened a pull request.
+    pub sessions_with_pr: u64,
+    /// ... of which had a pull request merged.
+    pub sessions_merged: u64,
+    /// One entry per UTC day of the window asked for, oldest first, days without
+    /// activity included.
+    pub days: Vec<UsageDay>,
+}
+
+/// One UTC day's activity.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct UsageDay {
+    /// The day's start, milliseconds since the Unix epoch (a multiple of 86 400 000).
+    pub day_ms: i64,
+    /// Sessions started.
+    pub sessions: u64,
+    /// Pull requests opened.
+    pub prs_opened: u64,
+    /// Pull requests merged.
+    pub prs_merged: u64,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
 fn median(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -523,6 +553,75 @@ impl Store {
             .collect();
         Ok((per_repo, PrStats::of(&all)))
     }
+
+    /// The funnel from sessions to merged pull requests, and activity per UTC day for the
+    /// `days` days up to and including the one holding `now_ms`.
+    pub fn usage(&self, days: u32, now_ms: i64) -> Result<Usage, StoreError> {
+        let conn = self.conn();
+        let count = |sql: &str| -> Result<u64, StoreError> {
+            Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))?.max(0) as u64)
+        };
+        let mut usage = Usage {
+            sessions: count("SELECT COUNT(*) FROM sessions")?,
+            sessions_with_pr: count(
+                "SELECT COUNT(DISTINCT session_id) FROM pull_requests WHERE session_id IS NOT NULL",
+            )?,
+            sessions_merged: count(
+                "SELECT COUNT(DISTINCT session_id) FROM pull_requests \
+                 WHERE session_id IS NOT NULL AND merged_at IS NOT NULL",
+            )?,
+            days: Vec::new(),
+        };
+        let last = now_ms.div_euclid(DAY_MS);
+        let first = last - i64::from(days.max(1)) + 1;
+        usage.days = (first..=last)
+            .map(|d| UsageDay {
+                day_ms: d * DAY_MS,
+                ..UsageDay::default()
+            })
+            .collect();
+        let per_day = |sql: &str| -> Result<Vec<(i64, u64)>, StoreError> {
+            let mut stmt = conn.prepare(sql)?;
+            let rows = stmt
+                .query_map([first * DAY_MS], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        };
+        let mut add = |rows: Vec<(i64, u64)>, field: fn(&mut UsageDay) -> &mut u64| {
+            for (day, n) in rows {
+                if let Some(d) = usize::try_from(day - first)
+                    .ok()
+                    .and_then(|i| usage.days.get_mut(i))
+                {
+                    *field(d) += n;
+                }
+            }
+        };
+        add(
+            per_day(
+                "SELECT created_at / 86400000, COUNT(*) FROM sessions \
+                 WHERE created_at >= ?1 GROUP BY 1",
+            )?,
+            |d| &mut d.sessions,
+        );
+        add(
+            per_day(
+                "SELECT opened_at / 86400000, COUNT(*) FROM pull_requests \
+                 WHERE opened_at >= ?1 GROUP BY 1",
+            )?,
+            |d| &mut d.prs_opened,
+        );
+        add(
+            per_day(
+                "SELECT merged_at / 86400000, COUNT(*) FROM pull_requests \
+                 WHERE merged_at >= ?1 GROUP BY 1",
+            )?,
+            |d| &mut d.prs_merged,
+        );
+        Ok(usage)
+    }
 }
 
 #[cfg(test)]
@@ -563,6 +662,59 @@ mod tests {
             title: "Fix".into(),
             opened_at_ms: opened,
         }
+    }
+
+    #[test]
+    fn usage_counts_sessions_to_merged_prs_per_day() {
+        let (store, alice) = setup();
+        let day = 86_400_000;
+        // setup() made one session now; two more sessions, one with a merged PR.
+        for id in ["ses-0000000000000002", "ses-0000000000000003"] {
+            store
+                .create_session(&NewSession {
+                    id: id.into(),
+                    repo: "acme/app".into(),
+                    title: "t".into(),
+                    status: "idle".into(),
+                    created_by: alice.id,
+                })
+                .unwrap();
+        }
+        let now = crate::now_ms();
+        store
+            .record_pull_request(&new_pr(1, now - 2 * day))
+            .unwrap();
+        let mut second = new_pr(2, now);
+        second.session_id = Some("ses-0000000000000002".into());
+        store.record_pull_request(&second).unwrap();
+        let merged = PrUpdate::Closed {
+            merged: true,
+            at_ms: now,
+            total_lines: None,
+        };
+        store
+            .apply_webhook("d1", "pull_request", "acme/app", 1, &merged)
+            .unwrap();
+
+        let u = store.usage(7, now).unwrap();
+        assert_eq!(
+            (u.sessions, u.sessions_with_pr, u.sessions_merged),
+            (3, 2, 1)
+        );
+        assert_eq!(u.days.len(), 7);
+        let today = u.days.last().unwrap();
+        assert_eq!(today.day_ms, now - now % day);
+        assert_eq!(
+            (today.sessions, today.prs_opened, today.prs_merged),
+            (3, 1, 1)
+        );
+        let two_days_ago = &u.days[4];
+        assert_eq!((two_days_ago.sessions, two_days_ago.prs_opened), (0, 1));
+        assert_eq!(u.days.iter().map(|d| d.prs_opened).sum::<u64>(), 2);
+        // A window that ended before anything happened counts no days' activity.
+        let old = store.usage(1, now - 10 * day).unwrap();
+        assert_eq!(old.days.len(), 1);
+        assert_eq!(old.days[0].sessions, 0);
     }
 
     #[test]

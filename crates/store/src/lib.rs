@@ -356,7 +356,9 @@ mod github;
 mod repos;
 mod sessions;
 pub use envs::EnvironmentRecord;
-pub use github::{NewPullRequest, PrStats, PrUpdate, PullRequest, SealedGitHubToken};
+pub use github::{
+    NewPullRequest, PrStats, PrUpdate, PullRequest, SealedGitHubToken, Usage, UsageDay,
+};
 pub use repos::{NewRepo, Repo, check_branch_name, check_repo_name};
 pub use sessions::{NewSession, SessionRecord, ShareLink, ShareScope};
 
