@@ -233,9 +233,16 @@ async fn open_sessions(
                 limits: local.default_limits(),
                 network: Network::None,
             };
-            let runtime: Arc<dyn hangar_sandbox::Runtime> = Arc::new(local);
+            let local: Arc<dyn hangar_sandbox::Runtime> = Arc::new(local);
+            let runtime: Arc<dyn hangar_sandbox::Runtime> = Arc::new(
+                hangar_runner::IndexedRuntime::new(local.clone(), store.clone(), "session"),
+            );
             let pool = hangar_pool::Pool::new(
-                runtime.clone(),
+                Arc::new(hangar_runner::IndexedRuntime::new(
+                    local,
+                    store.clone(),
+                    "pool",
+                )),
                 Arc::new(hangar_runner::GitSyncer {
                     worktrees: worktrees.clone(),
                     runtime: runtime.clone(),

@@ -206,8 +206,19 @@ async fn prompts_are_committed_as_their_authors_and_the_branch_is_pushed() {
     );
     assert!(message.contains("acme/unregistered"), "{message}");
 
-    // The session's sandbox dies: the next prompt gets a new one, on the session's branch.
+    // The index says which sandbox serves which session.
     let (_, sandboxes) = api.get("/api/sandboxes").await;
+    assert!(
+        sandboxes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|sb| sb["purpose"] == "session"
+                && sb["session_id"] == id.as_str()
+                && sb["repo"] == "acme/app"),
+        "{sandboxes}"
+    );
+    // The session's sandbox dies: the next prompt gets a new one, on the session's branch.
     for sb in sandboxes.as_array().unwrap() {
         let (status, body) = api
             .raw(

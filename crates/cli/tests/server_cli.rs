@@ -262,13 +262,15 @@ fn serve_answers_health_auth_sandboxes_and_errors() {
     );
     let (status, list) = api.get("/api/sandboxes");
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        list.as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["id"] == sb.id.as_str()),
-        "{list}"
-    );
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == sb.id.as_str())
+        .unwrap_or_else(|| panic!("{list}"));
+    // The index says what it serves and who asked for it.
+    assert_eq!(listed["purpose"], "api", "{listed}");
+    assert!(listed["created_by"].as_i64().is_some(), "{listed}");
     let (status, one) = api.get(&format!("/api/sandboxes/{}", sb.id));
     assert_eq!(
         (status, one["id"].as_str()),

@@ -214,6 +214,8 @@ impl Environments {
                 network: Network::None,
             })
             .await?;
+        self.index
+            .record_sandbox(&sandbox.id, "environment", repo, Some(created_by))?;
         let record = EnvironmentRecord {
             id: new_id()?,
             name: req.name.clone(),
@@ -241,6 +243,7 @@ impl Environments {
         .await;
         if result.is_err() {
             let _ = self.runtime.destroy(&sandbox.id).await;
+            let _ = self.index.sandbox_ended(&sandbox.id);
         }
         result
     }
@@ -301,6 +304,7 @@ impl Environments {
             Ok(()) | Err(SandboxError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
+        self.index.sandbox_ended(&env.sandbox)?;
         self.index.remove_environment(&env.id)?;
         Ok(env)
     }

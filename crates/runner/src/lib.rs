@@ -8,6 +8,7 @@
 //! kills its running command, and every pending tool call gets a result, so the
 //! conversation stays valid for the next prompt.
 
+mod indexed;
 mod repo_plugins;
 mod subsessions;
 mod worktree;
@@ -23,6 +24,7 @@ use hangar_pool::{Pool, PoolError};
 use hangar_protocol::session::{Author, EventBody, OutputStream};
 use hangar_sandbox::{Runtime, SandboxSpec};
 use hangar_session::{Executor, PromptRun, RunFuture, Sessions};
+pub use indexed::IndexedRuntime;
 pub use repo_plugins::PluginsForRepo;
 pub use subsessions::{Family, MAX_CHILDREN, MAX_DEPTH, SessionReport, SpawnSession};
 use tokio::sync::{Mutex, watch};
@@ -225,6 +227,20 @@ impl Inner {
             let _ = self.runtime.destroy(sb).await;
         }
         let (sandbox, sync) = self.take_sandbox(id, author).await?;
+        if let Some(service) = self.service.get() {
+            // Off the prompt's path: the index only says whom the sandbox serves.
+            let (store, sandbox, id, repo) = (
+                service.store().clone(),
+                sandbox.clone(),
+                id.to_string(),
+                self.repo_of(id),
+            );
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.sandbox_serves_session(&sandbox, &id, repo.as_deref()) {
+                    tracing::warn!(%sandbox, "could not index the sandbox's session: {e}");
+                }
+            });
+        }
         let envd = self
             .runtime
             .envd(&sandbox)

@@ -179,6 +179,32 @@ pub struct SandboxView {
     pub network: String,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// What it serves (`session`, `pool`, `environment`, `api`), from the index; absent
+    /// for sandboxes the server did not start (e.g. `hangar sandbox create`, builds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// The repository it holds, if the index knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// The session it serves, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The user who asked for it, when a person did through the API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<i64>,
+}
+
+impl SandboxView {
+    /// Adds what the index says the sandbox serves.
+    pub fn with_record(mut self, record: Option<hangar_store::SandboxRecord>) -> SandboxView {
+        if let Some(r) = record {
+            self.purpose = Some(r.purpose);
+            self.repo = r.repo;
+            self.session_id = r.session_id;
+            self.created_by = r.created_by;
+        }
+        self
+    }
 }
 
 impl From<&Sandbox> for SandboxView {
@@ -202,6 +228,10 @@ impl From<&Sandbox> for SandboxView {
             pids: sb.spec.limits.pids,
             network: network_word(sb.spec.network),
             created_at_ms: sb.created_at_ms,
+            purpose: None,
+            repo: None,
+            session_id: None,
+            created_by: None,
         }
     }
 }

@@ -142,7 +142,8 @@ pub async fn typing(
     Ok((StatusCode::ACCEPTED, Json(TypingView { warming })).into_response())
 }
 
-/// All sandboxes, oldest first.
+/// All sandboxes, oldest first, with what each serves. Index entries of sandboxes that
+/// are gone (removed outside the server) are closed here.
 #[utoipa::path(get, path = "/api/sandboxes", tag = "sandboxes", security(("bearer" = [])),
     responses(
         (status = 200, body = Vec<SandboxView>),
@@ -151,7 +152,20 @@ pub async fn list_sandboxes(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<SandboxView>>, ApiError> {
     let list = state.backend.runtime.list().await?;
-    Ok(Json(list.iter().map(SandboxView::from).collect()))
+    let mut records: std::collections::HashMap<String, hangar_store::SandboxRecord> = state
+        .store
+        .sandbox_records(false, 100_000)?
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    let views = list
+        .iter()
+        .map(|sb| SandboxView::from(sb).with_record(records.remove(&sb.id)))
+        .collect();
+    for gone in records.keys() {
+        state.store.sandbox_ended(gone)?;
+    }
+    Ok(Json(views))
 }
 
 /// Creates and starts a sandbox; answers once it can run commands.
@@ -190,11 +204,15 @@ pub async fn create_sandbox(
         })
         .await?;
     tracing::info!(sandbox = %sb.id, user = %caller.user.login, "sandbox created");
+    state
+        .store
+        .record_sandbox(&sb.id, "api", None, Some(caller.user.id))?;
     let location = format!("/api/sandboxes/{}", sb.id);
+    let view = SandboxView::from(&sb).with_record(state.store.sandbox_record(&sb.id)?);
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(SandboxView::from(&sb)),
+        Json(view),
     )
         .into_response())
 }
@@ -220,7 +238,9 @@ pub async fn get_sandbox(
 ) -> Result<Json<SandboxView>, ApiError> {
     check_id(&id)?;
     let sb = state.backend.runtime.get(&id).await?;
-    Ok(Json(SandboxView::from(&sb)))
+    Ok(Json(
+        SandboxView::from(&sb).with_record(state.store.sandbox_record(&id)?),
+    ))
 }
 
 /// Stops a sandbox and removes everything it had.
@@ -237,6 +257,7 @@ pub async fn delete_sandbox(
 ) -> Result<StatusCode, ApiError> {
     check_id(&id)?;
     state.backend.runtime.destroy(&id).await?;
+    state.store.sandbox_ended(&id)?;
     tracing::info!(sandbox = %id, user = %caller.user.login, "sandbox destroyed");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,6 +1,8 @@
 //! The index database: one SQLite file (`<data dir>/index.db`, WAL mode) holding users, API
-//! tokens, the repository registry, sessions, participants and share links, and later
-//! images and metrics. GitHub (`github.rs`): users' GitHub tokens as ciphertext, OAuth
+//! tokens, the repository registry, sessions, participants and share links, environments,
+//! and sandboxes (`sandboxes.rs`: what each serves and for whom). Images are indexed by the
+//! OCI layout itself (content-addressed, with an atomic current pointer), not duplicated
+//! here. GitHub (`github.rs`): users' GitHub tokens as ciphertext, OAuth
 //! states, pull requests with their review and merge figures, webhook deliveries seen.
 //! Session event logs live in their own files, not here (see DESIGN.md), so no session can
 //! slow another. Share links are scoped tokens (`hgs_…`, `view` or `prompt`, one session
@@ -158,6 +160,17 @@ const MIGRATIONS: &[&str] = &[
         event TEXT NOT NULL,
         received_at INTEGER NOT NULL
     );",
+    // 8: sandboxes: what each serves, for whom, and when it started and ended.
+    "CREATE TABLE sandboxes (
+        id TEXT PRIMARY KEY,
+        purpose TEXT NOT NULL,
+        repo TEXT,
+        session_id TEXT,
+        created_by INTEGER REFERENCES users(id) ON DELETE SET NULL,
+        created_at INTEGER NOT NULL,
+        ended_at INTEGER
+    );
+    CREATE INDEX sandboxes_session ON sandboxes(session_id);",
 ];
 
 /// The prefix of share-link tokens, distinct from API tokens so each is checked only where
@@ -354,12 +367,14 @@ fn new_secret_with(prefix: &str) -> Result<TokenSecret, StoreError> {
 mod envs;
 mod github;
 mod repos;
+mod sandboxes;
 mod sessions;
 pub use envs::EnvironmentRecord;
 pub use github::{
     NewPullRequest, PrStats, PrUpdate, PullRequest, SealedGitHubToken, Usage, UsageDay,
 };
 pub use repos::{NewRepo, Repo, check_branch_name, check_repo_name};
+pub use sandboxes::SandboxRecord;
 pub use sessions::{NewSession, SessionRecord, ShareLink, ShareScope};
 
 fn is_sqlite_code(e: &rusqlite::Error, code: rusqlite::ErrorCode) -> bool {
