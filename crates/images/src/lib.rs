@@ -20,6 +20,6 @@ pub use build::{BuildError, BuildEvent, BuildOutcome, BuildRequest, Builder};
 pub use git::{ConfiguredCredentials, Credentials, GitCredential, NoCredentials};
 pub use layer::Owners;
 pub use recipe::{Base, Recipe, RecipeError, RecipePlugin};
-pub use scheduler::{ImageEvent, Schedule, Scheduler, Unchanged};
+pub use scheduler::{ImageEvent, Schedule, Scheduler, Unchanged, Wanted};
 pub use snapshot::{SnapshotError, rootfs, snapshot};
 pub use store::{GcReport, ImageInfo, ImageMeta, Layer, Store, StoreError};

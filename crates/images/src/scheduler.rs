@@ -68,14 +68,28 @@ pub enum ImageEvent {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unchanged {
-    /// The current image is at the branch head with the same recipe.
+    /// The current image is at the branch head with the same recipe, or the last
+    /// scheduled build of exactly that head and recipe failed.
     UpToDate,
+}
+
+/// What a build of a schedule would build: the branch head and the recipe's digest (`None`
+/// for the repository's own `hangar.toml`, which changes only with a commit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    /// The commit.
+    pub commit: String,
+    /// The registered recipe's digest.
+    pub recipe: Option<String>,
 }
 
 /// Runs schedules and tells listeners about new images.
 pub struct Scheduler {
     builder: Arc<Builder>,
     events: broadcast::Sender<ImageEvent>,
+    /// Per repository URL, the last scheduled build that failed: it is not tried again
+    /// until the branch or the recipe moves (a build through the API still can).
+    failed: std::sync::Mutex<std::collections::HashMap<String, Wanted>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -88,7 +102,11 @@ impl Scheduler {
     /// A scheduler building with `builder`.
     pub fn new(builder: Arc<Builder>) -> Scheduler {
         let (events, _) = broadcast::channel(64);
-        Scheduler { builder, events }
+        Scheduler {
+            builder,
+            events,
+            failed: std::sync::Mutex::default(),
+        }
     }
 
     /// Listens for new images and failed builds.
@@ -99,11 +117,14 @@ impl Scheduler {
     /// Whether `s` needs a build: its repository has no image yet, or the branch head or
     /// the recipe changed since the current image.
     pub async fn needs_build(&self, s: &Schedule) -> Result<bool, BuildError> {
+        Ok(self.next_build(s).await?.is_some())
+    }
+
+    /// What `s` should build now, if anything: nothing when the current image is at the
+    /// branch head with the same recipe, or when a scheduled build of exactly that failed.
+    pub async fn next_build(&self, s: &Schedule) -> Result<Option<Wanted>, BuildError> {
         let url = normalize_repo(&s.repo)?;
         let store = self.builder.store();
-        let Some(current) = store.current(&url)? else {
-            return Ok(true);
-        };
         let scratch = store.scratch("resolve")?;
         let head = async {
             let git = Git::new(&url, self.builder.credentials(), &scratch)?;
@@ -111,23 +132,51 @@ impl Scheduler {
         }
         .await;
         let _ = std::fs::remove_dir_all(&scratch);
-        let head = head?;
-        let same_recipe = match &s.recipe {
+        let wanted = Wanted {
+            commit: head?,
+            recipe: s
+                .recipe
+                .as_ref()
+                .map(|(text, _)| sha256_digest(text.as_bytes())),
+        };
+        if self.failed_before(&url, &wanted) {
+            return Ok(None);
+        }
+        let Some(current) = store.current(&url)? else {
+            return Ok(Some(wanted));
+        };
+        let same_recipe = match &wanted.recipe {
             // A recipe in the repository changes only with a commit.
             None => current.meta.recipe_digest.is_some(),
-            Some((text, _)) => {
-                current.meta.recipe_digest.as_deref() == Some(&sha256_digest(text.as_bytes()))
-            }
+            Some(digest) => current.meta.recipe_digest.as_deref() == Some(digest.as_str()),
         };
-        Ok(current.meta.commit.as_deref() != Some(head.as_str()) || !same_recipe)
+        let same_commit = current.meta.commit.as_deref() == Some(wanted.commit.as_str());
+        Ok((!same_commit || !same_recipe).then_some(wanted))
+    }
+
+    /// Remembers that a scheduled build of `wanted` for `s` failed, so the schedule waits
+    /// for the branch or the recipe to move before trying again.
+    pub fn build_failed(&self, s: &Schedule, wanted: Wanted) {
+        if let Ok(url) = normalize_repo(&s.repo)
+            && let Ok(mut failed) = self.failed.lock()
+        {
+            failed.insert(url, wanted);
+        }
+    }
+
+    fn failed_before(&self, url: &str, wanted: &Wanted) -> bool {
+        self.failed
+            .lock()
+            .map(|f| f.get(url) == Some(wanted))
+            .unwrap_or(false)
     }
 
     /// Looks once: builds when the branch head or the recipe changed since the current
     /// image, and tells listeners.
     pub async fn check(&self, s: &Schedule) -> Result<Result<BuildOutcome, Unchanged>, BuildError> {
-        if !self.needs_build(s).await? {
+        let Some(wanted) = self.next_build(s).await? else {
             return Ok(Err(Unchanged::UpToDate));
-        }
+        };
         let url = normalize_repo(&s.repo)?;
         let current = self.builder.store().current(&url)?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -159,6 +208,7 @@ impl Scheduler {
             }
             Err(e) => {
                 tracing::warn!(repo = %url, "scheduled build failed: {e}");
+                self.build_failed(s, wanted);
                 let _ = self.events.send(ImageEvent::BuildFailed {
                     repo: url.clone(),
                     error: e.to_string(),

@@ -583,4 +583,29 @@ async fn the_scheduler_rebuilds_only_when_the_branch_moves_and_tells_listeners()
         }
         other => panic!("{other:?}"),
     }
+    while events.try_recv().is_ok() {}
+
+    // A commit that breaks the build fails once and is not retried while nothing moves.
+    git(&fixture.repo, &["rm", "-q", "src/main.txt"]);
+    git(&fixture.repo, &["commit", "-q", "-m", "broken"]);
+    assert!(scheduler.check(&schedule).await.is_err());
+    assert!(matches!(
+        events.try_recv().unwrap(),
+        hangar_images::ImageEvent::BuildFailed { .. }
+    ));
+    assert!(matches!(
+        scheduler.check(&schedule).await.unwrap(),
+        Err(hangar_images::Unchanged::UpToDate)
+    ));
+    assert!(
+        events.try_recv().is_err(),
+        "the failed build was not retried"
+    );
+    // The fix moves the branch: built again.
+    commit_files(&fixture.repo, &[("src/main.txt", "main v4\n")], "fixed");
+    let fixed = scheduler.check(&schedule).await.unwrap().unwrap();
+    assert_eq!(
+        fixture.run_in(&fixed.image, "cat built.txt").await,
+        "deps v1\nmain v4\n"
+    );
 }

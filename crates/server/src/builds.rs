@@ -154,12 +154,16 @@ impl Builds {
                     recipe: recipe_of(&repo),
                     every,
                 };
-                match self.scheduler.needs_build(&schedule).await {
-                    Ok(false) => {}
-                    Ok(true) => match self.start_as(&repo, None, "schedule") {
+                match self.scheduler.next_build(&schedule).await {
+                    Ok(None) => {}
+                    Ok(Some(wanted)) => match self.start_as(&repo, None, "schedule") {
                         Ok(b) => {
                             tracing::info!(repo = %repo.name, build = %b.id, "scheduled rebuild");
                             self.wait(&b.id).await;
+                            if self.get(&b.id).is_some_and(|b| b.status == "failed") {
+                                // Not again until the branch or the recipe moves.
+                                self.scheduler.build_failed(&schedule, wanted);
+                            }
                         }
                         Err(e) => {
                             tracing::debug!(repo = %repo.name, "no scheduled rebuild: {}", e.message)
