@@ -45,14 +45,11 @@ struct Args {
     /// Test dependencies installed in the setup step (pip requirement lines).
     #[arg(
         long,
-        default_value = "six==1.16.0 pytest==7.4.4 freezegun==1.2.2 hypothesis==6.82.0"
+        default_value = "six==1.16.0 pytest==6.2.5 pytest-cov==4.1.0 freezegun==1.2.2 hypothesis==6.82.0"
     )]
     requirements: String,
     /// The warm step: the project's test suite.
-    #[arg(
-        long,
-        default_value = "python3 -m pytest -q -p no:randomly dateutil/test"
-    )]
+    #[arg(long, default_value = "python3 -m pytest -q dateutil/test")]
     tests: String,
     /// Rebuilds measured, each after its own one-file change.
     #[arg(long, default_value_t = 3)]
@@ -162,7 +159,12 @@ async fn build(builder: &Builder, repo: &Path) -> Result<(BuildOutcome, f64)> {
     drop(tx);
     let tail = log.await?;
     match result {
-        Ok(outcome) => Ok((outcome, ms)),
+        Ok(outcome) => {
+            if outcome.steps.iter().any(|s| !s.ok) {
+                eprintln!("a warm step failed; the log's end:\n{tail}");
+            }
+            Ok((outcome, ms))
+        }
         Err(e) => bail!("build failed: {e}\n{tail}"),
     }
 }
