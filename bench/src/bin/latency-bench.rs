@@ -242,6 +242,16 @@ async fn measure(s: &Setup, ttft: Duration, warm_up: bool) -> anyhow::Result<(Du
             Err(_) => anyhow::bail!("no token within 30 s"),
         }
     };
+    // The prompt's end (its commit and push, in the git case) is not measured, but it is
+    // over before the next prompt, as it would be between people.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), sub.receiver.recv()).await {
+            Ok(Ok(Live::Event(e))) if e.json.contains("\"prompt.finished\"") => break,
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(e)) => anyhow::bail!("subscription ended: {e}"),
+            Err(_) => anyhow::bail!("the prompt did not finish within 30 s"),
+        }
+    }
     let reqs = s.fake.requests();
     let arrived = reqs
         .get(before)
@@ -282,6 +292,22 @@ async fn measure_http(
             Err(_) => anyhow::bail!("no token within 30 s"),
         }
     };
+    // As in process: the prompt ends before the next one.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(msg))) => {
+                if msg
+                    .to_text()
+                    .is_ok_and(|t| t.contains("\"prompt.finished\""))
+                {
+                    break;
+                }
+            }
+            Ok(Some(Err(e))) => anyhow::bail!("websocket: {e}"),
+            Ok(None) => anyhow::bail!("the websocket closed"),
+            Err(_) => anyhow::bail!("the prompt did not finish within 30 s"),
+        }
+    }
     let reqs = s.fake.requests();
     let arrived = reqs
         .get(before)
