@@ -361,6 +361,10 @@ async fn case(
         }
         None => (0, 0),
     };
+    if let Some(p) = &pool {
+        // No refill or refresh may start while the scratch directory goes.
+        p.close().await;
+    }
     let rt = LocalRuntime::open(&s.config)?;
     for sb in rt.list().await? {
         let _ = rt.destroy(&sb.id).await;
