@@ -15,6 +15,13 @@
 //! The record on disk is the truth: a sandbox outlives the process that created it (the
 //! CLI, or a server that crashed), and [`LocalRuntime::recover`] re-adopts live ones and
 //! reaps the rest.
+//!
+//! Destroy is split in two so that tearing down is off the caller's path: `destroy` marks
+//! the record `destroying` (from then on the sandbox is neither found nor listed) and
+//! SIGKILLs init, whose death takes every process of its pid namespace with it; a
+//! background thread (the teardown thread) then waits for the jail, removes the cgroups
+//! and the directory. A crash in between leaves a `destroying` record, which `recover`
+//! finishes. `destroy_wait` is the same and waits for the teardown too.
 
 use std::fs;
 use std::io::Read;
@@ -46,12 +53,35 @@ const HOST_SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/run"];
 #[derive(Debug)]
 pub struct LocalRuntime {
     host_rules: std::sync::Mutex<bool>,
-    dir: PathBuf,
+    place: Place,
     data_dir: PathBuf,
     jail: PathBuf,
     envd: PathBuf,
-    hierarchies: Hierarchies,
     config: SandboxConfig,
+    teardown: Teardown,
+}
+
+/// Where sandboxes live on this host: their directories and the cgroup hierarchies.
+/// Shared with the teardown thread.
+#[derive(Clone, Debug)]
+struct Place {
+    dir: PathBuf,
+    hierarchies: Hierarchies,
+}
+
+/// The teardown thread: it finishes destroys in the order they were asked for.
+#[derive(Debug)]
+struct Teardown {
+    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<TeardownJob>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// One sandbox to tear down (or none: a marker whose `done` says every earlier one is
+/// finished), and who waits for it.
+#[derive(Debug)]
+struct TeardownJob {
+    record: Option<Record>,
+    done: Option<tokio::sync::oneshot::Sender<Result<(), SandboxError>>>,
 }
 
 /// What [`LocalRuntime::recover`] found.
@@ -88,6 +118,8 @@ enum RecordState {
     Running,
     Stopped,
     Dead,
+    /// Killed by `destroy`; its teardown is under way (or was cut short by a crash).
+    Destroying,
 }
 
 /// A pid plus its start time, so a recycled pid is never mistaken for the process.
@@ -133,6 +165,154 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+impl Place {
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    fn cgroup(&self, id: &str) -> SandboxCgroup {
+        SandboxCgroup::new(&self.hierarchies, id)
+    }
+
+    /// The record as it is on disk, whatever its state.
+    fn load_record(&self, id: &str) -> Result<Record, SandboxError> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(SandboxError::NotFound(id.to_string()));
+        }
+        let path = self.sandbox_dir(id).join("sandbox.json");
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SandboxError::NotFound(id.to_string()));
+            }
+            Err(e) => return Err(SandboxError::io(format!("reading {}", path.display()))(e)),
+        };
+        serde_json::from_str(&text).map_err(|e| SandboxError::Io {
+            context: format!("reading {}", path.display()),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })
+    }
+
+    /// Writes the record atomically (temporary file, then rename).
+    fn write_record(&self, r: &Record) -> Result<(), SandboxError> {
+        let dir = self.sandbox_dir(&r.id);
+        let tmp = dir.join("sandbox.json.tmp");
+        let json = serde_json::to_vec_pretty(r).map_err(|e| SandboxError::Io {
+            context: "encoding the sandbox record".into(),
+            source: std::io::Error::other(e),
+        })?;
+        fs::write(&tmp, json).map_err(SandboxError::io(format!("writing {}", tmp.display())))?;
+        fs::rename(&tmp, dir.join("sandbox.json"))
+            .map_err(SandboxError::io(format!("renaming {}", tmp.display())))
+    }
+
+    /// Kills whatever is left of sandbox `id` and removes its cgroups and network slot;
+    /// files stay.
+    fn release(&self, id: &str, init: Option<ProcessId>, net_slot: Option<u32>) {
+        let cg = self.cgroup(id);
+        if let Some(init) = init {
+            init.signal(libc::SIGKILL);
+        }
+        // Processes left in the groups (a jail whose init was already gone, or one whose
+        // create never got as far as a record).
+        for pid in cg.pids() {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cg.pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if let Err(e) = cg.remove() {
+            tracing::warn!(sandbox = %id, "removing cgroups: {e}");
+        }
+        if let Some(slot) = net_slot {
+            network::release_slot(slot, &self.sandbox_dir(id));
+        }
+    }
+
+    fn remove_dir(&self, id: &str) {
+        let dir = self.sandbox_dir(id);
+        if let Err(e) = fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(sandbox = %id, "removing {}: {e}", dir.display());
+        }
+    }
+
+    /// The second half of a destroy, blocking: waits for the jail to see init die (so its
+    /// mount namespace is gone), then releases the cgroups and removes the directory.
+    fn tear_down(&self, r: &Record) -> Result<(), SandboxError> {
+        // Already killed by `destroy`, except after a crash right after the record was
+        // marked.
+        if let Some(init) = r.init {
+            init.signal(libc::SIGKILL);
+        }
+        if let Some(p) = r.jail.or(r.init) {
+            wait_gone_blocking(p, Duration::from_secs(5));
+        }
+        self.release(&r.id, r.init, r.net_slot);
+        self.remove_dir(&r.id);
+        let dir = self.sandbox_dir(&r.id);
+        if dir.exists() {
+            return Err(SandboxError::Io {
+                context: format!("removing {}", dir.display()),
+                source: std::io::Error::other("directory still present"),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Teardown {
+    fn start(place: Place) -> Result<Teardown, SandboxError> {
+        let (tx, rx) = std::sync::mpsc::channel::<TeardownJob>();
+        let thread = std::thread::Builder::new()
+            .name("sandbox-teardown".into())
+            .spawn(move || {
+                for job in rx {
+                    let result = job.record.as_ref().map_or(Ok(()), |r| place.tear_down(r));
+                    match job.done {
+                        Some(done) => {
+                            let _ = done.send(result);
+                        }
+                        None => {
+                            if let Err(e) = result {
+                                tracing::warn!("destroying a sandbox: {e}");
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(SandboxError::io("starting the sandbox teardown thread"))?;
+        Ok(Teardown {
+            queue: std::sync::Mutex::new(Some(tx)),
+            thread: std::sync::Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues a job; gives it back when the thread is gone.
+    fn send(&self, job: TeardownJob) -> Result<(), TeardownJob> {
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        match queue.as_ref() {
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
+        }
+    }
+}
+
+impl Drop for LocalRuntime {
+    /// Finishes the teardowns already asked for, so a process that drops its runtime
+    /// leaves nothing behind.
+    fn drop(&mut self) {
+        let t = &self.teardown;
+        drop(t.queue.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(thread) = t.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl LocalRuntime {
     /// A runtime keeping its sandboxes under `config.data_dir`/sandboxes. Checks that this
     /// host can run sandboxes at all (root, cgroup controllers, helper binaries).
@@ -165,13 +345,16 @@ impl LocalRuntime {
             .map_err(SandboxError::io(format!("creating {}", dir.display())))?;
         let hierarchies =
             Hierarchies::detect().map_err(SandboxError::io("reading /proc/self/mountinfo"))?;
+        let jail = find("hangar-jail")?;
+        let envd = find("envd")?;
+        let place = Place { dir, hierarchies };
         Ok(LocalRuntime {
             host_rules: std::sync::Mutex::new(false),
-            dir,
+            teardown: Teardown::start(place.clone())?,
+            place,
             data_dir: config.data_dir.clone(),
-            jail: find("hangar-jail")?,
-            envd: find("envd")?,
-            hierarchies,
+            jail,
+            envd,
             config: config.sandbox.clone(),
         })
     }
@@ -249,46 +432,27 @@ impl LocalRuntime {
 
     /// Which cgroup hierarchy serves each controller, e.g. `memory=v1 pids=v1 cpu=v1`.
     pub fn cgroup_layout(&self) -> String {
-        self.hierarchies.describe()
+        self.place.hierarchies.describe()
     }
 
     fn sandbox_dir(&self, id: &str) -> PathBuf {
-        self.dir.join(id)
+        self.place.sandbox_dir(id)
     }
 
     fn cgroup(&self, id: &str) -> SandboxCgroup {
-        SandboxCgroup::new(&self.hierarchies, id)
+        self.place.cgroup(id)
     }
 
+    /// The record of a sandbox that exists: one being destroyed is not found.
     fn read_record(&self, id: &str) -> Result<Record, SandboxError> {
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(SandboxError::NotFound(id.to_string()));
+        match self.place.load_record(id)? {
+            r if r.state == RecordState::Destroying => Err(SandboxError::NotFound(id.to_string())),
+            r => Ok(r),
         }
-        let path = self.sandbox_dir(id).join("sandbox.json");
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(SandboxError::NotFound(id.to_string()));
-            }
-            Err(e) => return Err(SandboxError::io(format!("reading {}", path.display()))(e)),
-        };
-        serde_json::from_str(&text).map_err(|e| SandboxError::Io {
-            context: format!("reading {}", path.display()),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })
     }
 
-    /// Writes the record atomically (temporary file, then rename).
     fn write_record(&self, r: &Record) -> Result<(), SandboxError> {
-        let dir = self.sandbox_dir(&r.id);
-        let tmp = dir.join("sandbox.json.tmp");
-        let json = serde_json::to_vec_pretty(r).map_err(|e| SandboxError::Io {
-            context: "encoding the sandbox record".into(),
-            source: std::io::Error::other(e),
-        })?;
-        fs::write(&tmp, json).map_err(SandboxError::io(format!("writing {}", tmp.display())))?;
-        fs::rename(&tmp, dir.join("sandbox.json"))
-            .map_err(SandboxError::io(format!("renaming {}", tmp.display())))
+        self.place.write_record(r)
     }
 
     /// The record's state, settling a running sandbox whose init died into `Dead`.
@@ -319,34 +483,16 @@ impl LocalRuntime {
         Ok(r)
     }
 
-    /// Kills whatever is left and removes the cgroups; files stay.
     fn release(&self, r: &Record) {
-        let cg = self.cgroup(&r.id);
-        if let Some(init) = r.init {
-            init.signal(libc::SIGKILL);
-        }
-        // Processes left in the groups (a jail whose init was already gone).
-        for pid in cg.pids() {
-            // SAFETY: kill has no memory effects.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !cg.pids().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        if let Err(e) = cg.remove() {
-            tracing::warn!(sandbox = %r.id, "removing cgroups: {e}");
-        }
-        if let Some(slot) = r.net_slot {
-            network::release_slot(slot, &self.sandbox_dir(&r.id));
-        }
+        self.place.release(&r.id, r.init, r.net_slot)
     }
 
     fn to_sandbox(&self, r: Record) -> Sandbox {
         let status = match r.state {
             RecordState::Creating => Status::Creating,
             RecordState::Running => Status::Running,
-            RecordState::Stopped => Status::Stopped,
+            // Never reached: `read_record` hides sandboxes being destroyed.
+            RecordState::Stopped | RecordState::Destroying => Status::Stopped,
             RecordState::Dead => {
                 let (reason, oom_killed) = r.dead.clone().unwrap_or_default();
                 Status::Dead { reason, oom_killed }
@@ -365,14 +511,17 @@ impl LocalRuntime {
     }
 
     /// Finds sandboxes left by an earlier process: running ones are adopted as they are,
-    /// half-created ones removed, ones whose init died marked dead (cgroups released).
+    /// half-created and half-destroyed ones removed, ones whose init died marked dead
+    /// (cgroups released).
     pub fn recover(&self) -> Result<Recovery, SandboxError> {
         let mut out = Recovery::default();
         for id in self.ids()? {
-            let r = match self.read_record(&id) {
+            let r = match self.place.load_record(&id) {
                 Ok(r) => r,
                 Err(SandboxError::NotFound(_)) => {
-                    // A directory without a record: a create that died before writing it.
+                    // A directory without a record: a create that died before it was
+                    // running. Its jail, if any, is in its cgroups.
+                    self.place.release(&id, None, None);
                     self.remove_dir(&id);
                     out.reaped.push(id);
                     continue;
@@ -380,9 +529,10 @@ impl LocalRuntime {
                 Err(e) => return Err(e),
             };
             match r.state {
-                RecordState::Creating => {
-                    self.release(&r);
-                    self.remove_dir(&id);
+                RecordState::Creating | RecordState::Destroying => {
+                    if let Err(e) = self.place.tear_down(&r) {
+                        tracing::warn!(sandbox = %id, "{e}");
+                    }
                     out.reaped.push(id);
                 }
                 RecordState::Running => {
@@ -398,10 +548,64 @@ impl LocalRuntime {
         Ok(out)
     }
 
+    /// The first half of a destroy: marks the record `destroying`, so that from now on
+    /// the sandbox is neither found nor listed, then SIGKILLs init (the pid namespace's
+    /// other processes die with it). Marked first, so a crash in between leaves a record
+    /// that `recover` finishes.
+    fn kill_for_destroy(&self, id: &str) -> Result<Record, SandboxError> {
+        let mut r = self.read_record(id)?;
+        r.state = RecordState::Destroying;
+        self.write_record(&r)?;
+        if let Some(init) = r.init {
+            init.signal(libc::SIGKILL);
+        }
+        Ok(r)
+    }
+
+    /// Hands a teardown (or, with no record, a marker) to the teardown thread; does it
+    /// here if that thread is gone.
+    fn queue_teardown(
+        &self,
+        record: Option<Record>,
+        done: Option<tokio::sync::oneshot::Sender<Result<(), SandboxError>>>,
+    ) {
+        if let Err(job) = self.teardown.send(TeardownJob { record, done }) {
+            let result = job.record.as_ref().map_or(Ok(()), |r| self.place.tear_down(r));
+            if let Some(done) = job.done {
+                let _ = done.send(result);
+            }
+        }
+    }
+
+    async fn wait_for_teardown(&self, record: Option<Record>) -> Result<(), SandboxError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue_teardown(record, Some(tx));
+        rx.await.unwrap_or_else(|_| {
+            Err(SandboxError::Io {
+                context: "destroying a sandbox".into(),
+                source: std::io::Error::other("the teardown thread ended"),
+            })
+        })
+    }
+
+    /// Like [`Runtime::destroy`], and returns only once everything the sandbox had is
+    /// freed: cgroups, network slot, directory (its disk space). For callers that reuse
+    /// that space at once (an image build on a full disk) or exit right after (the CLI).
+    pub async fn destroy_wait(&self, id: &str) -> Result<(), SandboxError> {
+        let r = self.kill_for_destroy(id)?;
+        self.wait_for_teardown(Some(r)).await
+    }
+
+    /// Waits until every destroy asked for so far has been torn down.
+    pub async fn teardowns_done(&self) {
+        let _ = self.wait_for_teardown(None).await;
+    }
+
     fn ids(&self) -> Result<Vec<String>, SandboxError> {
+        let dir = &self.place.dir;
         let mut ids = Vec::new();
-        let entries = fs::read_dir(&self.dir)
-            .map_err(SandboxError::io(format!("listing {}", self.dir.display())))?;
+        let entries =
+            fs::read_dir(dir).map_err(SandboxError::io(format!("listing {}", dir.display())))?;
         for e in entries.flatten() {
             if let Some(name) = e.file_name().to_str()
                 && e.path().is_dir()
@@ -413,12 +617,7 @@ impl LocalRuntime {
     }
 
     fn remove_dir(&self, id: &str) {
-        let dir = self.sandbox_dir(id);
-        if let Err(e) = fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(sandbox = %id, "removing {}: {e}", dir.display());
-        }
+        self.place.remove_dir(id)
     }
 
     /// Claims an egress slot (host-wide, see [`network::claim_slot`]) and records it.
@@ -428,7 +627,8 @@ impl LocalRuntime {
                 .ok()
                 .and_then(|t| serde_json::from_str::<Record>(&t).ok());
             record.is_some_and(|r| match r.state {
-                RecordState::Creating => true,
+                // A sandbox being destroyed holds its slot until its teardown released it.
+                RecordState::Creating | RecordState::Destroying => true,
                 RecordState::Running => r.init.is_some_and(|p| p.alive()),
                 RecordState::Stopped | RecordState::Dead => false,
             })
@@ -787,23 +987,44 @@ fn tools_dir() -> Result<PathBuf, SandboxError> {
     Ok(dir.parent().map(Path::to_path_buf).unwrap_or(dir))
 }
 
-/// Waits for a process to exit without being its parent.
-async fn wait_gone(p: ProcessId, timeout: Duration) -> bool {
+/// A pidfd of `p`, or `None` when it is gone (or pidfds are unavailable).
+fn pidfd(p: ProcessId) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p.pid as libc::pid_t, 0) };
     if fd < 0 {
-        return !p.alive();
+        return None;
     }
     // SAFETY: pidfd_open returned a fresh fd that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    if !p.alive() {
-        return true;
-    }
+    // Checked after opening: the pid may have been recycled before.
+    p.alive().then_some(fd)
+}
+
+/// Waits for a process to exit without being its parent.
+async fn wait_gone(p: ProcessId, timeout: Duration) -> bool {
+    let Some(fd) = pidfd(p) else {
+        return !p.alive();
+    };
     // SAFETY: the AsyncFd owns the pidfd, which stays open for its whole life.
     let Ok(afd) = (unsafe { tokio::io::unix::AsyncFd::register(fd) }) else {
         return !p.alive();
     };
     tokio::time::timeout(timeout, afd.readable()).await.is_ok()
+}
+
+/// [`wait_gone`] for a plain thread.
+fn wait_gone_blocking(p: ProcessId, timeout: Duration) -> bool {
+    let Some(fd) = pidfd(p) else {
+        return !p.alive();
+    };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd whose fd stays open for the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    n > 0 || !p.alive()
 }
 
 #[async_trait::async_trait]
@@ -814,10 +1035,10 @@ impl Runtime for LocalRuntime {
         match self.start(&id, &spec).await {
             Ok(r) => Ok(self.to_sandbox(r)),
             Err(e) => {
-                if let Ok(r) = self.read_record(&id) {
-                    self.release(&r);
-                } else {
-                    let _ = self.cgroup(&id).remove();
+                match self.read_record(&id) {
+                    Ok(r) => self.release(&r),
+                    // No record yet: whatever the jail started is in the cgroups.
+                    Err(_) => self.place.release(&id, None, None),
                 }
                 self.remove_dir(&id);
                 Err(e)
@@ -863,21 +1084,8 @@ impl Runtime for LocalRuntime {
     }
 
     async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
-        let r = self.read_record(id)?;
-        if let Some(init) = r.init {
-            init.signal(libc::SIGKILL);
-            if let Some(j) = r.jail {
-                wait_gone(j, Duration::from_secs(5)).await;
-            }
-        }
-        self.release(&r);
-        self.remove_dir(id);
-        if self.sandbox_dir(id).exists() {
-            return Err(SandboxError::Io {
-                context: format!("removing {}", self.sandbox_dir(id).display()),
-                source: std::io::Error::other("directory still present"),
-            });
-        }
+        let r = self.kill_for_destroy(id)?;
+        self.queue_teardown(Some(r), None);
         Ok(())
     }
 
