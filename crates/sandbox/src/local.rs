@@ -2,7 +2,8 @@
 //! `<data dir>/sandboxes/<id>/`:
 //!
 //! ```text
-//! sandbox.json   what was asked for and the pids (the record)
+//! sandbox.json   what was asked for and the pids (the record); destroying.json once
+//!                destroy has begun
 //! upper/ work/   overlayfs upper and work directories (the sandbox's writes)
 //! lower/N/       mount points of the read-only layers (mounted only inside the sandbox)
 //! rootfs/        mount point of the overlay (likewise)
@@ -16,12 +17,13 @@
 //! CLI, or a server that crashed), and [`LocalRuntime::recover`] re-adopts live ones and
 //! reaps the rest.
 //!
-//! Destroy is split in two so that tearing down is off the caller's path: `destroy` marks
-//! the record `destroying` (from then on the sandbox is neither found nor listed) and
-//! SIGKILLs init, whose death takes every process of its pid namespace with it; a
-//! background thread (the teardown thread) then waits for the jail, removes the cgroups
-//! and the directory. A crash in between leaves a `destroying` record, which `recover`
-//! finishes. `destroy_wait` is the same and waits for the teardown too.
+//! Destroy is split in two so that tearing down is off the caller's path: `destroy` renames
+//! the record to `destroying.json` (from then on the sandbox is neither found nor listed;
+//! a rename needs no free space, so this works on a full disk) and SIGKILLs init, whose
+//! death takes every process of its pid namespace with it; a background thread (the
+//! teardown thread) then waits for the jail, removes the cgroups and the directory. A
+//! crash in between leaves `destroying.json`, and `recover` finishes the job.
+//! `destroy_wait` is the same and waits for the teardown too.
 
 use std::fs;
 use std::io::Read;
@@ -118,9 +120,12 @@ enum RecordState {
     Running,
     Stopped,
     Dead,
-    /// Killed by `destroy`; its teardown is under way (or was cut short by a crash).
-    Destroying,
 }
+
+/// The record's file.
+const RECORD: &str = "sandbox.json";
+/// The record's file once destroy has begun.
+const DESTROYING: &str = "destroying.json";
 
 /// A pid plus its start time, so a recycled pid is never mistaken for the process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,12 +179,12 @@ impl Place {
         SandboxCgroup::new(&self.hierarchies, id)
     }
 
-    /// The record as it is on disk, whatever its state.
-    fn load_record(&self, id: &str) -> Result<Record, SandboxError> {
+    /// The record of sandbox `id` from `file` ([`RECORD`], or [`DESTROYING`]).
+    fn load_record(&self, id: &str, file: &str) -> Result<Record, SandboxError> {
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(SandboxError::NotFound(id.to_string()));
         }
-        let path = self.sandbox_dir(id).join("sandbox.json");
+        let path = self.sandbox_dir(id).join(file);
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -202,7 +207,7 @@ impl Place {
             source: std::io::Error::other(e),
         })?;
         fs::write(&tmp, json).map_err(SandboxError::io(format!("writing {}", tmp.display())))?;
-        fs::rename(&tmp, dir.join("sandbox.json"))
+        fs::rename(&tmp, dir.join(RECORD))
             .map_err(SandboxError::io(format!("renaming {}", tmp.display())))
     }
 
@@ -443,12 +448,9 @@ impl LocalRuntime {
         self.place.cgroup(id)
     }
 
-    /// The record of a sandbox that exists: one being destroyed is not found.
+    /// The record of a sandbox that exists (one being destroyed is not found).
     fn read_record(&self, id: &str) -> Result<Record, SandboxError> {
-        match self.place.load_record(id)? {
-            r if r.state == RecordState::Destroying => Err(SandboxError::NotFound(id.to_string())),
-            r => Ok(r),
-        }
+        self.place.load_record(id, RECORD)
     }
 
     fn write_record(&self, r: &Record) -> Result<(), SandboxError> {
@@ -491,8 +493,7 @@ impl LocalRuntime {
         let status = match r.state {
             RecordState::Creating => Status::Creating,
             RecordState::Running => Status::Running,
-            // Never reached: `read_record` hides sandboxes being destroyed.
-            RecordState::Stopped | RecordState::Destroying => Status::Stopped,
+            RecordState::Stopped => Status::Stopped,
             RecordState::Dead => {
                 let (reason, oom_killed) = r.dead.clone().unwrap_or_default();
                 Status::Dead { reason, oom_killed }
@@ -516,20 +517,29 @@ impl LocalRuntime {
     pub fn recover(&self) -> Result<Recovery, SandboxError> {
         let mut out = Recovery::default();
         for id in self.ids()? {
-            let r = match self.place.load_record(&id) {
+            let r = match self.read_record(&id) {
                 Ok(r) => r,
                 Err(SandboxError::NotFound(_)) => {
-                    // A directory without a record: a create that died before it was
-                    // running. Its jail, if any, is in its cgroups.
-                    self.place.release(&id, None, None);
-                    self.remove_dir(&id);
+                    // A destroy cut short, or a directory without a record: a create that
+                    // died before it was running (its jail, if any, is in its cgroups).
+                    match self.place.load_record(&id, DESTROYING) {
+                        Ok(r) => {
+                            if let Err(e) = self.place.tear_down(&r) {
+                                tracing::warn!(sandbox = %id, "{e}");
+                            }
+                        }
+                        Err(_) => {
+                            self.place.release(&id, None, None);
+                            self.remove_dir(&id);
+                        }
+                    }
                     out.reaped.push(id);
                     continue;
                 }
                 Err(e) => return Err(e),
             };
             match r.state {
-                RecordState::Creating | RecordState::Destroying => {
+                RecordState::Creating => {
                     if let Err(e) = self.place.tear_down(&r) {
                         tracing::warn!(sandbox = %id, "{e}");
                     }
@@ -548,14 +558,21 @@ impl LocalRuntime {
         Ok(out)
     }
 
-    /// The first half of a destroy: marks the record `destroying`, so that from now on
-    /// the sandbox is neither found nor listed, then SIGKILLs init (the pid namespace's
-    /// other processes die with it). Marked first, so a crash in between leaves a record
+    /// The first half of a destroy: renames the record to [`DESTROYING`], so that from now
+    /// on the sandbox is neither found nor listed, then SIGKILLs init (the pid namespace's
+    /// other processes die with it). Renamed first, so a crash in between leaves a record
     /// that `recover` finishes.
     fn kill_for_destroy(&self, id: &str) -> Result<Record, SandboxError> {
-        let mut r = self.read_record(id)?;
-        r.state = RecordState::Destroying;
-        self.write_record(&r)?;
+        let r = self.read_record(id)?;
+        let dir = self.sandbox_dir(id);
+        fs::rename(dir.join(RECORD), dir.join(DESTROYING)).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                // Another destroy got there first.
+                SandboxError::NotFound(id.to_string())
+            } else {
+                SandboxError::io(format!("marking {} destroyed", dir.display()))(e)
+            }
+        })?;
         if let Some(init) = r.init {
             init.signal(libc::SIGKILL);
         }
@@ -570,7 +587,10 @@ impl LocalRuntime {
         done: Option<tokio::sync::oneshot::Sender<Result<(), SandboxError>>>,
     ) {
         if let Err(job) = self.teardown.send(TeardownJob { record, done }) {
-            let result = job.record.as_ref().map_or(Ok(()), |r| self.place.tear_down(r));
+            let result = job
+                .record
+                .as_ref()
+                .map_or(Ok(()), |r| self.place.tear_down(r));
             if let Some(done) = job.done {
                 let _ = done.send(result);
             }
@@ -623,12 +643,15 @@ impl LocalRuntime {
     /// Claims an egress slot (host-wide, see [`network::claim_slot`]) and records it.
     fn claim_net_slot(&self, record: &Record) -> Result<u32, SandboxError> {
         let slot = network::claim_slot(&self.sandbox_dir(&record.id), |holder| {
-            let record = fs::read_to_string(holder.join("sandbox.json"))
+            // A sandbox being destroyed holds its slot until its teardown released it.
+            if holder.join(DESTROYING).exists() {
+                return true;
+            }
+            let record = fs::read_to_string(holder.join(RECORD))
                 .ok()
                 .and_then(|t| serde_json::from_str::<Record>(&t).ok());
             record.is_some_and(|r| match r.state {
-                // A sandbox being destroyed holds its slot until its teardown released it.
-                RecordState::Creating | RecordState::Destroying => true,
+                RecordState::Creating => true,
                 RecordState::Running => r.init.is_some_and(|p| p.alive()),
                 RecordState::Stopped | RecordState::Dead => false,
             })
@@ -808,6 +831,9 @@ impl LocalRuntime {
             dead: None,
             net_slot: None,
         };
+        // Otherwise the record is written once, when the sandbox runs: until then a crash
+        // leaves a directory without a record, which `recover` reaps (through the
+        // cgroups for any process). An egress slot's holder is found by its record.
         if spec.network == Network::Egress {
             record.net_slot = Some(self.claim_net_slot(&record)?);
             fs::write(
@@ -815,8 +841,6 @@ impl LocalRuntime {
                 network::resolv_conf(Path::new("/etc/resolv.conf")),
             )
             .map_err(SandboxError::io("writing resolv.conf"))?;
-        } else {
-            self.write_record(&record)?;
         }
         let cg = self.cgroup(id);
         cg.create(&spec.limits)
