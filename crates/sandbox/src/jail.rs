@@ -14,8 +14,9 @@
 //! The mounts live only in the sandbox's own mount namespaces, so they vanish with its
 //! last process: nothing is mounted on the host, and a crash cannot leak a mount.
 //!
-//! Progress is reported on fd 3 (the report pipe): `P<init host pid>\n` once init exists,
-//! `E<message>\n` on failure, and envd writes one byte once it listens.
+//! The jail's stdin is a socket: the runtime sends the config on it and closes its sending
+//! side; the jail then reports on the same socket, moved to fd 3: `P<init host pid>\n`
+//! once init exists, `E<message>\n` on failure, and envd writes one byte once it listens.
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -33,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy;
 
-/// The fd on which the jail reports progress to the runtime.
+/// The fd on which the jail (and then envd) reports progress to the runtime.
 pub const REPORT_FD: RawFd = 3;
 
 /// The fd on which envd finds its listening socket.
@@ -114,10 +115,23 @@ fn ctx<E: std::fmt::Display>(what: impl FnOnce() -> String) -> impl FnOnce(E) ->
 
 /// `hangar-jail`'s main: never returns.
 pub fn main() -> ! {
-    // SAFETY: fd 3 is the report pipe handed over by the runtime; nothing else owns it.
+    // Its own session, so that signals for the server's terminal or process group never
+    // reach a sandbox. (The runtime spawns the jail with nothing run between fork and exec.)
+    // SAFETY: setsid has no memory effects.
+    unsafe { libc::setsid() };
+    // SAFETY: dup2 of stdin, the report socket, onto fd 3, which is free: the runtime
+    // passes nothing but fds 0-2.
+    if unsafe { libc::dup2(0, REPORT_FD) } < 0 {
+        eprintln!("hangar-jail: dup2: {}", std::io::Error::last_os_error());
+        std::process::exit(1);
+    }
+    // SAFETY: fd 3 is the report socket, just duplicated; nothing else owns it.
     let mut report = unsafe { File::from_raw_fd(REPORT_FD) };
+    if let Ok(null) = File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(null.as_fd());
+    }
     let mut text = String::new();
-    let result = std::io::stdin()
+    let result = (&report)
         .read_to_string(&mut text)
         .map_err(|e| format!("reading the jail config: {e}"))
         .and_then(|_| {

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use crate::cgroup::{Hierarchies, SandboxCgroup, Usage};
-use crate::jail::{FileBind, InitExit, JailConfig, LayerMount, REPORT_FD};
+use crate::jail::{FileBind, InitExit, JailConfig, LayerMount};
 use crate::{
     EnvdClient, Limits, Network, Rootfs, Runtime, Sandbox, SandboxError, SandboxSpec, Status,
     network,
@@ -851,37 +851,32 @@ impl LocalRuntime {
                 context: "encoding the jail config".into(),
                 source: std::io::Error::other(e),
             })?;
-        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| SandboxError::io("creating the report pipe")(e.into()))?;
+        // One socket carries the config to the jail (its stdin, up to end of file) and the
+        // reports back. With nothing to run between fork and exec, std starts the jail
+        // with posix_spawn (vfork), which does not copy this process's page tables as a
+        // fork would: the larger the server, the more that saves.
+        let (mut report, jail_end) = std::os::unix::net::UnixStream::pair()
+            .map_err(SandboxError::io("creating the report socket"))?;
         let log = fs::File::create(dir.join("jail.log"))
             .map_err(SandboxError::io("creating jail.log"))?;
         let log2 = log.try_clone().map_err(SandboxError::io("dup jail.log"))?;
         let mut cmd = tokio::process::Command::new(&self.jail);
-        cmd.stdin(Stdio::piped())
+        cmd.stdin(Stdio::from(OwnedFd::from(jail_end)))
             .stdout(log)
             .stderr(log2)
             .kill_on_drop(false);
-        let write_fd = report_w.as_raw_fd();
-        // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::setsid();
-                if libc::dup2(write_fd, REPORT_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(SandboxError::io(format!(
+        let child = cmd.spawn().map_err(SandboxError::io(format!(
             "starting {}",
             self.jail.display()
         )))?;
-        drop(report_w);
-        if let Some(mut stdin) = child.stdin.take() {
-            use tokio::io::AsyncWriteExt;
-            stdin
+        // Closes this process's copy of the jail's end, so the jail's exit is seen.
+        drop(cmd);
+        {
+            use std::io::Write;
+            // Small enough for the socket's buffer: this does not block.
+            report
                 .write_all(&config)
-                .await
+                .and_then(|()| report.shutdown(std::net::Shutdown::Write))
                 .map_err(SandboxError::io("sending the jail config"))?;
         }
         record.jail = child.id().and_then(ProcessId::of);
@@ -889,7 +884,7 @@ impl LocalRuntime {
         // lives as long as the sandbox.
         drop(child);
 
-        let outcome = tokio::time::timeout(START_TIMEOUT, read_report(report_r)).await;
+        let outcome = tokio::time::timeout(START_TIMEOUT, read_report(report)).await;
         let failure = match outcome {
             Ok(Ok((pid, None))) => {
                 record.init = ProcessId::of(pid);
@@ -921,10 +916,14 @@ impl LocalRuntime {
     }
 }
 
-/// Reads the jail's report pipe: `P<pid>\n`, then either envd's ready byte or `E<msg>\n`.
-async fn read_report(fd: OwnedFd) -> Result<(u32, Option<String>), String> {
-    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-        .map_err(|e| format!("report pipe: {e}"))?;
+/// Reads the jail's reports: `P<pid>\n`, then either envd's ready byte or `E<msg>\n`.
+async fn read_report(
+    socket: std::os::unix::net::UnixStream,
+) -> Result<(u32, Option<String>), String> {
+    let mut pipe = socket
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(socket))
+        .map_err(|e| format!("report socket: {e}"))?;
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 256];
     let mut pid: Option<u32> = None;
@@ -960,7 +959,7 @@ async fn read_report(fd: OwnedFd) -> Result<(u32, Option<String>), String> {
         let n = pipe
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("report pipe: {e}"))?;
+            .map_err(|e| format!("report socket: {e}"))?;
         if n == 0 {
             return match pid {
                 Some(p) if buf.first() == Some(&b'E') => Ok((
