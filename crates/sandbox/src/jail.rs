@@ -264,48 +264,57 @@ fn c_path(p: &Path) -> JailResult<CString> {
 }
 
 /// Creates a user namespace mapping 0..count to base..base+count and returns its fd.
-/// A short-lived child creates it, because a process cannot write its own id maps with
-/// a range wider than one id.
+/// A process cannot write its own id maps with a range wider than one id, so a short-lived
+/// child is cloned straight into the new namespace (`CLONE_NEWUSER`) and waits there while
+/// the jail writes its maps. It shares the jail's memory (`CLONE_VM`, on a stack of its
+/// own) and only blocks on a pipe, so nothing is copied for it as a fork would.
 fn new_user_namespace(base: u32, count: u32) -> JailResult<OwnedFd> {
-    let (ready_r, ready_w) = nix::unistd::pipe().map_err(ctx(|| "pipe".into()))?;
-    let (hold_r, hold_w) = nix::unistd::pipe().map_err(ctx(|| "pipe".into()))?;
-    // SAFETY: single-threaded; the child only makes async-signal-safe calls.
-    match unsafe { fork() }.map_err(ctx(|| "fork".into()))? {
-        ForkResult::Child => {
-            drop(ready_r);
-            drop(hold_w);
-            let ok = unshare(CloneFlags::CLONE_NEWUSER).is_ok();
-            let _ = nix::unistd::write(&ready_w, if ok { b"1" } else { b"0" });
-            let mut b = [0u8; 1];
-            let _ = nix::unistd::read(&hold_r, &mut b);
-            // SAFETY: see above.
-            unsafe { libc::_exit(0) }
+    /// The child: closes its copy of the pipe's write end (it has its own descriptor
+    /// table), then waits for the jail to close the other copy.
+    extern "C" fn hold(fds: *mut libc::c_void) -> libc::c_int {
+        let mut b = 0u8;
+        // SAFETY: `fds` points at the jail's `[read, write]` pair, which lives until the
+        // child has been waited for; `b` is a valid one-byte buffer.
+        unsafe {
+            let [r, w] = *(fds as *const [libc::c_int; 2]);
+            libc::close(w);
+            libc::read(r, (&mut b as *mut u8).cast(), 1);
         }
-        ForkResult::Parent { child } => {
-            drop(ready_w);
-            drop(hold_r);
-            let result = (|| {
-                let mut b = [0u8; 1];
-                let n = nix::unistd::read(&ready_r, &mut b).map_err(|e| e.to_string())?;
-                if n != 1 || b[0] != b'1' {
-                    return Err(
-                        "user namespaces are not available (unshare(CLONE_NEWUSER) failed)"
-                            .to_string(),
-                    );
-                }
-                let proc = PathBuf::from(format!("/proc/{child}"));
-                let map = format!("0 {base} {count}\n");
-                fs::write(proc.join("uid_map"), &map).map_err(ctx(|| "writing uid_map".into()))?;
-                fs::write(proc.join("gid_map"), &map).map_err(ctx(|| "writing gid_map".into()))?;
-                let f =
-                    File::open(proc.join("ns/user")).map_err(ctx(|| "opening ns/user".into()))?;
-                Ok(OwnedFd::from(f))
-            })();
-            drop(hold_w);
-            let _ = waitpid(child, None);
-            result
-        }
+        0
     }
+    let (hold_r, hold_w) = nix::unistd::pipe().map_err(ctx(|| "pipe".into()))?;
+    let mut fds = [hold_r.as_raw_fd(), hold_w.as_raw_fd()];
+    let mut stack = vec![0u8; 64 * 1024];
+    // SAFETY: the stack is ours and outlives the child (waited for below); the child runs
+    // only `hold`, which reads one byte from a descriptor that stays open meanwhile.
+    let child = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        libc::clone(
+            hold,
+            top.cast(),
+            libc::CLONE_NEWUSER | libc::CLONE_VM | libc::SIGCHLD,
+            fds.as_mut_ptr().cast(),
+        )
+    };
+    if child < 0 {
+        return Err(format!(
+            "user namespaces are not available (clone(CLONE_NEWUSER): {})",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let result = (|| {
+        let proc = PathBuf::from(format!("/proc/{child}"));
+        let map = format!("0 {base} {count}\n");
+        fs::write(proc.join("uid_map"), &map).map_err(ctx(|| "writing uid_map".into()))?;
+        fs::write(proc.join("gid_map"), &map).map_err(ctx(|| "writing gid_map".into()))?;
+        let f = File::open(proc.join("ns/user")).map_err(ctx(|| "opening ns/user".into()))?;
+        Ok(OwnedFd::from(f))
+    })();
+    drop(hold_w);
+    let _ = waitpid(nix::unistd::Pid::from_raw(child), None);
+    drop(stack);
+    drop(hold_r);
+    result
 }
 
 /// Host files init binds into the sandbox (envd, `files`), staged as bind mounts in the
