@@ -82,7 +82,7 @@ struct Teardown {
 /// finished), and who waits for it.
 #[derive(Debug)]
 struct TeardownJob {
-    record: Option<Record>,
+    record: Option<Box<Record>>,
     done: Option<tokio::sync::oneshot::Sender<Result<(), SandboxError>>>,
 }
 
@@ -276,7 +276,7 @@ impl Teardown {
             .name("sandbox-teardown".into())
             .spawn(move || {
                 for job in rx {
-                    let result = job.record.as_ref().map_or(Ok(()), |r| place.tear_down(r));
+                    let result = job.record.as_deref().map_or(Ok(()), |r| place.tear_down(r));
                     match job.done {
                         Some(done) => {
                             let _ = done.send(result);
@@ -586,6 +586,7 @@ impl LocalRuntime {
         record: Option<Record>,
         done: Option<tokio::sync::oneshot::Sender<Result<(), SandboxError>>>,
     ) {
+        let record = record.map(Box::new);
         if let Err(job) = self.teardown.send(TeardownJob { record, done }) {
             let result = job
                 .record
