@@ -137,7 +137,7 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
         }
         SandboxCommand::Rm { ids } => {
             for id in ids {
-                rt.destroy(&id).await?;
+                rt.destroy_wait(&id).await?;
             }
             Ok(ExitCode::SUCCESS)
         }

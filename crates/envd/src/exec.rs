@@ -107,6 +107,45 @@ pub(crate) fn environment(req: &ExecRequest) -> Result<BTreeMap<String, String>,
     Ok(env)
 }
 
+/// The file `execvp` would run for `program`, found with `stat` and `faccessat` rather
+/// than by trying `execve` in every `PATH` directory in turn (each failed exec is a trip
+/// through the kernel's exec path). A name with a `/` is used as it is. As with execvp:
+/// the first executable regular file wins, `EACCES` when only files that cannot be run
+/// were found, `ENOENT` when none was; relative `PATH` entries (and empty ones, meaning
+/// the current directory) are taken from `cwd`, the process's working directory.
+fn find_program(program: &str, path: Option<&str>, cwd: &OwnedFd) -> Result<String, Errno> {
+    use nix::fcntl::AtFlags;
+    use nix::sys::stat::{SFlag, fstatat};
+    use nix::unistd::{AccessFlags, faccessat};
+    if program.contains('/') {
+        return Ok(program.to_string());
+    }
+    // glibc's default when PATH is unset.
+    let path = path.unwrap_or("/bin:/usr/bin");
+    let mut denied = false;
+    for dir in path.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let candidate = format!("{}/{program}", dir.trim_end_matches('/'));
+        match fstatat(cwd, candidate.as_str(), AtFlags::empty()) {
+            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG => {
+                match faccessat(
+                    cwd,
+                    candidate.as_str(),
+                    AccessFlags::X_OK,
+                    AtFlags::AT_EACCESS,
+                ) {
+                    Ok(()) => return Ok(candidate),
+                    Err(_) => denied = true,
+                }
+            }
+            // A directory or device by that name: exec would refuse it with EACCES.
+            Ok(_) | Err(Errno::EACCES) => denied = true,
+            Err(_) => {}
+        }
+    }
+    Err(if denied { Errno::EACCES } else { Errno::ENOENT })
+}
+
 /// A started process and envd's ends of its stdio.
 struct Spawned {
     pid: i32,
@@ -152,9 +191,20 @@ fn spawn(root: &Root, reaper: &Reaper, req: &ExecRequest) -> Result<Spawned, OpE
             None => e,
         })?;
     let cwd_raw: RawFd = cwd.as_raw_fd();
+    let program =
+        find_program(&argv[0], env.get("PATH").map(String::as_str), &cwd).map_err(|errno| {
+            match errno {
+                Errno::ENOENT => OpError {
+                    code: "not_found",
+                    message: format!("{}: command not found in the sandbox", argv[0]),
+                    errno: Some(libc::ENOENT),
+                },
+                e => OpError::sys(format!("start {}", argv[0]), e),
+            }
+        })?;
 
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).env_clear().envs(&env);
+    let mut cmd = Command::new(program);
+    cmd.arg0(&argv[0]).args(&argv[1..]).env_clear().envs(&env);
     let pty = match req.pty {
         Some(size) => {
             let pty =
@@ -210,17 +260,9 @@ fn spawn(root: &Root, reaper: &Reaper, req: &ExecRequest) -> Result<Spawned, OpE
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| {
-        if e.raw_os_error() == Some(libc::ENOENT) {
-            OpError {
-                code: "not_found",
-                message: format!("{}: command not found in the sandbox", argv[0]),
-                errno: Some(libc::ENOENT),
-            }
-        } else {
-            OpError::io(format!("start {}", argv[0]), &e)
-        }
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| OpError::io(format!("start {}", argv[0]), &e))?;
     // Register before anything can yield to the reaper (see `reaper`).
     let pid = i32::try_from(child.id()).map_err(|_| OpError::bad_request("pid out of range"))?;
     let exit = reaper.register(pid);

@@ -251,9 +251,11 @@ struct SandboxGuard {
 }
 
 impl SandboxGuard {
+    /// Destroys the sandbox and waits until its files are gone: the next step may need
+    /// the space (a nearly full disk).
     async fn destroy(mut self) -> Result<(), SandboxError> {
         match self.id.take() {
-            Some(id) => self.runtime.destroy(&id).await,
+            Some(id) => self.runtime.destroy_wait(&id).await,
             None => Ok(()),
         }
     }
@@ -831,17 +833,21 @@ impl Builder {
             count: self.config.sandbox.uid_count,
         };
         let store = self.store.clone();
-        let sealed =
-            tokio::task::spawn_blocking(move || store.seal_upper(&upper, owners, UPPER_EXCLUDE))
-                .await
-                .map_err(|e| BuildError::Envd {
-                    step: name.to_string(),
-                    message: format!("seal task: {e}"),
-                });
+        // The seal owns the guard: should this build be dropped while the seal runs, the
+        // sandbox (and the upper directory being read) goes only once the seal is done.
+        let sealed = tokio::task::spawn_blocking(move || {
+            (store.seal_upper(&upper, owners, UPPER_EXCLUDE), guard)
+        })
+        .await
+        .map_err(|e| BuildError::Envd {
+            step: name.to_string(),
+            message: format!("seal task: {e}"),
+        })?;
+        let (sealed, guard) = sealed;
         // The sandbox goes before the result is looked at: a failed seal (a full disk)
         // must not leave it behind.
         let destroyed = guard.destroy().await;
-        let (layer, _) = sealed??;
+        let (layer, _) = sealed?;
         destroyed?;
         Ok((layer, failure.is_none()))
     }

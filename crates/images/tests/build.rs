@@ -178,7 +178,7 @@ impl Fixture {
             )
             .await
             .unwrap();
-        self.runtime.destroy(&sb.id).await.unwrap();
+        self.runtime.destroy_wait(&sb.id).await.unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -195,7 +195,7 @@ impl Drop for Fixture {
             };
             tokio.block_on(async {
                 for sb in rt.list().await.unwrap_or_default() {
-                    let _ = rt.destroy(&sb.id).await;
+                    let _ = rt.destroy_wait(&sb.id).await;
                 }
             });
         })

@@ -14,8 +14,9 @@
 //! The mounts live only in the sandbox's own mount namespaces, so they vanish with its
 //! last process: nothing is mounted on the host, and a crash cannot leak a mount.
 //!
-//! Progress is reported on fd 3 (the report pipe): `P<init host pid>\n` once init exists,
-//! `E<message>\n` on failure, and envd writes one byte once it listens.
+//! The jail's stdin is a socket: the runtime sends the config on it and closes its sending
+//! side; the jail then reports on the same socket, moved to fd 3: `P<init host pid>\n`
+//! once init exists, `E<message>\n` on failure, and envd writes one byte once it listens.
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -33,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy;
 
-/// The fd on which the jail reports progress to the runtime.
+/// The fd on which the jail (and then envd) reports progress to the runtime.
 pub const REPORT_FD: RawFd = 3;
 
 /// The fd on which envd finds its listening socket.
@@ -114,10 +115,23 @@ fn ctx<E: std::fmt::Display>(what: impl FnOnce() -> String) -> impl FnOnce(E) ->
 
 /// `hangar-jail`'s main: never returns.
 pub fn main() -> ! {
-    // SAFETY: fd 3 is the report pipe handed over by the runtime; nothing else owns it.
+    // Its own session, so that signals for the server's terminal or process group never
+    // reach a sandbox. (The runtime spawns the jail with nothing run between fork and exec.)
+    // SAFETY: setsid has no memory effects.
+    unsafe { libc::setsid() };
+    // SAFETY: dup2 of stdin, the report socket, onto fd 3, which is free: the runtime
+    // passes nothing but fds 0-2.
+    if unsafe { libc::dup2(0, REPORT_FD) } < 0 {
+        eprintln!("hangar-jail: dup2: {}", std::io::Error::last_os_error());
+        std::process::exit(1);
+    }
+    // SAFETY: fd 3 is the report socket, just duplicated; nothing else owns it.
     let mut report = unsafe { File::from_raw_fd(REPORT_FD) };
+    if let Ok(null) = File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(null.as_fd());
+    }
     let mut text = String::new();
-    let result = std::io::stdin()
+    let result = (&report)
         .read_to_string(&mut text)
         .map_err(|e| format!("reading the jail config: {e}"))
         .and_then(|_| {
@@ -250,48 +264,57 @@ fn c_path(p: &Path) -> JailResult<CString> {
 }
 
 /// Creates a user namespace mapping 0..count to base..base+count and returns its fd.
-/// A short-lived child creates it, because a process cannot write its own id maps with
-/// a range wider than one id.
+/// A process cannot write its own id maps with a range wider than one id, so a short-lived
+/// child is cloned straight into the new namespace (`CLONE_NEWUSER`) and waits there while
+/// the jail writes its maps. It shares the jail's memory (`CLONE_VM`, on a stack of its
+/// own) and only blocks on a pipe, so nothing is copied for it as a fork would.
 fn new_user_namespace(base: u32, count: u32) -> JailResult<OwnedFd> {
-    let (ready_r, ready_w) = nix::unistd::pipe().map_err(ctx(|| "pipe".into()))?;
-    let (hold_r, hold_w) = nix::unistd::pipe().map_err(ctx(|| "pipe".into()))?;
-    // SAFETY: single-threaded; the child only makes async-signal-safe calls.
-    match unsafe { fork() }.map_err(ctx(|| "fork".into()))? {
-        ForkResult::Child => {
-            drop(ready_r);
-            drop(hold_w);
-            let ok = unshare(CloneFlags::CLONE_NEWUSER).is_ok();
-            let _ = nix::unistd::write(&ready_w, if ok { b"1" } else { b"0" });
-            let mut b = [0u8; 1];
-            let _ = nix::unistd::read(&hold_r, &mut b);
-            // SAFETY: see above.
-            unsafe { libc::_exit(0) }
+    /// The child: closes its copy of the pipe's write end (it has its own descriptor
+    /// table), then waits for the jail to close the other copy.
+    extern "C" fn hold(fds: *mut libc::c_void) -> libc::c_int {
+        let mut b = 0u8;
+        // SAFETY: `fds` points at the jail's `[read, write]` pair, which lives until the
+        // child has been waited for; `b` is a valid one-byte buffer.
+        unsafe {
+            let [r, w] = *(fds as *const [libc::c_int; 2]);
+            libc::close(w);
+            libc::read(r, (&mut b as *mut u8).cast(), 1);
         }
-        ForkResult::Parent { child } => {
-            drop(ready_w);
-            drop(hold_r);
-            let result = (|| {
-                let mut b = [0u8; 1];
-                let n = nix::unistd::read(&ready_r, &mut b).map_err(|e| e.to_string())?;
-                if n != 1 || b[0] != b'1' {
-                    return Err(
-                        "user namespaces are not available (unshare(CLONE_NEWUSER) failed)"
-                            .to_string(),
-                    );
-                }
-                let proc = PathBuf::from(format!("/proc/{child}"));
-                let map = format!("0 {base} {count}\n");
-                fs::write(proc.join("uid_map"), &map).map_err(ctx(|| "writing uid_map".into()))?;
-                fs::write(proc.join("gid_map"), &map).map_err(ctx(|| "writing gid_map".into()))?;
-                let f =
-                    File::open(proc.join("ns/user")).map_err(ctx(|| "opening ns/user".into()))?;
-                Ok(OwnedFd::from(f))
-            })();
-            drop(hold_w);
-            let _ = waitpid(child, None);
-            result
-        }
+        0
     }
+    let (hold_r, hold_w) = nix::unistd::pipe().map_err(ctx(|| "pipe".into()))?;
+    let mut fds = [hold_r.as_raw_fd(), hold_w.as_raw_fd()];
+    let mut stack = vec![0u8; 64 * 1024];
+    // SAFETY: the stack is ours and outlives the child (waited for below); the child runs
+    // only `hold`, which reads one byte from a descriptor that stays open meanwhile.
+    let child = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        libc::clone(
+            hold,
+            top.cast(),
+            libc::CLONE_NEWUSER | libc::CLONE_VM | libc::SIGCHLD,
+            fds.as_mut_ptr().cast(),
+        )
+    };
+    if child < 0 {
+        return Err(format!(
+            "user namespaces are not available (clone(CLONE_NEWUSER): {})",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let result = (|| {
+        let proc = PathBuf::from(format!("/proc/{child}"));
+        let map = format!("0 {base} {count}\n");
+        fs::write(proc.join("uid_map"), &map).map_err(ctx(|| "writing uid_map".into()))?;
+        fs::write(proc.join("gid_map"), &map).map_err(ctx(|| "writing gid_map".into()))?;
+        let f = File::open(proc.join("ns/user")).map_err(ctx(|| "opening ns/user".into()))?;
+        Ok(OwnedFd::from(f))
+    })();
+    drop(hold_w);
+    let _ = waitpid(nix::unistd::Pid::from_raw(child), None);
+    drop(stack);
+    drop(hold_r);
+    result
 }
 
 /// Host files init binds into the sandbox (envd, `files`), staged as bind mounts in the
@@ -642,7 +665,8 @@ fn init(cfg: &JailConfig, listener: RawFd) -> JailResult<std::convert::Infallibl
             std::io::Error::last_os_error()
         ));
     }
-    close_fds_except(&[0, 1, 2, REPORT_FD, LISTEN_FD]);
+    const _: () = assert!(REPORT_FD < LISTEN_FD);
+    close_other_fds()?;
     let stdin = File::open("/dev/null").map_err(ctx(|| "/dev/null".into()))?;
     nix::unistd::dup2_stdin(stdin.as_fd()).map_err(ctx(|| "dup2".into()))?;
 
@@ -662,13 +686,17 @@ fn init(cfg: &JailConfig, listener: RawFd) -> JailResult<std::convert::Infallibl
         CString::from(c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
         CString::from(c"HOME=/root"),
     ];
-    let seccomp = policy::seccomp_filters().map_err(|e| e.to_string())?;
-    for f in &seccomp {
+    for f in SECCOMP_FILTERS {
         seccompiler::apply_filter(f).map_err(ctx(|| "applying the seccomp filter".into()))?;
     }
     let err = nix::unistd::execve(&prog, &args, &env).unwrap_err();
     Err(format!("exec envd: {err}"))
 }
+
+/// [`policy::seccomp_filters`], compiled to BPF when this crate was built (`build.rs`), as
+/// Firecracker does: a start applies them without compiling anything.
+static SECCOMP_FILTERS: &[&[seccompiler::sock_filter]] =
+    include!(concat!(env!("OUT_DIR"), "/seccomp_filters.rs"));
 
 /// envd's path inside the sandbox.
 pub fn envd_in_sandbox() -> PathBuf {
@@ -726,19 +754,22 @@ fn drop_privileges() -> JailResult<()> {
     Ok(())
 }
 
-fn close_fds_except(keep: &[RawFd]) {
-    let fds: Vec<RawFd> = fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    for fd in fds {
-        if !keep.contains(&fd) {
-            // SAFETY: closing an fd this process no longer needs; nothing else uses it.
-            unsafe { libc::close(fd) };
-        }
+/// Closes every descriptor above `LISTEN_FD` (0-2, the report pipe and the listener stay).
+fn close_other_fds() -> JailResult<()> {
+    // SAFETY: close_range takes plain integers; the descriptors closed are ones this
+    // process no longer needs and nothing else in it uses.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            LISTEN_FD as libc::c_uint + 1,
+            libc::c_uint::MAX,
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(format!("close_range: {}", std::io::Error::last_os_error()));
     }
+    Ok(())
 }
 
 /// Brings the loopback interface of the new network namespace up.
@@ -769,4 +800,18 @@ fn loopback_up() -> JailResult<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filters_compiled_at_build_time_are_the_policy() {
+        let now = policy::seccomp_filters().unwrap();
+        assert_eq!(SECCOMP_FILTERS.len(), now.len());
+        for (built, now) in SECCOMP_FILTERS.iter().zip(&now) {
+            assert_eq!(*built, now.as_slice());
+        }
+    }
 }

@@ -172,7 +172,9 @@ pub trait Runtime: Send + Sync {
     async fn envd(&self, id: &str) -> Result<EnvdClient, SandboxError>;
     /// Stops a sandbox's processes, keeping its files.
     async fn stop(&self, id: &str) -> Result<(), SandboxError>;
-    /// Stops a sandbox and removes everything it had: processes, cgroups, mounts, files.
+    /// Kills a sandbox and removes everything it had: processes, cgroups, mounts, files.
+    /// Returns once it is killed and can no longer be found, listed or reached; freeing
+    /// what it had may finish in the background ([`LocalRuntime::destroy_wait`] waits).
     async fn destroy(&self, id: &str) -> Result<(), SandboxError>;
     /// One sandbox.
     async fn get(&self, id: &str) -> Result<Sandbox, SandboxError>;

@@ -2,7 +2,8 @@
 //! `<data dir>/sandboxes/<id>/`:
 //!
 //! ```text
-//! sandbox.json   what was asked for and the pids (the record)
+//! sandbox.json   what was asked for and the pids (the record); destroying.json once
+//!                destroy has begun
 //! upper/ work/   overlayfs upper and work directories (the sandbox's writes)
 //! lower/N/       mount points of the read-only layers (mounted only inside the sandbox)
 //! rootfs/        mount point of the overlay (likewise)
@@ -15,6 +16,14 @@
 //! The record on disk is the truth: a sandbox outlives the process that created it (the
 //! CLI, or a server that crashed), and [`LocalRuntime::recover`] re-adopts live ones and
 //! reaps the rest.
+//!
+//! Destroy is split in two so that tearing down is off the caller's path: `destroy` renames
+//! the record to `destroying.json` (from then on the sandbox is neither found nor listed;
+//! a rename needs no free space, so this works on a full disk) and SIGKILLs init, whose
+//! death takes every process of its pid namespace with it; a background thread (the
+//! teardown thread) then waits for the jail, removes the cgroups and the directory. A
+//! crash in between leaves `destroying.json`, and `recover` finishes the job.
+//! `destroy_wait` is the same and waits for the teardown too.
 
 use std::fs;
 use std::io::Read;
@@ -29,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use crate::cgroup::{Hierarchies, SandboxCgroup, Usage};
-use crate::jail::{FileBind, InitExit, JailConfig, LayerMount, REPORT_FD};
+use crate::jail::{FileBind, InitExit, JailConfig, LayerMount};
 use crate::{
     EnvdClient, Limits, Network, Rootfs, Runtime, Sandbox, SandboxError, SandboxSpec, Status,
     network,
@@ -46,12 +55,35 @@ const HOST_SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/run"];
 #[derive(Debug)]
 pub struct LocalRuntime {
     host_rules: std::sync::Mutex<bool>,
-    dir: PathBuf,
+    place: Place,
     data_dir: PathBuf,
     jail: PathBuf,
     envd: PathBuf,
-    hierarchies: Hierarchies,
     config: SandboxConfig,
+    teardown: Teardown,
+}
+
+/// Where sandboxes live on this host: their directories and the cgroup hierarchies.
+/// Shared with the teardown thread.
+#[derive(Clone, Debug)]
+struct Place {
+    dir: PathBuf,
+    hierarchies: Hierarchies,
+}
+
+/// The teardown thread: it finishes destroys in the order they were asked for.
+#[derive(Debug)]
+struct Teardown {
+    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<TeardownJob>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// One sandbox to tear down (or none: a marker whose `done` says every earlier one is
+/// finished), and who waits for it.
+#[derive(Debug)]
+struct TeardownJob {
+    record: Option<Box<Record>>,
+    done: Option<tokio::sync::oneshot::Sender<Result<(), SandboxError>>>,
 }
 
 /// What [`LocalRuntime::recover`] found.
@@ -89,6 +121,11 @@ enum RecordState {
     Stopped,
     Dead,
 }
+
+/// The record's file.
+const RECORD: &str = "sandbox.json";
+/// The record's file once destroy has begun.
+const DESTROYING: &str = "destroying.json";
 
 /// A pid plus its start time, so a recycled pid is never mistaken for the process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +170,154 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+impl Place {
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    fn cgroup(&self, id: &str) -> SandboxCgroup {
+        SandboxCgroup::new(&self.hierarchies, id)
+    }
+
+    /// The record of sandbox `id` from `file` ([`RECORD`], or [`DESTROYING`]).
+    fn load_record(&self, id: &str, file: &str) -> Result<Record, SandboxError> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(SandboxError::NotFound(id.to_string()));
+        }
+        let path = self.sandbox_dir(id).join(file);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SandboxError::NotFound(id.to_string()));
+            }
+            Err(e) => return Err(SandboxError::io(format!("reading {}", path.display()))(e)),
+        };
+        serde_json::from_str(&text).map_err(|e| SandboxError::Io {
+            context: format!("reading {}", path.display()),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })
+    }
+
+    /// Writes the record atomically (temporary file, then rename).
+    fn write_record(&self, r: &Record) -> Result<(), SandboxError> {
+        let dir = self.sandbox_dir(&r.id);
+        let tmp = dir.join("sandbox.json.tmp");
+        let json = serde_json::to_vec_pretty(r).map_err(|e| SandboxError::Io {
+            context: "encoding the sandbox record".into(),
+            source: std::io::Error::other(e),
+        })?;
+        fs::write(&tmp, json).map_err(SandboxError::io(format!("writing {}", tmp.display())))?;
+        fs::rename(&tmp, dir.join(RECORD))
+            .map_err(SandboxError::io(format!("renaming {}", tmp.display())))
+    }
+
+    /// Kills whatever is left of sandbox `id` and removes its cgroups and network slot;
+    /// files stay.
+    fn release(&self, id: &str, init: Option<ProcessId>, net_slot: Option<u32>) {
+        let cg = self.cgroup(id);
+        if let Some(init) = init {
+            init.signal(libc::SIGKILL);
+        }
+        // Processes left in the groups (a jail whose init was already gone, or one whose
+        // create never got as far as a record).
+        for pid in cg.pids() {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cg.pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if let Err(e) = cg.remove() {
+            tracing::warn!(sandbox = %id, "removing cgroups: {e}");
+        }
+        if let Some(slot) = net_slot {
+            network::release_slot(slot, &self.sandbox_dir(id));
+        }
+    }
+
+    fn remove_dir(&self, id: &str) {
+        let dir = self.sandbox_dir(id);
+        if let Err(e) = fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(sandbox = %id, "removing {}: {e}", dir.display());
+        }
+    }
+
+    /// The second half of a destroy, blocking: waits for the jail to see init die (so its
+    /// mount namespace is gone), then releases the cgroups and removes the directory.
+    fn tear_down(&self, r: &Record) -> Result<(), SandboxError> {
+        // Already killed by `destroy`, except after a crash right after the record was
+        // marked.
+        if let Some(init) = r.init {
+            init.signal(libc::SIGKILL);
+        }
+        if let Some(p) = r.jail.or(r.init) {
+            wait_gone_blocking(p, Duration::from_secs(5));
+        }
+        self.release(&r.id, r.init, r.net_slot);
+        self.remove_dir(&r.id);
+        let dir = self.sandbox_dir(&r.id);
+        if dir.exists() {
+            return Err(SandboxError::Io {
+                context: format!("removing {}", dir.display()),
+                source: std::io::Error::other("directory still present"),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Teardown {
+    fn start(place: Place) -> Result<Teardown, SandboxError> {
+        let (tx, rx) = std::sync::mpsc::channel::<TeardownJob>();
+        let thread = std::thread::Builder::new()
+            .name("sandbox-teardown".into())
+            .spawn(move || {
+                for job in rx {
+                    let result = job.record.as_deref().map_or(Ok(()), |r| place.tear_down(r));
+                    match job.done {
+                        Some(done) => {
+                            let _ = done.send(result);
+                        }
+                        None => {
+                            if let Err(e) = result {
+                                tracing::warn!("destroying a sandbox: {e}");
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(SandboxError::io("starting the sandbox teardown thread"))?;
+        Ok(Teardown {
+            queue: std::sync::Mutex::new(Some(tx)),
+            thread: std::sync::Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues a job; gives it back when the thread is gone.
+    fn send(&self, job: TeardownJob) -> Result<(), TeardownJob> {
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        match queue.as_ref() {
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
+        }
+    }
+}
+
+impl Drop for LocalRuntime {
+    /// Finishes the teardowns already asked for, so a process that drops its runtime
+    /// leaves nothing behind.
+    fn drop(&mut self) {
+        let t = &self.teardown;
+        drop(t.queue.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(thread) = t.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl LocalRuntime {
     /// A runtime keeping its sandboxes under `config.data_dir`/sandboxes. Checks that this
     /// host can run sandboxes at all (root, cgroup controllers, helper binaries).
@@ -165,13 +350,16 @@ impl LocalRuntime {
             .map_err(SandboxError::io(format!("creating {}", dir.display())))?;
         let hierarchies =
             Hierarchies::detect().map_err(SandboxError::io("reading /proc/self/mountinfo"))?;
+        let jail = find("hangar-jail")?;
+        let envd = find("envd")?;
+        let place = Place { dir, hierarchies };
         Ok(LocalRuntime {
             host_rules: std::sync::Mutex::new(false),
-            dir,
+            teardown: Teardown::start(place.clone())?,
+            place,
             data_dir: config.data_dir.clone(),
-            jail: find("hangar-jail")?,
-            envd: find("envd")?,
-            hierarchies,
+            jail,
+            envd,
             config: config.sandbox.clone(),
         })
     }
@@ -249,46 +437,24 @@ impl LocalRuntime {
 
     /// Which cgroup hierarchy serves each controller, e.g. `memory=v1 pids=v1 cpu=v1`.
     pub fn cgroup_layout(&self) -> String {
-        self.hierarchies.describe()
+        self.place.hierarchies.describe()
     }
 
     fn sandbox_dir(&self, id: &str) -> PathBuf {
-        self.dir.join(id)
+        self.place.sandbox_dir(id)
     }
 
     fn cgroup(&self, id: &str) -> SandboxCgroup {
-        SandboxCgroup::new(&self.hierarchies, id)
+        self.place.cgroup(id)
     }
 
+    /// The record of a sandbox that exists (one being destroyed is not found).
     fn read_record(&self, id: &str) -> Result<Record, SandboxError> {
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(SandboxError::NotFound(id.to_string()));
-        }
-        let path = self.sandbox_dir(id).join("sandbox.json");
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(SandboxError::NotFound(id.to_string()));
-            }
-            Err(e) => return Err(SandboxError::io(format!("reading {}", path.display()))(e)),
-        };
-        serde_json::from_str(&text).map_err(|e| SandboxError::Io {
-            context: format!("reading {}", path.display()),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })
+        self.place.load_record(id, RECORD)
     }
 
-    /// Writes the record atomically (temporary file, then rename).
     fn write_record(&self, r: &Record) -> Result<(), SandboxError> {
-        let dir = self.sandbox_dir(&r.id);
-        let tmp = dir.join("sandbox.json.tmp");
-        let json = serde_json::to_vec_pretty(r).map_err(|e| SandboxError::Io {
-            context: "encoding the sandbox record".into(),
-            source: std::io::Error::other(e),
-        })?;
-        fs::write(&tmp, json).map_err(SandboxError::io(format!("writing {}", tmp.display())))?;
-        fs::rename(&tmp, dir.join("sandbox.json"))
-            .map_err(SandboxError::io(format!("renaming {}", tmp.display())))
+        self.place.write_record(r)
     }
 
     /// The record's state, settling a running sandbox whose init died into `Dead`.
@@ -319,27 +485,8 @@ impl LocalRuntime {
         Ok(r)
     }
 
-    /// Kills whatever is left and removes the cgroups; files stay.
     fn release(&self, r: &Record) {
-        let cg = self.cgroup(&r.id);
-        if let Some(init) = r.init {
-            init.signal(libc::SIGKILL);
-        }
-        // Processes left in the groups (a jail whose init was already gone).
-        for pid in cg.pids() {
-            // SAFETY: kill has no memory effects.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !cg.pids().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        if let Err(e) = cg.remove() {
-            tracing::warn!(sandbox = %r.id, "removing cgroups: {e}");
-        }
-        if let Some(slot) = r.net_slot {
-            network::release_slot(slot, &self.sandbox_dir(&r.id));
-        }
+        self.place.release(&r.id, r.init, r.net_slot)
     }
 
     fn to_sandbox(&self, r: Record) -> Sandbox {
@@ -365,15 +512,27 @@ impl LocalRuntime {
     }
 
     /// Finds sandboxes left by an earlier process: running ones are adopted as they are,
-    /// half-created ones removed, ones whose init died marked dead (cgroups released).
+    /// half-created and half-destroyed ones removed, ones whose init died marked dead
+    /// (cgroups released).
     pub fn recover(&self) -> Result<Recovery, SandboxError> {
         let mut out = Recovery::default();
         for id in self.ids()? {
             let r = match self.read_record(&id) {
                 Ok(r) => r,
                 Err(SandboxError::NotFound(_)) => {
-                    // A directory without a record: a create that died before writing it.
-                    self.remove_dir(&id);
+                    // A destroy cut short, or a directory without a record: a create that
+                    // died before it was running (its jail, if any, is in its cgroups).
+                    match self.place.load_record(&id, DESTROYING) {
+                        Ok(r) => {
+                            if let Err(e) = self.place.tear_down(&r) {
+                                tracing::warn!(sandbox = %id, "{e}");
+                            }
+                        }
+                        Err(_) => {
+                            self.place.release(&id, None, None);
+                            self.remove_dir(&id);
+                        }
+                    }
                     out.reaped.push(id);
                     continue;
                 }
@@ -381,8 +540,9 @@ impl LocalRuntime {
             };
             match r.state {
                 RecordState::Creating => {
-                    self.release(&r);
-                    self.remove_dir(&id);
+                    if let Err(e) = self.place.tear_down(&r) {
+                        tracing::warn!(sandbox = %id, "{e}");
+                    }
                     out.reaped.push(id);
                 }
                 RecordState::Running => {
@@ -398,10 +558,75 @@ impl LocalRuntime {
         Ok(out)
     }
 
+    /// The first half of a destroy: renames the record to [`DESTROYING`], so that from now
+    /// on the sandbox is neither found nor listed, then SIGKILLs init (the pid namespace's
+    /// other processes die with it). Renamed first, so a crash in between leaves a record
+    /// that `recover` finishes.
+    fn kill_for_destroy(&self, id: &str) -> Result<Record, SandboxError> {
+        let r = self.read_record(id)?;
+        let dir = self.sandbox_dir(id);
+        fs::rename(dir.join(RECORD), dir.join(DESTROYING)).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                // Another destroy got there first.
+                SandboxError::NotFound(id.to_string())
+            } else {
+                SandboxError::io(format!("marking {} destroyed", dir.display()))(e)
+            }
+        })?;
+        if let Some(init) = r.init {
+            init.signal(libc::SIGKILL);
+        }
+        Ok(r)
+    }
+
+    /// Hands a teardown (or, with no record, a marker) to the teardown thread; does it
+    /// here if that thread is gone.
+    fn queue_teardown(
+        &self,
+        record: Option<Record>,
+        done: Option<tokio::sync::oneshot::Sender<Result<(), SandboxError>>>,
+    ) {
+        let record = record.map(Box::new);
+        if let Err(job) = self.teardown.send(TeardownJob { record, done }) {
+            let result = job
+                .record
+                .as_ref()
+                .map_or(Ok(()), |r| self.place.tear_down(r));
+            if let Some(done) = job.done {
+                let _ = done.send(result);
+            }
+        }
+    }
+
+    async fn wait_for_teardown(&self, record: Option<Record>) -> Result<(), SandboxError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue_teardown(record, Some(tx));
+        rx.await.unwrap_or_else(|_| {
+            Err(SandboxError::Io {
+                context: "destroying a sandbox".into(),
+                source: std::io::Error::other("the teardown thread ended"),
+            })
+        })
+    }
+
+    /// Like [`Runtime::destroy`], and returns only once everything the sandbox had is
+    /// freed: cgroups, network slot, directory (its disk space). For callers that reuse
+    /// that space at once (an image build on a full disk) or exit right after (the CLI).
+    pub async fn destroy_wait(&self, id: &str) -> Result<(), SandboxError> {
+        let r = self.kill_for_destroy(id)?;
+        self.wait_for_teardown(Some(r)).await
+    }
+
+    /// Waits until every destroy asked for so far has been torn down.
+    pub async fn teardowns_done(&self) {
+        let _ = self.wait_for_teardown(None).await;
+    }
+
     fn ids(&self) -> Result<Vec<String>, SandboxError> {
+        let dir = &self.place.dir;
         let mut ids = Vec::new();
-        let entries = fs::read_dir(&self.dir)
-            .map_err(SandboxError::io(format!("listing {}", self.dir.display())))?;
+        let entries =
+            fs::read_dir(dir).map_err(SandboxError::io(format!("listing {}", dir.display())))?;
         for e in entries.flatten() {
             if let Some(name) = e.file_name().to_str()
                 && e.path().is_dir()
@@ -413,18 +638,17 @@ impl LocalRuntime {
     }
 
     fn remove_dir(&self, id: &str) {
-        let dir = self.sandbox_dir(id);
-        if let Err(e) = fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(sandbox = %id, "removing {}: {e}", dir.display());
-        }
+        self.place.remove_dir(id)
     }
 
     /// Claims an egress slot (host-wide, see [`network::claim_slot`]) and records it.
     fn claim_net_slot(&self, record: &Record) -> Result<u32, SandboxError> {
         let slot = network::claim_slot(&self.sandbox_dir(&record.id), |holder| {
-            let record = fs::read_to_string(holder.join("sandbox.json"))
+            // A sandbox being destroyed holds its slot until its teardown released it.
+            if holder.join(DESTROYING).exists() {
+                return true;
+            }
+            let record = fs::read_to_string(holder.join(RECORD))
                 .ok()
                 .and_then(|t| serde_json::from_str::<Record>(&t).ok());
             record.is_some_and(|r| match r.state {
@@ -608,6 +832,9 @@ impl LocalRuntime {
             dead: None,
             net_slot: None,
         };
+        // Otherwise the record is written once, when the sandbox runs: until then a crash
+        // leaves a directory without a record, which `recover` reaps (through the
+        // cgroups for any process). An egress slot's holder is found by its record.
         if spec.network == Network::Egress {
             record.net_slot = Some(self.claim_net_slot(&record)?);
             fs::write(
@@ -615,8 +842,6 @@ impl LocalRuntime {
                 network::resolv_conf(Path::new("/etc/resolv.conf")),
             )
             .map_err(SandboxError::io("writing resolv.conf"))?;
-        } else {
-            self.write_record(&record)?;
         }
         let cg = self.cgroup(id);
         cg.create(&spec.limits)
@@ -627,37 +852,32 @@ impl LocalRuntime {
                 context: "encoding the jail config".into(),
                 source: std::io::Error::other(e),
             })?;
-        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| SandboxError::io("creating the report pipe")(e.into()))?;
+        // One socket carries the config to the jail (its stdin, up to end of file) and the
+        // reports back. With nothing to run between fork and exec, std starts the jail
+        // with posix_spawn (vfork), which does not copy this process's page tables as a
+        // fork would: the larger the server, the more that saves.
+        let (mut report, jail_end) = std::os::unix::net::UnixStream::pair()
+            .map_err(SandboxError::io("creating the report socket"))?;
         let log = fs::File::create(dir.join("jail.log"))
             .map_err(SandboxError::io("creating jail.log"))?;
         let log2 = log.try_clone().map_err(SandboxError::io("dup jail.log"))?;
         let mut cmd = tokio::process::Command::new(&self.jail);
-        cmd.stdin(Stdio::piped())
+        cmd.stdin(Stdio::from(OwnedFd::from(jail_end)))
             .stdout(log)
             .stderr(log2)
             .kill_on_drop(false);
-        let write_fd = report_w.as_raw_fd();
-        // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::setsid();
-                if libc::dup2(write_fd, REPORT_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(SandboxError::io(format!(
+        let child = cmd.spawn().map_err(SandboxError::io(format!(
             "starting {}",
             self.jail.display()
         )))?;
-        drop(report_w);
-        if let Some(mut stdin) = child.stdin.take() {
-            use tokio::io::AsyncWriteExt;
-            stdin
+        // Closes this process's copy of the jail's end, so the jail's exit is seen.
+        drop(cmd);
+        {
+            use std::io::Write;
+            // Small enough for the socket's buffer: this does not block.
+            report
                 .write_all(&config)
-                .await
+                .and_then(|()| report.shutdown(std::net::Shutdown::Write))
                 .map_err(SandboxError::io("sending the jail config"))?;
         }
         record.jail = child.id().and_then(ProcessId::of);
@@ -665,7 +885,7 @@ impl LocalRuntime {
         // lives as long as the sandbox.
         drop(child);
 
-        let outcome = tokio::time::timeout(START_TIMEOUT, read_report(report_r)).await;
+        let outcome = tokio::time::timeout(START_TIMEOUT, read_report(report)).await;
         let failure = match outcome {
             Ok(Ok((pid, None))) => {
                 record.init = ProcessId::of(pid);
@@ -697,10 +917,14 @@ impl LocalRuntime {
     }
 }
 
-/// Reads the jail's report pipe: `P<pid>\n`, then either envd's ready byte or `E<msg>\n`.
-async fn read_report(fd: OwnedFd) -> Result<(u32, Option<String>), String> {
-    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-        .map_err(|e| format!("report pipe: {e}"))?;
+/// Reads the jail's reports: `P<pid>\n`, then either envd's ready byte or `E<msg>\n`.
+async fn read_report(
+    socket: std::os::unix::net::UnixStream,
+) -> Result<(u32, Option<String>), String> {
+    let mut pipe = socket
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(socket))
+        .map_err(|e| format!("report socket: {e}"))?;
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 256];
     let mut pid: Option<u32> = None;
@@ -736,7 +960,7 @@ async fn read_report(fd: OwnedFd) -> Result<(u32, Option<String>), String> {
         let n = pipe
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("report pipe: {e}"))?;
+            .map_err(|e| format!("report socket: {e}"))?;
         if n == 0 {
             return match pid {
                 Some(p) if buf.first() == Some(&b'E') => Ok((
@@ -787,23 +1011,44 @@ fn tools_dir() -> Result<PathBuf, SandboxError> {
     Ok(dir.parent().map(Path::to_path_buf).unwrap_or(dir))
 }
 
-/// Waits for a process to exit without being its parent.
-async fn wait_gone(p: ProcessId, timeout: Duration) -> bool {
+/// A pidfd of `p`, or `None` when it is gone (or pidfds are unavailable).
+fn pidfd(p: ProcessId) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p.pid as libc::pid_t, 0) };
     if fd < 0 {
-        return !p.alive();
+        return None;
     }
     // SAFETY: pidfd_open returned a fresh fd that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    if !p.alive() {
-        return true;
-    }
+    // Checked after opening: the pid may have been recycled before.
+    p.alive().then_some(fd)
+}
+
+/// Waits for a process to exit without being its parent.
+async fn wait_gone(p: ProcessId, timeout: Duration) -> bool {
+    let Some(fd) = pidfd(p) else {
+        return !p.alive();
+    };
     // SAFETY: the AsyncFd owns the pidfd, which stays open for its whole life.
     let Ok(afd) = (unsafe { tokio::io::unix::AsyncFd::register(fd) }) else {
         return !p.alive();
     };
     tokio::time::timeout(timeout, afd.readable()).await.is_ok()
+}
+
+/// [`wait_gone`] for a plain thread.
+fn wait_gone_blocking(p: ProcessId, timeout: Duration) -> bool {
+    let Some(fd) = pidfd(p) else {
+        return !p.alive();
+    };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd whose fd stays open for the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    n > 0 || !p.alive()
 }
 
 #[async_trait::async_trait]
@@ -814,10 +1059,10 @@ impl Runtime for LocalRuntime {
         match self.start(&id, &spec).await {
             Ok(r) => Ok(self.to_sandbox(r)),
             Err(e) => {
-                if let Ok(r) = self.read_record(&id) {
-                    self.release(&r);
-                } else {
-                    let _ = self.cgroup(&id).remove();
+                match self.read_record(&id) {
+                    Ok(r) => self.release(&r),
+                    // No record yet: whatever the jail started is in the cgroups.
+                    Err(_) => self.place.release(&id, None, None),
                 }
                 self.remove_dir(&id);
                 Err(e)
@@ -863,21 +1108,8 @@ impl Runtime for LocalRuntime {
     }
 
     async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
-        let r = self.read_record(id)?;
-        if let Some(init) = r.init {
-            init.signal(libc::SIGKILL);
-            if let Some(j) = r.jail {
-                wait_gone(j, Duration::from_secs(5)).await;
-            }
-        }
-        self.release(&r);
-        self.remove_dir(id);
-        if self.sandbox_dir(id).exists() {
-            return Err(SandboxError::Io {
-                context: format!("removing {}", self.sandbox_dir(id).display()),
-                source: std::io::Error::other("directory still present"),
-            });
-        }
+        let r = self.kill_for_destroy(id)?;
+        self.queue_teardown(Some(r), None);
         Ok(())
     }
 

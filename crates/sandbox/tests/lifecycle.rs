@@ -53,7 +53,7 @@ async fn destroy_leaves_no_process_mount_cgroup_or_file() {
     );
     // Something running in the background must not survive either.
     let _ = f.sh(&sb.id, "sleep 1000 >/dev/null 2>&1 &").await;
-    f.rt.destroy(&sb.id).await.unwrap();
+    f.rt.destroy_wait(&sb.id).await.unwrap();
     assert!(
         !Path::new(&format!("/proc/{init}")).exists(),
         "init is gone"
@@ -77,6 +77,79 @@ async fn destroy_leaves_no_process_mount_cgroup_or_file() {
         f.rt.destroy(&sb.id).await,
         Err(SandboxError::NotFound(_))
     ));
+}
+
+/// Polls (at most 5 s) until `/proc/<pid>` is gone.
+async fn wait_for_exit(pid: u32) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
+}
+
+#[tokio::test]
+async fn destroy_returns_with_the_sandbox_killed_and_gone_from_view_and_tears_down_after() {
+    let f = Fixture::new();
+    let sb = f.host_sandbox().await;
+    let other = f.host_sandbox().await;
+    let init = sb.init_pid.unwrap();
+    let dir = f.config.data_dir.join("sandboxes").join(&sb.id);
+    f.rt.destroy(&sb.id).await.unwrap();
+    // At once: neither found, listed nor reachable, and destroying it again is an error.
+    assert!(matches!(
+        f.rt.get(&sb.id).await,
+        Err(SandboxError::NotFound(_))
+    ));
+    assert!(matches!(
+        f.rt.envd(&sb.id).await,
+        Err(SandboxError::NotFound(_))
+    ));
+    let listed: Vec<String> =
+        f.rt.list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+    assert_eq!(listed, vec![other.id.clone()]);
+    assert!(matches!(
+        f.rt.destroy(&sb.id).await,
+        Err(SandboxError::NotFound(_))
+    ));
+    assert!(wait_for_exit(init).await, "init was killed");
+    // Then the teardown frees the rest; the other sandbox is untouched.
+    f.rt.teardowns_done().await;
+    assert!(!dir.exists(), "the sandbox directory is gone");
+    assert_eq!(cgroup_dirs_named(&sb.id), Vec::<PathBuf>::new());
+    assert_eq!(stdout(&f.sh(&other.id, "echo still").await).trim(), "still");
+    f.rt.destroy_wait(&other.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_runtime_finishes_a_destroy_cut_short() {
+    let f = Fixture::new();
+    let sb = f.host_sandbox().await;
+    let init = sb.init_pid.unwrap();
+    let dir = f.config.data_dir.join("sandboxes").join(&sb.id);
+    // A destroy that crashed right after marking the record: init still runs.
+    std::fs::rename(dir.join("sandbox.json"), dir.join("destroying.json")).unwrap();
+    assert!(matches!(
+        f.rt.get(&sb.id).await,
+        Err(SandboxError::NotFound(_))
+    ));
+    assert!(Path::new(&format!("/proc/{init}")).exists());
+
+    let rt = LocalRuntime::open(&f.config).unwrap();
+    let rec = rt.recover().unwrap();
+    assert_eq!(rec.reaped, vec![sb.id.clone()]);
+    assert!(rec.adopted.is_empty() && rec.dead.is_empty(), "{rec:?}");
+    assert!(wait_for_exit(init).await, "init was killed");
+    assert!(!dir.exists(), "the sandbox directory is gone");
+    assert_eq!(cgroup_dirs_named(&sb.id), Vec::<PathBuf>::new());
 }
 
 #[tokio::test]

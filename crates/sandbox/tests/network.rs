@@ -168,7 +168,7 @@ async fn egress_slots_are_not_shared_and_are_reused() {
     assert_ne!(sa, sb);
     let claim = format!("/run/hangar/net/{sa}");
     assert!(std::fs::read_to_string(&claim).unwrap().contains(&a.id));
-    f.rt.destroy(&a.id).await.unwrap();
+    f.rt.destroy_wait(&a.id).await.unwrap();
     let holder = std::fs::read_to_string(&claim).unwrap_or_default();
     assert!(
         !holder.contains(&a.id),

@@ -78,7 +78,7 @@ async fn the_volume_is_made_once_mounted_again_and_holds_the_sandboxes() {
         .await
         .unwrap();
     assert!(volume.join("sandboxes").join(&sb.id).is_dir());
-    rt.destroy(&sb.id).await.unwrap();
+    rt.destroy_wait(&sb.id).await.unwrap();
 
     // Idempotent while mounted; after an unmount (a reboot), the same image comes back
     // with what it held.

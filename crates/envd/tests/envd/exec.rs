@@ -206,6 +206,72 @@ async fn missing_program_is_not_found_with_errno() {
     assert!(err.is_not_found());
 }
 
+/// Writes an executable (or, with mode 0o644, a non-executable) shell script.
+fn script(path: &std::path::Path, body: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test]
+async fn path_lookup_passes_over_files_that_cannot_run_as_execvp_does() {
+    let envd = Envd::start().await;
+    let (first, second) = (envd.root.join("first"), envd.root.join("second"));
+    script(&first.join("hangar-tool"), "echo first", 0o644);
+    std::fs::create_dir_all(second.join("hangar-tool")).unwrap();
+    let with_path = |path: String| {
+        let mut req = argv(&["hangar-tool"]);
+        req.env.insert("PATH".into(), path);
+        req
+    };
+    // Only a file without execute permission and a directory by that name: EACCES.
+    let path = format!("{}:{}", first.display(), second.display());
+    let err = envd.client.exec(with_path(path.clone())).await.unwrap_err();
+    let body = err.remote().unwrap();
+    assert_eq!(
+        (body.code.as_str(), body.errno),
+        ("permission_denied", Some(libc::EACCES)),
+        "{}",
+        body.message
+    );
+    assert!(body.message.contains("hangar-tool"), "{}", body.message);
+    // An executable one further along PATH runs.
+    let third = envd.root.join("third");
+    script(&third.join("hangar-tool"), "echo third", 0o755);
+    let out = envd
+        .client
+        .output(with_path(format!("{path}:{}", third.display())), 1024)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"third\n");
+}
+
+#[tokio::test]
+async fn path_lookup_keeps_argv0_and_takes_relative_entries_from_the_working_directory() {
+    let envd = Envd::start().await;
+    script(
+        &envd.root.join("work/bin/hangar-here"),
+        "echo \"$0\" here",
+        0o755,
+    );
+    let mut req = argv(&["hangar-here"]);
+    req.env.insert("PATH".into(), "/nonexistent:bin".into());
+    req.cwd = Some("/work".into());
+    let out = envd.client.output(req, 1024).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "bin/hangar-here here\n"
+    );
+    // A program found on the default PATH sees the name it was asked for as argv[0].
+    let out = envd
+        .client
+        .output(argv(&["sh", "-c", "echo $0"]), 1024)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"sh\n");
+}
+
 #[tokio::test]
 async fn missing_working_directory_is_an_error() {
     let envd = Envd::start().await;
