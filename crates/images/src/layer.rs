@@ -8,7 +8,8 @@
 //! directories carry `.wh..wh..opq`.
 //!
 //! [`write_layer`] seals a tree into a tarball, shifting owners back and translating
-//! whiteouts; [`unpack_layer`] does the reverse. Unpacking never follows a symlink out of
+//! whiteouts ([`write_layer_adopting`] also turns the tree into the unpacked layer in the
+//! same walk); [`unpack_layer`] does the reverse. Unpacking never follows a symlink out of
 //! the destination and refuses `..`.
 
 use std::collections::HashMap;
@@ -76,28 +77,62 @@ pub fn write_layer<W: Write>(
     exclude: &[&str],
     out: W,
 ) -> io::Result<(W, LayerStats)> {
-    let mut b = tar::Builder::new(out);
-    b.follow_symlinks(false);
-    let mut w = TreeWriter {
-        builder: b,
-        owners,
-        links: HashMap::new(),
-        stats: LayerStats::default(),
-    };
-    w.dir_entries(dir, Path::new(""), exclude)?;
-    let out = w.builder.into_inner()?;
-    Ok((out, w.stats))
+    TreeWriter::new(owners, false, out).write(dir, exclude)
+}
+
+/// Like [`write_layer`], and in the same walk turns the tree into an unpacked layer in
+/// place, as [`unpack_layer`] of the tarball would have made it: owners mapped by `owners`
+/// (setuid/setgid bits and file capabilities, which a chown clears, put back), overlay
+/// bookkeeping xattrs other than the opaque marker dropped, sockets and the top-level names
+/// in `exclude` removed. Moving a stopped sandbox's upper directory into the store this way
+/// costs one walk instead of a copy of every byte. On failure the tree is left half
+/// converted: use it only on a tree that is going away.
+pub fn write_layer_adopting<W: Write>(
+    dir: &Path,
+    owners: Owners,
+    exclude: &[&str],
+    out: W,
+) -> io::Result<(W, LayerStats)> {
+    let written = TreeWriter::new(owners, true, out).write(dir, exclude)?;
+    for name in exclude {
+        remove_existing(&dir.join(name))?;
+    }
+    // The root of a layer belongs to the sandbox's root, like an unpacked one.
+    std::os::unix::fs::lchown(dir, Some(0), Some(0)).map_err(with_path(dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(with_path(dir))?;
+    Ok(written)
 }
 
 struct TreeWriter<W: Write> {
     builder: tar::Builder<W>,
     owners: Owners,
-    /// (dev, inode) of files with several links → the first path written.
-    links: HashMap<(u64, u64), PathBuf>,
+    /// Whether the tree is converted in place as it is written ([`write_layer_adopting`]).
+    adopt: bool,
+    /// (dev, inode) of files with several links → the first path written and its header
+    /// (taken before an adopting walk changed the owners).
+    links: HashMap<(u64, u64), (PathBuf, tar::Header)>,
     stats: LayerStats,
 }
 
 impl<W: Write> TreeWriter<W> {
+    fn new(owners: Owners, adopt: bool, out: W) -> Self {
+        let mut builder = tar::Builder::new(out);
+        builder.follow_symlinks(false);
+        TreeWriter {
+            builder,
+            owners,
+            adopt,
+            links: HashMap::new(),
+            stats: LayerStats::default(),
+        }
+    }
+
+    fn write(mut self, dir: &Path, exclude: &[&str]) -> io::Result<(W, LayerStats)> {
+        self.dir_entries(dir, Path::new(""), exclude)?;
+        let out = self.builder.into_inner()?;
+        Ok((out, self.stats))
+    }
+
     fn dir_entries(&mut self, dir: &Path, rel: &Path, exclude: &[&str]) -> io::Result<()> {
         let mut names: Vec<OsString> = fs::read_dir(dir)
             .map_err(with_path(dir))?
@@ -125,6 +160,8 @@ impl<W: Write> TreeWriter<W> {
         h
     }
 
+    /// Carries the entry's xattrs as PAX records; in an adopting walk also drops overlay
+    /// bookkeeping other than the opaque marker.
     fn xattrs(&mut self, path: &Path) -> io::Result<()> {
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
         let names = match xattr::list(path) {
@@ -139,6 +176,9 @@ impl<W: Write> TreeWriter<W> {
             let Some(n) = name.to_str() else { continue };
             // Overlay's own bookkeeping never leaves the host.
             if n.starts_with("trusted.overlay.") {
+                if self.adopt && n != OPAQUE_XATTR {
+                    xattr::remove(path, &name).map_err(with_path(path))?;
+                }
                 continue;
             }
             if let Some(value) = xattr::get(path, &name).map_err(with_path(path))? {
@@ -148,6 +188,29 @@ impl<W: Write> TreeWriter<W> {
         if !pax.is_empty() {
             self.builder
                 .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+        }
+        Ok(())
+    }
+
+    /// In an adopting walk, gives the entry its layer owners (see [`write_layer_adopting`]).
+    fn adopt_owner(&self, path: &Path, meta: &fs::Metadata) -> io::Result<()> {
+        let (uid, gid) = (self.owners.map(meta.uid()), self.owners.map(meta.gid()));
+        if !self.adopt || (uid, gid) == (meta.uid(), meta.gid()) {
+            return Ok(());
+        }
+        let ft = meta.file_type();
+        let caps = if ft.is_file() {
+            xattr::get(path, "security.capability").ok().flatten()
+        } else {
+            None
+        };
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(with_path(path))?;
+        if !ft.is_symlink() && meta.mode() & 0o6000 != 0 {
+            fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(with_path(path))?;
+        }
+        if let Some(caps) = caps {
+            xattr::set(path, "security.capability", &caps).map_err(with_path(path))?;
         }
         Ok(())
     }
@@ -164,7 +227,7 @@ impl<W: Write> TreeWriter<W> {
             let mut h = self.header(&meta, tar::EntryType::Regular);
             h.set_mode(0o644);
             self.builder.append_data(&mut h, &wh, io::empty())?;
-            return Ok(());
+            return self.adopt_owner(path, &meta);
         }
         if ft.is_dir() {
             self.xattrs(path)?;
@@ -177,22 +240,28 @@ impl<W: Write> TreeWriter<W> {
                 self.builder
                     .append_data(&mut h, rel.join(OPAQUE_MARKER), io::empty())?;
             }
+            self.adopt_owner(path, &meta)?;
             return self.dir_entries(path, rel, &[]);
         }
         if ft.is_symlink() {
             let target = fs::read_link(path).map_err(with_path(path))?;
             let mut h = self.header(&meta, tar::EntryType::Symlink);
-            return self.builder.append_link(&mut h, rel, &target);
+            self.builder.append_link(&mut h, rel, &target)?;
+            return self.adopt_owner(path, &meta);
         }
         if ft.is_file() {
             if meta.nlink() > 1 {
                 let key = (meta.dev(), meta.ino());
-                if let Some(first) = self.links.get(&key) {
-                    let first = first.clone();
-                    let mut h = self.header(&meta, tar::EntryType::Link);
+                if let Some((first, header)) = self.links.get(&key) {
+                    // The first link's header: an adopting walk has changed the owners
+                    // the inode shows now.
+                    let (first, mut h) = (first.clone(), header.clone());
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_size(0);
                     return self.builder.append_link(&mut h, rel, &first);
                 }
-                self.links.insert(key, rel.to_path_buf());
+                let h = self.header(&meta, tar::EntryType::Regular);
+                self.links.insert(key, (rel.to_path_buf(), h));
             }
             self.xattrs(path)?;
             let mut h = self.header(&meta, tar::EntryType::Regular);
@@ -202,7 +271,7 @@ impl<W: Write> TreeWriter<W> {
             let mut limited = f.take(meta.len());
             self.builder.append_data(&mut h, rel, &mut limited)?;
             self.stats.content_bytes += meta.len();
-            return Ok(());
+            return self.adopt_owner(path, &meta);
         }
         let kind = if ft.is_char_device() {
             tar::EntryType::Char
@@ -213,13 +282,17 @@ impl<W: Write> TreeWriter<W> {
         } else {
             // Sockets are not files one can keep.
             self.stats.entries -= 1;
+            if self.adopt {
+                fs::remove_file(path).map_err(with_path(path))?;
+            }
             return Ok(());
         };
         let mut h = self.header(&meta, kind);
         let rdev = meta.rdev();
         h.set_device_major(libc::major(rdev))?;
         h.set_device_minor(libc::minor(rdev))?;
-        self.builder.append_data(&mut h, rel, io::empty())
+        self.builder.append_data(&mut h, rel, io::empty())?;
+        self.adopt_owner(path, &meta)
     }
 }
 
@@ -457,63 +530,4 @@ fn set_mtime(p: &Path, mtime: i64) -> io::Result<()> {
         UtimensatFlags::NoFollowSymlink,
     )
     .map_err(|e| with_path(p)(io::Error::from(e)))
-}
-
-/// Turns a sealed tree into an unpacked layer in place, as [`unpack_layer`] of its
-/// tarball would have made it: owners mapped by `owners` (setuid/setgid bits and file
-/// capabilities, which a chown clears, put back), overlay bookkeeping xattrs other than
-/// the opaque marker dropped, sockets and the top-level names in `exclude` removed.
-/// Moving a stopped sandbox's upper directory into the store this way costs a walk
-/// instead of a copy of every byte.
-pub fn adopt_tree(dir: &Path, owners: Owners, exclude: &[&str]) -> io::Result<()> {
-    for name in exclude {
-        remove_existing(&dir.join(name))?;
-    }
-    adopt_entries(dir, owners)?;
-    // The root of a layer belongs to the sandbox's root, like an unpacked one.
-    std::os::unix::fs::lchown(dir, Some(0), Some(0)).map_err(with_path(dir))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(with_path(dir))
-}
-
-fn adopt_entries(dir: &Path, owners: Owners) -> io::Result<()> {
-    for entry in fs::read_dir(dir).map_err(with_path(dir))? {
-        let entry = entry.map_err(with_path(dir))?;
-        let path = entry.path();
-        let meta = fs::symlink_metadata(&path).map_err(with_path(&path))?;
-        let ft = meta.file_type();
-        if ft.is_socket() {
-            fs::remove_file(&path).map_err(with_path(&path))?;
-            continue;
-        }
-        if !ft.is_symlink()
-            && let Ok(names) = xattr::list(&path)
-        {
-            for n in names {
-                let s = n.to_string_lossy();
-                if s.starts_with("trusted.overlay.") && s != OPAQUE_XATTR {
-                    xattr::remove(&path, &n).map_err(with_path(&path))?;
-                }
-            }
-        }
-        let (uid, gid) = (owners.map(meta.uid()), owners.map(meta.gid()));
-        if (uid, gid) != (meta.uid(), meta.gid()) {
-            let caps = if ft.is_file() {
-                xattr::get(&path, "security.capability").ok().flatten()
-            } else {
-                None
-            };
-            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(with_path(&path))?;
-            if !ft.is_symlink() && meta.mode() & 0o6000 != 0 {
-                fs::set_permissions(&path, fs::Permissions::from_mode(meta.mode() & 0o7777))
-                    .map_err(with_path(&path))?;
-            }
-            if let Some(caps) = caps {
-                xattr::set(&path, "security.capability", &caps).map_err(with_path(&path))?;
-            }
-        }
-        if ft.is_dir() {
-            adopt_entries(&path, owners)?;
-        }
-    }
-    Ok(())
 }

@@ -521,7 +521,18 @@ fn moving_an_upper_dir_into_the_store_equals_unpacking_its_blob() {
     fs::create_dir_all(upper.join(".hangar/run")).unwrap();
     let cap = b"\x01\x00\x00\x02\x00\x04\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
     xattr::set(upper.join("setuid"), "security.capability", cap).unwrap();
+    // The same tree sealed without being moved: the blob must be the same bytes.
+    let twin = scratch.path().join("twin");
+    fs::create_dir(&twin).unwrap();
+    unusual_upper(&twin);
+    xattr::set(twin.join("setuid"), "security.capability", cap).unwrap();
+    let (twin_tar, _) = write_layer(&twin, SHIFT, &[".hangar"], Vec::new()).unwrap();
     let (layer, _) = store.seal_upper(&upper, SHIFT, &[".hangar"]).unwrap();
+    assert_eq!(
+        layer.digest,
+        hangar_images::store::sha256_digest(&twin_tar),
+        "sealing while moving writes the same layer as sealing alone"
+    );
     assert!(!upper.exists(), "the upper dir was moved, not copied");
     let moved = store.layer_dir(&layer.digest).unwrap();
     let unpacked = scratch.path().join("unpacked");
