@@ -315,6 +315,22 @@ fn unpacking_refuses_to_leave_the_layer() {
         fs::read_dir(&outside).unwrap().next().is_none(),
         "nothing written outside"
     );
+    // Whiteouts of `.` and `..` would delete the directory or its parent.
+    fs::write(outside.join("kept"), "x").unwrap();
+    let inner = dest.join("inner");
+    fs::create_dir(&inner).unwrap();
+    for name in ["inner/.wh..", "inner/.wh...", ".wh...", ".wh."] {
+        let e = unpack_layer(
+            tar_with(&[(name, tar::EntryType::Regular, None)]).as_slice(),
+            &dest,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not a whiteout"), "{name}: {e}");
+    }
+    assert!(
+        inner.is_dir() && outside.join("kept").is_file(),
+        "nothing deleted"
+    );
 }
 
 fn tree_with(dir: &Path, files: &[(&str, &str)]) {
