@@ -340,6 +340,8 @@ pub struct BlobWriter {
     worker: Option<std::thread::JoinHandle<io::Result<(fs::File, String, u64)>>>,
     tmp: PathBuf,
     blobs: PathBuf,
+    /// Moved into place: nothing to clean up.
+    finished: bool,
 }
 
 impl BlobWriter {
@@ -368,6 +370,7 @@ impl BlobWriter {
             worker: Some(worker),
             tmp,
             blobs,
+            finished: false,
         })
     }
 
@@ -383,11 +386,15 @@ impl BlobWriter {
             None => false,
         };
         if sent {
-            Ok(())
-        } else {
-            // The worker stopped: its error is reported by `finish`.
-            Err(io::Error::other("the blob's writer stopped"))
+            return Ok(());
         }
+        // The worker stopped on an error (a full disk): that error is the one to report.
+        self.to_worker = None;
+        Err(match self.worker.take().map(|w| w.join()) {
+            Some(Ok(Err(e))) => e,
+            Some(Err(_)) => io::Error::other("the blob writer panicked"),
+            _ => io::Error::other("the blob writer stopped"),
+        })
     }
 
     /// Waits for the worker; returns the file, digest and size.
@@ -396,7 +403,7 @@ impl BlobWriter {
         let worker = self
             .worker
             .take()
-            .ok_or_else(|| StoreError::Invalid("blob already finished".into()))?;
+            .ok_or_else(|| StoreError::Invalid("the blob writer stopped".into()))?;
         worker
             .join()
             .map_err(|_| StoreError::Invalid("the blob writer panicked".into()))?
@@ -407,7 +414,7 @@ impl BlobWriter {
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.worker.is_none() {
-            return Err(io::Error::other("blob already finished"));
+            return Err(io::Error::other("the blob writer stopped"));
         }
         let n = buf.len().min(CHUNK - self.chunk.len());
         self.chunk.extend_from_slice(&buf[..n]);
@@ -451,13 +458,14 @@ impl BlobWriter {
             "moving a blob to {}",
             target.display()
         )))?;
+        self.finished = true;
         Ok((digest, size))
     }
 }
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
-        if self.worker.is_some() {
+        if !self.finished {
             let _ = self.join();
             let _ = fs::remove_file(&self.tmp);
         }

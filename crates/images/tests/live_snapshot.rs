@@ -64,8 +64,8 @@ async fn a_live_snapshot_leaves_the_sandbox_running_and_restores_that_moment() {
     sh(
         &runtime,
         &sb.id,
-        "setsid -f sh -c 'i=0; while :; do i=$((i+1)); echo $i > /workspace/counter; done' \
-         >/dev/null 2>&1",
+        "setsid -f sh -c 'cd /workspace; i=0; while :; do i=$((i+1)); echo $i > n.tmp; \
+         mv n.tmp counter; done' >/dev/null 2>&1; sleep 0.2",
     )
     .await;
 
