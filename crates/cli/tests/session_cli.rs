@@ -687,36 +687,46 @@ async fn a_session_whose_sandbox_died_continues_from_its_last_snapshot() {
             "tool_use",
         )),
         Reply::sse(anthropic(&["Read."], &[], "end_turn")),
+        Reply::sse(anthropic(
+            &["Again."],
+            &[("t3", "read_file", &[r#"{"path": "notes/untracked.txt"}"#])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Still there."], &[], "end_turn")),
     ])
     .await;
     let (_dir, data) = scratch();
-    let server = Server::start_with_config(
-        &data,
-        &format!(
-            "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\n",
-            fake.url()
-        ),
+    let toml = format!(
+        "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\n",
+        fake.url()
     );
+    let mut server = Server::start_with_config(&data, &toml);
     let api = Api::new(&server, server.admin_token.as_deref().unwrap());
     let id = api.create_session().await;
     api.prompt(&id, "write a note, do not commit it").await;
     wait_finished(&api, &id, 1).await;
 
     // The snapshot is taken after the prompt, in the background.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let taken = loop {
-        let events = api.all_events(&id).await;
-        if let Some(e) = events
-            .iter()
-            .find(|e| e["type"] == "snapshot.taken" || e["type"] == "snapshot.failed")
-        {
-            break e.clone();
+    let nth_snapshot = |n: usize| {
+        let (api, id) = (api.clone(), id.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let events = api.all_events(&id).await;
+                let outcomes: Vec<&Value> = events
+                    .iter()
+                    .filter(|e| e["type"] == "snapshot.taken" || e["type"] == "snapshot.failed")
+                    .collect();
+                if let Some(e) = outcomes.get(n - 1) {
+                    assert_eq!(e["type"], "snapshot.taken", "{e}");
+                    return e["data"]["image"].as_str().unwrap().to_string();
+                }
+                assert!(Instant::now() < deadline, "no snapshot {n}: {events:#?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        assert!(Instant::now() < deadline, "no snapshot: {events:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(taken["type"], "snapshot.taken", "{taken}");
-    let image = taken["data"]["image"].as_str().unwrap().to_string();
+    let image = nth_snapshot(1).await;
 
     // The session's sandbox (the one holding the file; the pool keeps a warm one beside
     // it) dies: its init is killed from the host.
@@ -792,6 +802,34 @@ async fn a_session_whose_sandbox_died_continues_from_its_last_snapshot() {
     assert_ne!(
         view["status"], "running",
         "the dead sandbox was replaced: {view}"
+    );
+
+    // The latest snapshot outlives the server: after a restart the session continues
+    // from it.
+    let second = nth_snapshot(2).await;
+    assert_ne!(second, image);
+    server.kill9();
+    let server = Server::start_again(&data, &toml, server.admin_token.clone());
+    let api = Api::new(&server, server.admin_token.as_deref().unwrap());
+    api.prompt(&id, "read it again").await;
+    let events = wait_finished(&api, &id, 3).await;
+    let restored: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "sandbox.restored")
+        .collect();
+    assert_eq!(restored.len(), 2, "{events:#?}");
+    assert_eq!(restored[1]["data"]["snapshot"], second.as_str());
+    assert_eq!(restored[1]["data"]["reason"], "the server restarted");
+    let read = events
+        .iter()
+        .find(|e| e["type"] == "tool.output" && e["data"]["call_id"] == "p3-t3")
+        .unwrap_or_else(|| panic!("no output of the read: {events:#?}"));
+    assert!(
+        read["data"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("kept across sandboxes"),
+        "{read}"
     );
 }
 

@@ -11,6 +11,15 @@ use hangar_images::{Snapshots, Store};
 use hangar_protocol::envd::ExecRequest;
 use hangar_sandbox::{LocalRuntime, Network, Rootfs, Runtime, SandboxSpec, Status};
 
+/// Destroys the test's sandboxes when it ends, also when it failed.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        hangar_testkit::remove_sandboxes(&self.0);
+    }
+}
+
 async fn sh(runtime: &LocalRuntime, id: &str, script: &str) -> String {
     let out = runtime
         .envd(id)
@@ -43,6 +52,7 @@ async fn a_live_snapshot_leaves_the_sandbox_running_and_restores_that_moment() {
         ..Default::default()
     };
     config.sandbox.tools_dir = Some(hangar_testkit::bin_dir());
+    let _cleanup = Cleanup(config.data_dir.clone());
     let runtime = Arc::new(LocalRuntime::open(&config).unwrap());
     let store = Store::open(&config.data_dir).unwrap();
     let snapshots = Snapshots::new(runtime.clone(), store.clone(), config.clone());
@@ -156,6 +166,7 @@ async fn a_stopped_sandbox_has_no_live_snapshot() {
         ..Default::default()
     };
     config.sandbox.tools_dir = Some(hangar_testkit::bin_dir());
+    let _cleanup = Cleanup(config.data_dir.clone());
     let runtime = Arc::new(LocalRuntime::open(&config).unwrap());
     let store = Store::open(&config.data_dir).unwrap();
     let snapshots = Snapshots::new(runtime.clone(), store, config.clone());
