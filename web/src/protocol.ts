@@ -49,7 +49,10 @@ export type EventBody =
       type: "pr.review_comment";
       data: { number: number; url: string; author: string; path: string; line?: number; body: string };
     }
-  | { type: "session.spawned"; data: { session_id: string; repo: string } };
+  | { type: "session.spawned"; data: { session_id: string; repo: string } }
+  | { type: "snapshot.taken"; data: { image: string } }
+  | { type: "snapshot.failed"; data: { reason: string } }
+  | { type: "sandbox.restored"; data: { reason: string; snapshot?: string } };
 
 /** A logged event. */
 export type SessionEvent = EventBody & { seq: number; at: string };
@@ -106,4 +109,7 @@ export const EVENT_TYPES: ReadonlyArray<EventBody["type"]> = [
   "pr.reviewed",
   "pr.review_comment",
   "session.spawned",
+  "snapshot.taken",
+  "snapshot.failed",
+  "sandbox.restored",
 ];

@@ -14,7 +14,7 @@ describe("the session state", () => {
   it("folds a whole stream into turns, tools, queue, files, PRs and presence", () => {
     const s = emptyState();
     for (const m of messages) apply(s, m);
-    expect(s.lastSeq).toBe(28);
+    expect(s.lastSeq).toBe(32);
     expect(s.status).toBe("idle");
     expect(s.turns.map((t) => [t.promptId, t.author?.login, t.text, t.state])).toEqual([
       [1, "alice", "fix the test", "stopped"],
@@ -41,6 +41,8 @@ describe("the session state", () => {
       [7, "carol", "commented on src/lib.rs:12"],
     ]);
     expect(s.spawned).toEqual([{ sessionId: "s_child", repo: "acme/lib" }]);
+    expect(s.snapshot).toBe("0123456789ab");
+    expect(s.sandboxNotice).toBe("the server restarted: a new sandbox started from the image and the session's branch");
     expect(s.participants[0].participant.login).toBe("bob");
     expect(typingOthers(s, () => false)).toEqual(["bob"]);
     expect(typingOthers(s, (a) => a.login === "bob")).toEqual([]);

@@ -56,6 +56,10 @@ export interface SessionState {
   /** Reviews and review comments on the pull requests, oldest first. */
   reviews: { number: number; url: string; who: string; what: string; body?: string }[];
   spawned: { sessionId: string; repo: string }[];
+  /** The latest snapshot of the session's sandbox (an image id). */
+  snapshot?: string;
+  /** What last happened to the session's sandbox: a failed snapshot, a restore. */
+  sandboxNotice?: string;
   /** Prompt texts and authors by id, from `prompt.queued`. */
   prompts: Map<number, Prompt>;
   /** Tool calls by id. */
@@ -209,6 +213,18 @@ export function apply(s: SessionState, msg: ServerMessage): boolean {
       break;
     case "session.spawned":
       s.spawned.push({ sessionId: msg.data.session_id, repo: msg.data.repo });
+      break;
+    case "snapshot.taken":
+      s.snapshot = msg.data.image;
+      break;
+    case "snapshot.failed":
+      s.sandboxNotice = `snapshot failed: ${msg.data.reason}`;
+      break;
+    case "sandbox.restored":
+      s.sandboxNotice =
+        msg.data.snapshot === undefined
+          ? `${msg.data.reason}: a new sandbox started from the image and the session's branch`
+          : `${msg.data.reason}: a new sandbox restored from snapshot ${msg.data.snapshot}`;
       break;
   }
   return true;

@@ -263,6 +263,11 @@ async fn open_sessions(
             executor.use_git(worktrees);
             executor.use_images(specs);
             executor.use_repo_plugins(repo_plugins);
+            executor.use_snapshots(hangar_images::Snapshots::new(
+                Arc::new(LocalRuntime::open(config)?),
+                hangar_images::Store::open(&config.data_dir).context("opening the image store")?,
+                config.clone(),
+            ));
             warm_pool = Some(pool);
             executor.use_plugins(start_plugins(config).await?);
             agent = Some(executor.clone());

@@ -668,6 +668,172 @@ async fn with_a_model_configured_prompts_run_the_agent_in_a_sandbox() {
 }
 
 #[tokio::test]
+async fn a_session_whose_sandbox_died_continues_from_its_last_snapshot() {
+    use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
+    let fake = FakeModel::start(vec![
+        Reply::sse(anthropic(
+            &["Writing."],
+            &[(
+                "t1",
+                "write_file",
+                &[r#"{"path": "notes/untracked.txt", "content": "kept across sandboxes\n"}"#],
+            )],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Written."], &[], "end_turn")),
+        Reply::sse(anthropic(
+            &["Reading."],
+            &[("t2", "read_file", &[r#"{"path": "notes/untracked.txt"}"#])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Read."], &[], "end_turn")),
+        Reply::sse(anthropic(
+            &["Again."],
+            &[("t3", "read_file", &[r#"{"path": "notes/untracked.txt"}"#])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Still there."], &[], "end_turn")),
+    ])
+    .await;
+    let (_dir, data) = scratch();
+    let toml = format!(
+        "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\n",
+        fake.url()
+    );
+    let mut server = Server::start_with_config(&data, &toml);
+    let api = Api::new(&server, server.admin_token.as_deref().unwrap());
+    let id = api.create_session().await;
+    api.prompt(&id, "write a note, do not commit it").await;
+    wait_finished(&api, &id, 1).await;
+
+    // The snapshot is taken after the prompt, in the background.
+    let nth_snapshot = |n: usize| {
+        let (api, id) = (api.clone(), id.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let events = api.all_events(&id).await;
+                let outcomes: Vec<&Value> = events
+                    .iter()
+                    .filter(|e| e["type"] == "snapshot.taken" || e["type"] == "snapshot.failed")
+                    .collect();
+                if let Some(e) = outcomes.get(n - 1) {
+                    assert_eq!(e["type"], "snapshot.taken", "{e}");
+                    return e["data"]["image"].as_str().unwrap().to_string();
+                }
+                assert!(Instant::now() < deadline, "no snapshot {n}: {events:#?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let image = nth_snapshot(1).await;
+
+    // The session's sandbox (the one holding the file; the pool keeps a warm one beside
+    // it) dies: its init is killed from the host.
+    let has_note = |sb: String| {
+        let api = api.clone();
+        async move {
+            let (status, out) = api
+                .send(
+                    "POST",
+                    &format!("/api/sandboxes/{sb}/exec"),
+                    json!({"shell": "test -f /workspace/notes/untracked.txt"}),
+                )
+                .await;
+            status == StatusCode::OK && out["exit_code"] == 0
+        }
+    };
+    let (_, sandboxes) = api.get("/api/sandboxes").await;
+    let mut session_sandbox = None;
+    for s in sandboxes.as_array().unwrap() {
+        let id = s["id"].as_str().unwrap().to_string();
+        if s["status"] == "running" && has_note(id.clone()).await {
+            session_sandbox = Some(id);
+        }
+    }
+    let sb = session_sandbox.unwrap_or_else(|| panic!("no sandbox has the note: {sandboxes}"));
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(data.join("sandboxes").join(&sb).join("sandbox.json")).unwrap(),
+    )
+    .unwrap();
+    let pid = record["init"]["pid"].as_u64().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, view) = api.get(&format!("/api/sandboxes/{sb}")).await;
+        if view["status"] == "dead" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never dead: {view}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The next prompt runs in a sandbox restored from the snapshot: the file is there.
+    api.prompt(&id, "read the note").await;
+    let events = wait_finished(&api, &id, 2).await;
+    let finished: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "prompt.finished")
+        .collect();
+    assert_eq!(finished[1]["data"]["outcome"], "done", "{events:#?}");
+    let restored = events
+        .iter()
+        .find(|e| e["type"] == "sandbox.restored")
+        .unwrap_or_else(|| panic!("no sandbox.restored: {events:#?}"));
+    assert_eq!(restored["data"]["snapshot"], image.as_str(), "{restored}");
+    let reason = restored["data"]["reason"].as_str().unwrap();
+    assert!(reason.contains("died"), "{reason}");
+    let read = events
+        .iter()
+        .find(|e| e["type"] == "tool.output" && e["data"]["call_id"] == "p2-t2")
+        .unwrap_or_else(|| panic!("no output of the read: {events:#?}"));
+    assert!(
+        read["data"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("kept across sandboxes"),
+        "{read}"
+    );
+    let (_, view) = api.get(&format!("/api/sandboxes/{sb}")).await;
+    assert_ne!(
+        view["status"], "running",
+        "the dead sandbox was replaced: {view}"
+    );
+
+    // The latest snapshot outlives the server: after a restart the session continues
+    // from it.
+    let second = nth_snapshot(2).await;
+    assert_ne!(second, image);
+    server.kill9();
+    let server = Server::start_again(&data, &toml, server.admin_token.clone());
+    let api = Api::new(&server, server.admin_token.as_deref().unwrap());
+    api.prompt(&id, "read it again").await;
+    let events = wait_finished(&api, &id, 3).await;
+    let restored: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "sandbox.restored")
+        .collect();
+    assert_eq!(restored.len(), 2, "{events:#?}");
+    assert_eq!(restored[1]["data"]["snapshot"], second.as_str());
+    assert_eq!(restored[1]["data"]["reason"], "the server restarted");
+    let read = events
+        .iter()
+        .find(|e| e["type"] == "tool.output" && e["data"]["call_id"] == "p3-t3")
+        .unwrap_or_else(|| panic!("no output of the read: {events:#?}"));
+    assert!(
+        read["data"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("kept across sandboxes"),
+        "{read}"
+    );
+}
+
+#[tokio::test]
 async fn without_a_model_a_prompt_fails_saying_how_to_configure_one() {
     let (_dir, data) = scratch();
     let server = Server::start_with_config(&data, "");

@@ -8,7 +8,8 @@
 //! directories carry `.wh..wh..opq`.
 //!
 //! [`write_layer`] seals a tree into a tarball, shifting owners back and translating
-//! whiteouts; [`unpack_layer`] does the reverse. Unpacking never follows a symlink out of
+//! whiteouts ([`write_layer_adopting`] also turns the tree into the unpacked layer in the
+//! same walk); [`unpack_layer`] does the reverse. Unpacking never follows a symlink out of
 //! the destination and refuses `..`.
 
 use std::collections::HashMap;
@@ -16,8 +17,12 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
+use xattr::FileExt;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -76,29 +81,125 @@ pub fn write_layer<W: Write>(
     exclude: &[&str],
     out: W,
 ) -> io::Result<(W, LayerStats)> {
-    let mut b = tar::Builder::new(out);
-    b.follow_symlinks(false);
-    let mut w = TreeWriter {
-        builder: b,
-        owners,
-        links: HashMap::new(),
-        stats: LayerStats::default(),
-    };
-    w.dir_entries(dir, Path::new(""), exclude)?;
-    let out = w.builder.into_inner()?;
-    Ok((out, w.stats))
+    TreeWriter::new(owners, false, out).write(dir, exclude)
+}
+
+/// Like [`write_layer`], and in the same walk turns the tree into an unpacked layer in
+/// place, as [`unpack_layer`] of the tarball would have made it: owners mapped by `owners`
+/// (setuid/setgid bits and file capabilities, which a chown clears, put back), overlay
+/// bookkeeping xattrs other than the opaque marker dropped, sockets and the top-level names
+/// in `exclude` removed. Moving a stopped sandbox's upper directory into the store this way
+/// costs one walk instead of a copy of every byte. On failure the tree is left half
+/// converted: use it only on a tree that is going away.
+pub fn write_layer_adopting<W: Write>(
+    dir: &Path,
+    owners: Owners,
+    exclude: &[&str],
+    out: W,
+) -> io::Result<(W, LayerStats)> {
+    let written = TreeWriter::new(owners, true, out).write(dir, exclude)?;
+    for name in exclude {
+        remove_existing(&dir.join(name))?;
+    }
+    // The root of a layer belongs to the sandbox's root, like an unpacked one.
+    std::os::unix::fs::lchown(dir, Some(0), Some(0)).map_err(with_path(dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(with_path(dir))?;
+    Ok(written)
 }
 
 struct TreeWriter<W: Write> {
     builder: tar::Builder<W>,
     owners: Owners,
-    /// (dev, inode) of files with several links → the first path written.
-    links: HashMap<(u64, u64), PathBuf>,
+    /// Whether the tree is converted in place as it is written ([`write_layer_adopting`]).
+    adopt: bool,
+    /// (dev, inode) of files with several links → the first path written and its header
+    /// (taken before an adopting walk changed the owners).
+    links: HashMap<(u64, u64), (PathBuf, tar::Header)>,
     stats: LayerStats,
 }
 
+/// An entry's metadata, read relative to its directory (`fstatat`).
+#[derive(Clone, Copy)]
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    size: u64,
+    nlink: u64,
+    dev: u64,
+    ino: u64,
+    rdev: u64,
+}
+
+impl Meta {
+    fn at(dir: &fs::File, name: &OsStr, path: &Path) -> io::Result<Meta> {
+        let st = nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| with_path(path)(e.into()))?;
+        Ok(Meta {
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: st.st_mtime,
+            size: st.st_size.max(0) as u64,
+            nlink: st.st_nlink,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            rdev: st.st_rdev,
+        })
+    }
+
+    fn is(&self, kind: libc::mode_t) -> bool {
+        self.mode & libc::S_IFMT == kind
+    }
+}
+
+/// Opens `name` in `dir` without following a symlink (one lookup, not a path walk).
+fn open_at(dir: &fs::File, name: &OsStr, flags: OFlag, path: &Path) -> io::Result<fs::File> {
+    nix::fcntl::openat(
+        dir,
+        name,
+        flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map(fs::File::from)
+    .map_err(|e| with_path(path)(e.into()))
+}
+
+/// What an adopting walk changes the owner of: an open file, or a name in a directory
+/// (symlinks, whiteouts, fifos, devices).
+enum Target<'a> {
+    Open(&'a fs::File),
+    Name(&'a fs::File, &'a OsStr),
+}
+
 impl<W: Write> TreeWriter<W> {
-    fn dir_entries(&mut self, dir: &Path, rel: &Path, exclude: &[&str]) -> io::Result<()> {
+    fn new(owners: Owners, adopt: bool, out: W) -> Self {
+        let mut builder = tar::Builder::new(out);
+        builder.follow_symlinks(false);
+        TreeWriter {
+            builder,
+            owners,
+            adopt,
+            links: HashMap::new(),
+            stats: LayerStats::default(),
+        }
+    }
+
+    fn write(mut self, dir: &Path, exclude: &[&str]) -> io::Result<(W, LayerStats)> {
+        let root = fs::File::open(dir).map_err(with_path(dir))?;
+        self.dir_entries(dir, &root, Path::new(""), exclude)?;
+        let out = self.builder.into_inner()?;
+        Ok((out, self.stats))
+    }
+
+    fn dir_entries(
+        &mut self,
+        dir: &Path,
+        dir_file: &fs::File,
+        rel: &Path,
+        exclude: &[&str],
+    ) -> io::Result<()> {
         let mut names: Vec<OsString> = fs::read_dir(dir)
             .map_err(with_path(dir))?
             .map(|e| e.map(|e| e.file_name()))
@@ -109,39 +210,49 @@ impl<W: Write> TreeWriter<W> {
             if rel.as_os_str().is_empty() && exclude.iter().any(|x| OsStr::new(x) == name) {
                 continue;
             }
-            self.entry(&dir.join(&name), &rel.join(&name), &name)?;
+            self.entry(dir_file, &dir.join(&name), &rel.join(&name), &name)?;
         }
         Ok(())
     }
 
-    fn header(&self, meta: &fs::Metadata, kind: tar::EntryType) -> tar::Header {
+    fn header(&self, meta: &Meta, kind: tar::EntryType) -> tar::Header {
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(kind);
-        h.set_mode(meta.mode() & 0o7777);
-        h.set_uid(self.owners.map(meta.uid()) as u64);
-        h.set_gid(self.owners.map(meta.gid()) as u64);
-        h.set_mtime(meta.mtime().max(0) as u64);
+        h.set_mode(meta.mode & 0o7777);
+        h.set_uid(self.owners.map(meta.uid) as u64);
+        h.set_gid(self.owners.map(meta.gid) as u64);
+        h.set_mtime(meta.mtime.max(0) as u64);
         h.set_size(0);
         h
     }
 
-    fn xattrs(&mut self, path: &Path) -> io::Result<()> {
+    /// Carries the entry's xattrs as PAX records; in an adopting walk also drops overlay
+    /// bookkeeping other than the opaque marker. Returns whether the entry is an opaque
+    /// directory.
+    fn xattrs(&mut self, file: &fs::File, path: &Path) -> io::Result<bool> {
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
-        let names = match xattr::list(path) {
+        let names = match file.list_xattr() {
             Ok(n) => n,
-            // Filesystems without xattrs (or symlinks on some) have none to carry.
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+            // Filesystems without xattrs have none to carry.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(false),
             Err(e) => return Err(with_path(path)(e)),
         };
         let mut names: Vec<OsString> = names.collect();
         names.sort();
+        let mut opaque = false;
         for name in names {
             let Some(n) = name.to_str() else { continue };
             // Overlay's own bookkeeping never leaves the host.
             if n.starts_with("trusted.overlay.") {
+                if n == OPAQUE_XATTR {
+                    opaque = file.get_xattr(&name).map_err(with_path(path))?.as_deref()
+                        == Some(b"y".as_slice());
+                } else if self.adopt {
+                    file.remove_xattr(&name).map_err(with_path(path))?;
+                }
                 continue;
             }
-            if let Some(value) = xattr::get(path, &name).map_err(with_path(path))? {
+            if let Some(value) = file.get_xattr(&name).map_err(with_path(path))? {
                 pax.push((format!("{PAX_XATTR}{n}"), value));
             }
         }
@@ -149,14 +260,56 @@ impl<W: Write> TreeWriter<W> {
             self.builder
                 .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
         }
+        Ok(opaque)
+    }
+
+    /// In an adopting walk, gives the entry its layer owners (see [`write_layer_adopting`]).
+    fn adopt_owner(&self, target: Target<'_>, meta: &Meta, path: &Path) -> io::Result<()> {
+        let (uid, gid) = (self.owners.map(meta.uid), self.owners.map(meta.gid));
+        if !self.adopt || (uid, gid) == (meta.uid, meta.gid) {
+            return Ok(());
+        }
+        // A chown clears setuid/setgid bits and file capabilities: they are put back.
+        let keep_mode = !meta.is(libc::S_IFLNK) && meta.mode & 0o6000 != 0;
+        match target {
+            Target::Open(f) => {
+                let caps = if meta.is(libc::S_IFREG) {
+                    f.get_xattr("security.capability").ok().flatten()
+                } else {
+                    None
+                };
+                std::os::unix::fs::fchown(f, Some(uid), Some(gid)).map_err(with_path(path))?;
+                if keep_mode {
+                    f.set_permissions(fs::Permissions::from_mode(meta.mode & 0o7777))
+                        .map_err(with_path(path))?;
+                }
+                if let Some(caps) = caps {
+                    f.set_xattr("security.capability", &caps)
+                        .map_err(with_path(path))?;
+                }
+            }
+            Target::Name(dir, name) => {
+                nix::unistd::fchownat(
+                    dir,
+                    name,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| with_path(path)(e.into()))?;
+                if keep_mode {
+                    fs::set_permissions(path, fs::Permissions::from_mode(meta.mode & 0o7777))
+                        .map_err(with_path(path))?;
+                }
+            }
+        }
         Ok(())
     }
 
-    fn entry(&mut self, path: &Path, rel: &Path, name: &OsStr) -> io::Result<()> {
-        let meta = fs::symlink_metadata(path).map_err(with_path(path))?;
-        let ft = meta.file_type();
+    fn entry(&mut self, dir: &fs::File, path: &Path, rel: &Path, name: &OsStr) -> io::Result<()> {
+        let meta = Meta::at(dir, name, path)?;
         self.stats.entries += 1;
-        if ft.is_char_device() && meta.rdev() == 0 {
+        if meta.is(libc::S_IFCHR) && meta.rdev == 0 {
             // An overlay whiteout: the lower file is deleted.
             let mut wh_name = OsString::from(WHITEOUT_PREFIX);
             wh_name.push(name);
@@ -164,62 +317,73 @@ impl<W: Write> TreeWriter<W> {
             let mut h = self.header(&meta, tar::EntryType::Regular);
             h.set_mode(0o644);
             self.builder.append_data(&mut h, &wh, io::empty())?;
-            return Ok(());
+            return self.adopt_owner(Target::Name(dir, name), &meta, path);
         }
-        if ft.is_dir() {
-            self.xattrs(path)?;
+        if meta.is(libc::S_IFDIR) {
+            let d = open_at(dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY, path)?;
+            let opaque = self.xattrs(&d, path)?;
             let mut h = self.header(&meta, tar::EntryType::Directory);
             self.builder.append_data(&mut h, rel, io::empty())?;
-            let opaque = matches!(xattr::get(path, OPAQUE_XATTR), Ok(Some(v)) if v == b"y");
             if opaque {
                 let mut h = self.header(&meta, tar::EntryType::Regular);
                 h.set_mode(0o644);
                 self.builder
                     .append_data(&mut h, rel.join(OPAQUE_MARKER), io::empty())?;
             }
-            return self.dir_entries(path, rel, &[]);
+            self.adopt_owner(Target::Open(&d), &meta, path)?;
+            return self.dir_entries(path, &d, rel, &[]);
         }
-        if ft.is_symlink() {
-            let target = fs::read_link(path).map_err(with_path(path))?;
+        if meta.is(libc::S_IFLNK) {
+            let target =
+                nix::fcntl::readlinkat(dir, name).map_err(|e| with_path(path)(e.into()))?;
             let mut h = self.header(&meta, tar::EntryType::Symlink);
-            return self.builder.append_link(&mut h, rel, &target);
+            self.builder.append_link(&mut h, rel, &target)?;
+            return self.adopt_owner(Target::Name(dir, name), &meta, path);
         }
-        if ft.is_file() {
-            if meta.nlink() > 1 {
-                let key = (meta.dev(), meta.ino());
-                if let Some(first) = self.links.get(&key) {
-                    let first = first.clone();
-                    let mut h = self.header(&meta, tar::EntryType::Link);
+        if meta.is(libc::S_IFREG) {
+            if meta.nlink > 1 {
+                let key = (meta.dev, meta.ino);
+                if let Some((first, header)) = self.links.get(&key) {
+                    // The first link's header: an adopting walk has changed the owners
+                    // the inode shows now.
+                    let (first, mut h) = (first.clone(), header.clone());
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_size(0);
                     return self.builder.append_link(&mut h, rel, &first);
                 }
-                self.links.insert(key, rel.to_path_buf());
+                let h = self.header(&meta, tar::EntryType::Regular);
+                self.links.insert(key, (rel.to_path_buf(), h));
             }
-            self.xattrs(path)?;
+            let f = open_at(dir, name, OFlag::O_RDONLY, path)?;
+            self.xattrs(&f, path)?;
             let mut h = self.header(&meta, tar::EntryType::Regular);
-            h.set_size(meta.len());
-            let f = fs::File::open(path).map_err(with_path(path))?;
+            h.set_size(meta.size);
             // A file that changes size while being read would corrupt the archive.
-            let mut limited = f.take(meta.len());
+            let mut limited = (&f).take(meta.size);
             self.builder.append_data(&mut h, rel, &mut limited)?;
-            self.stats.content_bytes += meta.len();
-            return Ok(());
+            self.stats.content_bytes += meta.size;
+            return self.adopt_owner(Target::Open(&f), &meta, path);
         }
-        let kind = if ft.is_char_device() {
+        let kind = if meta.is(libc::S_IFCHR) {
             tar::EntryType::Char
-        } else if ft.is_block_device() {
+        } else if meta.is(libc::S_IFBLK) {
             tar::EntryType::Block
-        } else if ft.is_fifo() {
+        } else if meta.is(libc::S_IFIFO) {
             tar::EntryType::Fifo
         } else {
             // Sockets are not files one can keep.
             self.stats.entries -= 1;
+            if self.adopt {
+                nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                    .map_err(|e| with_path(path)(e.into()))?;
+            }
             return Ok(());
         };
         let mut h = self.header(&meta, kind);
-        let rdev = meta.rdev();
-        h.set_device_major(libc::major(rdev))?;
-        h.set_device_minor(libc::minor(rdev))?;
-        self.builder.append_data(&mut h, rel, io::empty())
+        h.set_device_major(libc::major(meta.rdev))?;
+        h.set_device_minor(libc::minor(meta.rdev))?;
+        self.builder.append_data(&mut h, rel, io::empty())?;
+        self.adopt_owner(Target::Name(dir, name), &meta, path)
     }
 }
 
@@ -240,6 +404,9 @@ pub fn unpack_layer<R: Read>(tarball: R, dest: &Path) -> io::Result<LayerStats> 
     let mut stats = LayerStats::default();
     // Directory times are set last: creating their children changes them.
     let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
+    // The directory of the previous entry, open: consecutive entries of one directory
+    // (the usual order) create their files relative to it, without walking the path.
+    let mut last_parent: Option<(PathBuf, PathBuf, fs::File)> = None;
     for entry in archive.entries()? {
         let mut entry = entry?;
         let raw = entry.path()?.into_owned();
@@ -248,7 +415,22 @@ pub fn unpack_layer<R: Read>(tarball: R, dest: &Path) -> io::Result<LayerStats> 
         };
         let name = rel.file_name().map(OsStr::to_owned).unwrap_or_default();
         let parent_rel = rel.parent().unwrap_or(Path::new(""));
-        let parent = safe_parent(dest, parent_rel)?;
+        // Entries of one directory change only what is inside it, so the directory
+        // checked for the previous entry is still the one to use.
+        let parent_dir = match last_parent.take() {
+            Some(last) if last.0 == parent_rel => last,
+            _ => {
+                let parent = safe_parent(dest, parent_rel)?;
+                let dir = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                    .open(&parent)
+                    .map_err(with_path(&parent))?;
+                (parent_rel.to_path_buf(), parent, dir)
+            }
+        };
+        let parent = parent_dir.1.clone();
+        let dir = &last_parent.insert(parent_dir).2;
         let name_bytes = name.as_bytes();
         let header = entry.header().clone();
         let kind = header.entry_type();
@@ -258,6 +440,12 @@ pub fn unpack_layer<R: Read>(tarball: R, dest: &Path) -> io::Result<LayerStats> 
             continue;
         }
         if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            if matches!(hidden, b"" | b"." | b"..") {
+                return Err(invalid(format!(
+                    "layer entry {} is not a whiteout of a name in its directory",
+                    raw.display()
+                )));
+            }
             let target = parent.join(OsStr::from_bytes(hidden));
             remove_existing(&target)?;
             mknod(&target, libc::S_IFCHR, 0)?;
@@ -294,7 +482,10 @@ pub fn unpack_layer<R: Read>(tarball: R, dest: &Path) -> io::Result<LayerStats> 
             dir_times.push((target, mtime));
             continue;
         }
-        remove_existing(&target)?;
+        let regular = kind.is_file() || kind == tar::EntryType::Continuous || kind.is_gnu_sparse();
+        if !regular {
+            remove_existing(&target)?;
+        }
         if kind.is_hard_link() {
             let link = entry
                 .link_name()?
@@ -334,13 +525,44 @@ pub fn unpack_layer<R: Read>(tarball: R, dest: &Path) -> io::Result<LayerStats> 
                 )));
             }
             mknod(&target, ty | mode, libc::makedev(major, minor))?;
-        } else if kind.is_file() || kind == tar::EntryType::Continuous || kind.is_gnu_sparse() {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&target)
-                .map_err(with_path(&target))?;
+        } else if regular {
+            // Created, owned, moded and timed through its descriptor: no path walks.
+            let create = || {
+                nix::fcntl::openat(
+                    dir,
+                    name.as_os_str(),
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map(fs::File::from)
+                .map_err(io::Error::from)
+            };
+            let mut f = match create() {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    remove_existing(&target)?;
+                    create()
+                }
+                other => other,
+            }
+            .map_err(with_path(&target))?;
             stats.content_bytes += io::copy(&mut entry, &mut f).map_err(with_path(&target))?;
+            // Owner first: chown clears setuid bits, the mode then puts them back.
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(with_path(&target))?;
+            f.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(with_path(&target))?;
+            for (k, v) in &xattrs {
+                if !k.starts_with("trusted.overlay.") {
+                    f.set_xattr(k, v).map_err(with_path(&target))?;
+                }
+            }
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
+            f.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))
+                .map_err(with_path(&target))?;
+            continue;
         } else {
             // PAX/GNU metadata entries are consumed by the reader; anything else
             // (e.g. a sparse-only or unknown type) is skipped.
@@ -457,63 +679,4 @@ fn set_mtime(p: &Path, mtime: i64) -> io::Result<()> {
         UtimensatFlags::NoFollowSymlink,
     )
     .map_err(|e| with_path(p)(io::Error::from(e)))
-}
-
-/// Turns a sealed tree into an unpacked layer in place, as [`unpack_layer`] of its
-/// tarball would have made it: owners mapped by `owners` (setuid/setgid bits and file
-/// capabilities, which a chown clears, put back), overlay bookkeeping xattrs other than
-/// the opaque marker dropped, sockets and the top-level names in `exclude` removed.
-/// Moving a stopped sandbox's upper directory into the store this way costs a walk
-/// instead of a copy of every byte.
-pub fn adopt_tree(dir: &Path, owners: Owners, exclude: &[&str]) -> io::Result<()> {
-    for name in exclude {
-        remove_existing(&dir.join(name))?;
-    }
-    adopt_entries(dir, owners)?;
-    // The root of a layer belongs to the sandbox's root, like an unpacked one.
-    std::os::unix::fs::lchown(dir, Some(0), Some(0)).map_err(with_path(dir))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(with_path(dir))
-}
-
-fn adopt_entries(dir: &Path, owners: Owners) -> io::Result<()> {
-    for entry in fs::read_dir(dir).map_err(with_path(dir))? {
-        let entry = entry.map_err(with_path(dir))?;
-        let path = entry.path();
-        let meta = fs::symlink_metadata(&path).map_err(with_path(&path))?;
-        let ft = meta.file_type();
-        if ft.is_socket() {
-            fs::remove_file(&path).map_err(with_path(&path))?;
-            continue;
-        }
-        if !ft.is_symlink()
-            && let Ok(names) = xattr::list(&path)
-        {
-            for n in names {
-                let s = n.to_string_lossy();
-                if s.starts_with("trusted.overlay.") && s != OPAQUE_XATTR {
-                    xattr::remove(&path, &n).map_err(with_path(&path))?;
-                }
-            }
-        }
-        let (uid, gid) = (owners.map(meta.uid()), owners.map(meta.gid()));
-        if (uid, gid) != (meta.uid(), meta.gid()) {
-            let caps = if ft.is_file() {
-                xattr::get(&path, "security.capability").ok().flatten()
-            } else {
-                None
-            };
-            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(with_path(&path))?;
-            if !ft.is_symlink() && meta.mode() & 0o6000 != 0 {
-                fs::set_permissions(&path, fs::Permissions::from_mode(meta.mode() & 0o7777))
-                    .map_err(with_path(&path))?;
-            }
-            if let Some(caps) = caps {
-                xattr::set(&path, "security.capability", &caps).map_err(with_path(&path))?;
-            }
-        }
-        if ft.is_dir() {
-            adopt_entries(&path, owners)?;
-        }
-    }
-    Ok(())
 }

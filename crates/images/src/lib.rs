@@ -21,5 +21,5 @@ pub use git::{ConfiguredCredentials, Credentials, GitCredential, NoCredentials};
 pub use layer::Owners;
 pub use recipe::{Base, Recipe, RecipeError, RecipePlugin};
 pub use scheduler::{ImageEvent, Schedule, Scheduler, Unchanged, Wanted};
-pub use snapshot::{SnapshotError, rootfs, snapshot};
+pub use snapshot::{SnapshotError, Snapshots, live_snapshot, rootfs, snapshot};
 pub use store::{GcReport, ImageInfo, ImageMeta, Layer, Store, StoreError};

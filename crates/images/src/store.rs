@@ -11,6 +11,7 @@
 //! bases/                   base rootfs tarballs built with mmdebstrap
 //! tmp/                     blobs and directories being written (renamed into place)
 //! lock                     flock: builds hold it shared, gc exclusive
+//! index.lock, repos.lock   flock: one writer of index.json / repos.json at a time
 //! ```
 //!
 //! Everything is written to `tmp/` and renamed into place, so a crash or a full disk
@@ -22,6 +23,7 @@ use std::fs;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use oci_spec::image::{
@@ -321,32 +323,108 @@ impl Write for HashSink<'_> {
     }
 }
 
+/// How much a blob writer or reader hands its helper thread at a time.
+const CHUNK: usize = 1 << 20;
+/// Chunks in flight between a blob's producer and its helper thread.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
 /// A blob being written: a temporary file that becomes `blobs/sha256/HEX` on
-/// [`BlobWriter::finish`], or disappears when dropped unfinished.
+/// [`BlobWriter::finish`], or disappears when dropped unfinished. Hashing and writing run
+/// on a thread of their own, so whoever produces the bytes (walking and reading a tree,
+/// framing a tarball) overlaps with them.
 pub struct BlobWriter {
-    file: Option<BufWriter<fs::File>>,
+    chunk: Vec<u8>,
+    to_worker: Option<mpsc::SyncSender<Vec<u8>>>,
+    /// Written chunks come back to be filled again.
+    spare: mpsc::Receiver<Vec<u8>>,
+    worker: Option<std::thread::JoinHandle<io::Result<(fs::File, String, u64)>>>,
     tmp: PathBuf,
     blobs: PathBuf,
-    hasher: Sha256,
-    size: u64,
+    /// Moved into place: nothing to clean up.
+    finished: bool,
+}
+
+impl BlobWriter {
+    fn start(tmp: PathBuf, blobs: PathBuf, mut file: fs::File) -> Result<BlobWriter, StoreError> {
+        let (to_worker, chunks) = mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+        let (give_back, spare) = mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT + 1);
+        let worker = std::thread::Builder::new()
+            .name("blob-writer".into())
+            .spawn(move || {
+                let mut hasher = Sha256::new();
+                let mut size = 0u64;
+                for mut chunk in chunks {
+                    hasher.update(&chunk);
+                    file.write_all(&chunk)?;
+                    size += chunk.len() as u64;
+                    chunk.clear();
+                    let _ = give_back.try_send(chunk);
+                }
+                Ok((file, format!("sha256:{}", hex(&hasher.finalize())), size))
+            })
+            .map_err(StoreError::io("starting a blob writer"))?;
+        Ok(BlobWriter {
+            chunk: Vec::with_capacity(CHUNK),
+            to_worker: Some(to_worker),
+            spare,
+            worker: Some(worker),
+            tmp,
+            blobs,
+            finished: false,
+        })
+    }
+
+    /// Hands the filled chunk to the worker.
+    fn send(&mut self) -> io::Result<()> {
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let full = std::mem::replace(&mut self.chunk, next);
+        let sent = match &self.to_worker {
+            Some(tx) => tx.send(full).is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The worker stopped on an error (a full disk): that error is the one to report.
+        self.to_worker = None;
+        Err(match self.worker.take().map(|w| w.join()) {
+            Some(Ok(Err(e))) => e,
+            Some(Err(_)) => io::Error::other("the blob writer panicked"),
+            _ => io::Error::other("the blob writer stopped"),
+        })
+    }
+
+    /// Waits for the worker; returns the file, digest and size.
+    fn join(&mut self) -> Result<(fs::File, String, u64), StoreError> {
+        self.to_worker = None;
+        let worker = self
+            .worker
+            .take()
+            .ok_or_else(|| StoreError::Invalid("the blob writer stopped".into()))?;
+        worker
+            .join()
+            .map_err(|_| StoreError::Invalid("the blob writer panicked".into()))?
+            .map_err(StoreError::io("writing a blob"))
+    }
 }
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("blob already finished"))?;
-        let n = f.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
+        if self.worker.is_none() {
+            return Err(io::Error::other("the blob writer stopped"));
+        }
+        let n = buf.len().min(CHUNK - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == CHUNK {
+            self.send()?;
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
-        match self.file.as_mut() {
-            Some(f) => f.flush(),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
@@ -359,15 +437,13 @@ impl BlobWriter {
     /// Like [`BlobWriter::finish`], but refuses (and drops) the blob unless its digest is
     /// `expected`.
     pub fn finish_expecting(mut self, expected: Option<&str>) -> Result<(String, u64), StoreError> {
-        let Some(f) = self.file.take() else {
-            return Err(StoreError::Invalid("blob already finished".into()));
-        };
-        let f = f
-            .into_inner()
-            .map_err(|e| StoreError::io("writing a blob")(e.into_error()))?;
+        if !self.chunk.is_empty() {
+            // A failure here shows as the worker's error below.
+            let _ = self.send();
+        }
+        let (f, digest, size) = self.join()?;
         f.sync_all().map_err(StoreError::io("syncing a blob"))?;
         drop(f);
-        let digest = format!("sha256:{}", hex(&self.hasher.clone().finalize()));
         if let Some(expected) = expected
             && expected != digest
         {
@@ -382,14 +458,109 @@ impl BlobWriter {
             "moving a blob to {}",
             target.display()
         )))?;
-        Ok((digest, self.size))
+        self.finished = true;
+        Ok((digest, size))
     }
 }
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if !self.finished {
+            let _ = self.join();
             let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A blob read back with its digest computed on a thread of its own, so hashing overlaps
+/// with whatever consumes the bytes (unpacking). [`HashedBlob::finish`] reads to the end
+/// and returns the digest of everything.
+struct HashedBlob {
+    chunks: mpsc::Receiver<io::Result<Vec<u8>>>,
+    give_back: mpsc::SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+    worker: Option<std::thread::JoinHandle<(String, u64)>>,
+}
+
+impl HashedBlob {
+    fn open(mut file: fs::File) -> io::Result<HashedBlob> {
+        let (tx, chunks) = mpsc::sync_channel::<io::Result<Vec<u8>>>(CHUNKS_IN_FLIGHT);
+        let (give_back, spare) = mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT + 1);
+        let worker = std::thread::Builder::new()
+            .name("blob-reader".into())
+            .spawn(move || {
+                let mut hasher = Sha256::new();
+                let mut count = 0u64;
+                loop {
+                    let mut buf = spare.try_recv().unwrap_or_default();
+                    buf.resize(CHUNK, 0);
+                    match read_full(&mut file, &mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            hasher.update(&buf);
+                            count += n as u64;
+                            if tx.send(Ok(buf)).is_err() {
+                                // Dropped unfinished: nobody wants the digest.
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            break;
+                        }
+                    }
+                }
+                (format!("sha256:{}", hex(&hasher.finalize())), count)
+            })?;
+        Ok(HashedBlob {
+            chunks,
+            give_back,
+            current: Vec::new(),
+            pos: 0,
+            worker: Some(worker),
+        })
+    }
+
+    /// Reads the rest and returns the digest and size of everything.
+    fn finish(mut self) -> io::Result<(String, u64)> {
+        io::copy(&mut self, &mut io::sink())?;
+        self.worker
+            .take()
+            .ok_or_else(|| io::Error::other("blob already read"))?
+            .join()
+            .map_err(|_| io::Error::other("the blob reader panicked"))
+    }
+}
+
+impl Read for HashedBlob {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.current.len() {
+            match self.chunks.recv() {
+                Ok(Ok(next)) => {
+                    let used = std::mem::replace(&mut self.current, next);
+                    let _ = self.give_back.try_send(used);
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Drop for HashedBlob {
+    fn drop(&mut self) {
+        // Unblock the worker (its sends fail once the receiver is gone) and wait for it.
+        let (_, dead) = mpsc::sync_channel(0);
+        self.chunks = dead;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
         }
     }
 }
@@ -508,13 +679,7 @@ impl Store {
             .join(format!("blob-{}", uuid::Uuid::new_v4().simple()));
         let f = fs::File::create(&tmp)
             .map_err(StoreError::io(format!("creating {}", tmp.display())))?;
-        Ok(BlobWriter {
-            file: Some(BufWriter::with_capacity(1 << 20, f)),
-            tmp,
-            blobs: self.root.join("blobs/sha256"),
-            hasher: Sha256::new(),
-            size: 0,
-        })
+        BlobWriter::start(tmp, self.root.join("blobs/sha256"), f)
     }
 
     fn put_blob(&self, bytes: &[u8]) -> Result<(String, u64), StoreError> {
@@ -543,8 +708,9 @@ impl Store {
         self.blob_path(digest).is_ok_and(|p| p.is_file())
     }
 
-    /// Writes the tree at `dir` as an uncompressed layer blob (not yet unpacked).
-    fn write_layer_blob(
+    /// Writes the tree at `dir` as an uncompressed layer blob, leaving the tree as it is;
+    /// the layer is unpacked when first used ([`Store::layer_dir`]).
+    pub fn seal_blob(
         &self,
         dir: &Path,
         owners: Owners,
@@ -553,14 +719,16 @@ impl Store {
         let w = self.blob_writer()?;
         let (w, stats) = layer::write_layer(dir, owners, exclude, w)
             .map_err(StoreError::io(format!("sealing {}", dir.display())))?;
-        let (digest, size) = w.finish()?;
-        let l = Layer {
+        Ok((Self::uncompressed_layer(w.finish()?), stats))
+    }
+
+    fn uncompressed_layer((digest, size): (String, u64)) -> Layer {
+        Layer {
             diff_id: digest.clone(),
             digest,
             size,
             gzip: false,
-        };
-        Ok((l, stats))
+        }
     }
 
     /// Seals the tree at `dir` into a new (uncompressed) layer and unpacks it for use as
@@ -572,14 +740,15 @@ impl Store {
         owners: Owners,
         exclude: &[&str],
     ) -> Result<(Layer, LayerStats), StoreError> {
-        let (l, stats) = self.write_layer_blob(dir, owners, exclude)?;
+        let (l, stats) = self.seal_blob(dir, owners, exclude)?;
         self.layer_dir(&l.digest)?;
         Ok((l, stats))
     }
 
     /// Seals a stopped sandbox's upper directory into a layer and *moves* the directory
-    /// into the store as the layer's unpacked form (see [`layer::adopt_tree`]), so the
-    /// bytes are written once, into the blob. `upper` is gone afterwards. Falls back to
+    /// into the store as the layer's unpacked form, converted in the same walk that writes
+    /// the blob (see [`layer::write_layer_adopting`]), so the bytes are written once, into
+    /// the blob. `upper` is gone afterwards, also when sealing fails. Falls back to
     /// unpacking the blob when the upper directory is on another filesystem.
     pub fn seal_upper(
         &self,
@@ -587,47 +756,41 @@ impl Store {
         owners: Owners,
         exclude: &[&str],
     ) -> Result<(Layer, LayerStats), StoreError> {
-        let (l, stats) = self.write_layer_blob(upper, owners, exclude)?;
-        let target = self.root.join("layers").join(digest_hex(&l.digest)?);
-        if target.is_dir() {
-            return Ok((l, stats));
-        }
         let tmp = self
             .root
             .join("tmp")
             .join(format!("adopt-{}", uuid::Uuid::new_v4().simple()));
         match fs::rename(upper, &tmp) {
-            Ok(()) => {
-                let adopted = layer::adopt_tree(&tmp, owners, exclude)
-                    .map_err(StoreError::io(format!("adopting {}", upper.display())))
-                    .and_then(|()| {
-                        fs::rename(&tmp, &target).or_else(|e| {
-                            if target.is_dir() {
-                                Ok(())
-                            } else {
-                                Err(StoreError::io("moving a layer into place")(e))
-                            }
-                        })
-                    });
-                if let Err(e) = adopted {
-                    let _ = fs::remove_dir_all(&tmp);
-                    return Err(e);
-                }
-                let _ = fs::remove_dir_all(&tmp);
-            }
+            Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                let (l, stats) = self.seal_blob(upper, owners, exclude)?;
                 self.layer_dir(&l.digest)?;
+                return Ok((l, stats));
             }
             Err(e) => return Err(StoreError::io(format!("moving {}", upper.display()))(e)),
         }
-        Ok((l, stats))
+        let sealed = (|| {
+            let w = self.blob_writer()?;
+            let (w, stats) = layer::write_layer_adopting(&tmp, owners, exclude, w)
+                .map_err(StoreError::io(format!("sealing {}", upper.display())))?;
+            let l = Self::uncompressed_layer(w.finish()?);
+            let target = self.root.join("layers").join(digest_hex(&l.digest)?);
+            if let Err(e) = fs::rename(&tmp, &target)
+                && !target.is_dir()
+            {
+                return Err(StoreError::io("moving a layer into place")(e));
+            }
+            Ok((l, stats))
+        })();
+        // Left over when the layer was already there, or when sealing failed.
+        let _ = fs::remove_dir_all(&tmp);
+        sealed
     }
 
     /// Stores a tarball read from `reader` (plain tar, or gzip when `gzip`) as a layer.
-    pub fn put_layer(&self, reader: impl Read, gzip: bool) -> Result<Layer, StoreError> {
+    pub fn put_layer(&self, mut reader: impl Read, gzip: bool) -> Result<Layer, StoreError> {
         let mut w = self.blob_writer()?;
-        let mut r = HashingReader::new(reader);
-        io::copy(&mut r, &mut w).map_err(StoreError::io("storing a layer"))?;
+        io::copy(&mut reader, &mut w).map_err(StoreError::io("storing a layer"))?;
         let (digest, size) = w.finish()?;
         let diff_id = if gzip {
             self.diff_id_of(&digest)?
@@ -667,7 +830,8 @@ impl Store {
         )))?;
         let tmp = self.scratch("unpack")?;
         let result = (|| {
-            let mut r = HashingReader::new(BufReader::with_capacity(1 << 20, f));
+            let mut r =
+                HashedBlob::open(f).map_err(StoreError::io(format!("reading layer {digest}")))?;
             let mut magic = [0u8; 4];
             let n = read_full(&mut r, &mut magic)
                 .map_err(StoreError::io(format!("reading layer {digest}")))?;
@@ -832,14 +996,37 @@ impl Store {
             ann.insert(ANN_REPO.to_string(), repo.clone());
         }
         desc.set_annotations(Some(ann));
+        self.update_index(|manifests| {
+            if manifests.iter().any(|m| m.digest().to_string() == digest) {
+                return false;
+            }
+            manifests.push(desc);
+            true
+        })?;
+        self.image_by_digest(&digest)
+    }
+
+    /// Changes the list of images in `index.json` (`change` says whether it changed
+    /// anything), one writer at a time: sessions add and remove snapshots concurrently.
+    fn update_index(
+        &self,
+        change: impl FnOnce(&mut Vec<Descriptor>) -> bool,
+    ) -> Result<(), StoreError> {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("index.lock"))
+            .map_err(StoreError::io("opening index.lock"))?;
+        let _w = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| StoreError::io("locking index.json")(e.into()))?;
         let mut index = read_index(&self.index_path())?;
         let mut manifests = index.manifests().clone();
-        if !manifests.iter().any(|m| m.digest().to_string() == digest) {
-            manifests.push(desc);
+        if change(&mut manifests) {
             index.set_manifests(manifests);
             self.write_index(&index)?;
         }
-        self.image_by_digest(&digest)
+        Ok(())
     }
 
     fn write_index(&self, index: &ImageIndex) -> Result<(), StoreError> {
@@ -955,15 +1142,11 @@ impl Store {
                 )));
             }
         }
-        let mut index = read_index(&self.index_path())?;
-        let manifests: Vec<Descriptor> = index
-            .manifests()
-            .iter()
-            .filter(|m| m.digest().to_string() != image.digest)
-            .cloned()
-            .collect();
-        index.set_manifests(manifests);
-        self.write_index(&index)?;
+        self.update_index(|manifests| {
+            let before = manifests.len();
+            manifests.retain(|m| m.digest().to_string() != image.digest);
+            manifests.len() != before
+        })?;
         Ok(image)
     }
 

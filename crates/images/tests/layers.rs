@@ -315,6 +315,22 @@ fn unpacking_refuses_to_leave_the_layer() {
         fs::read_dir(&outside).unwrap().next().is_none(),
         "nothing written outside"
     );
+    // Whiteouts of `.` and `..` would delete the directory or its parent.
+    fs::write(outside.join("kept"), "x").unwrap();
+    let inner = dest.join("inner");
+    fs::create_dir(&inner).unwrap();
+    for name in ["inner/.wh..", "inner/.wh...", ".wh...", ".wh."] {
+        let e = unpack_layer(
+            tar_with(&[(name, tar::EntryType::Regular, None)]).as_slice(),
+            &dest,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not a whiteout"), "{name}: {e}");
+    }
+    assert!(
+        inner.is_dir() && outside.join("kept").is_file(),
+        "nothing deleted"
+    );
 }
 
 fn tree_with(dir: &Path, files: &[(&str, &str)]) {
@@ -521,7 +537,18 @@ fn moving_an_upper_dir_into_the_store_equals_unpacking_its_blob() {
     fs::create_dir_all(upper.join(".hangar/run")).unwrap();
     let cap = b"\x01\x00\x00\x02\x00\x04\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
     xattr::set(upper.join("setuid"), "security.capability", cap).unwrap();
+    // The same tree sealed without being moved: the blob must be the same bytes.
+    let twin = scratch.path().join("twin");
+    fs::create_dir(&twin).unwrap();
+    unusual_upper(&twin);
+    xattr::set(twin.join("setuid"), "security.capability", cap).unwrap();
+    let (twin_tar, _) = write_layer(&twin, SHIFT, &[".hangar"], Vec::new()).unwrap();
     let (layer, _) = store.seal_upper(&upper, SHIFT, &[".hangar"]).unwrap();
+    assert_eq!(
+        layer.digest,
+        hangar_images::store::sha256_digest(&twin_tar),
+        "sealing while moving writes the same layer as sealing alone"
+    );
     assert!(!upper.exists(), "the upper dir was moved, not copied");
     let moved = store.layer_dir(&layer.digest).unwrap();
     let unpacked = scratch.path().join("unpacked");

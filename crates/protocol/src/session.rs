@@ -378,6 +378,30 @@ pub enum EventBody {
         /// Its repository.
         repo: String,
     },
+    /// After a prompt, the session's sandbox was snapshotted while it kept running; a
+    /// sandbox that is gone later is restored from the latest snapshot.
+    #[serde(rename = "snapshot.taken")]
+    SnapshotTaken {
+        /// The snapshot's image id.
+        image: String,
+    },
+    /// A snapshot after a prompt failed (the prompt's outcome is not affected).
+    #[serde(rename = "snapshot.failed")]
+    SnapshotFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The session's sandbox was gone (it died, or the server restarted) and the session
+    /// continues in a new one.
+    #[serde(rename = "sandbox.restored")]
+    SandboxRestored {
+        /// Why a new sandbox was needed.
+        reason: String,
+        /// The snapshot it was restored from; absent when the session had none, and the
+        /// new sandbox started from the image with the session's branch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snapshot: Option<String>,
+    },
 }
 
 impl EventBody {
@@ -404,6 +428,9 @@ impl EventBody {
             EventBody::PrReviewed { .. } => "pr.reviewed",
             EventBody::PrReviewComment { .. } => "pr.review_comment",
             EventBody::SessionSpawned { .. } => "session.spawned",
+            EventBody::SnapshotTaken { .. } => "snapshot.taken",
+            EventBody::SnapshotFailed { .. } => "snapshot.failed",
+            EventBody::SandboxRestored { .. } => "sandbox.restored",
         }
     }
 }
@@ -820,11 +847,14 @@ mod tests {
                 EventBody::GitPushFailed { .. } => 17,
                 EventBody::PrReviewed { .. } => 18,
                 EventBody::PrReviewComment { .. } => 19,
+                EventBody::SnapshotTaken { .. } => 20,
+                EventBody::SnapshotFailed { .. } => 21,
+                EventBody::SandboxRestored { .. } => 22,
             }
         }
         let fixture: Vec<serde_json::Value> =
             serde_json::from_str(include_str!("../../../web/src/protocol.fixture.json")).unwrap();
-        let mut seen = [false; 20];
+        let mut seen = [false; 23];
         let mut presence = 0;
         for message in fixture {
             if message["type"] == "presence" {

@@ -20,6 +20,7 @@ use std::sync::{Arc, OnceLock};
 use hangar_agent::{
     Agent, AgentEvent, Message, Plugin, Provider, RepoContext, SyncGate, SyncState, Tools,
 };
+use hangar_images::Snapshots;
 use hangar_pool::{Pool, PoolError};
 use hangar_protocol::session::{Author, EventBody, OutputStream};
 use hangar_sandbox::{Runtime, SandboxSpec};
@@ -63,6 +64,9 @@ struct SessionState {
     uncommitted_authors: Vec<Identity>,
     /// The repository's plugins, running in this sandbox.
     repo_plugins: Option<(String, Vec<Arc<dyn Plugin>>)>,
+    /// Held while a snapshot of the session is taken and recorded: one at a time, so an
+    /// older one never replaces a newer one.
+    snapshotting: Arc<Mutex<()>>,
 }
 
 struct Inner {
@@ -90,6 +94,8 @@ struct Inner {
     images: OnceLock<SpecForRepo>,
     /// A repository's own plugins, from its current image's recipe.
     repo_plugins: OnceLock<PluginsForRepo>,
+    /// Live snapshots after each prompt, and restoring from them.
+    snapshots: OnceLock<Snapshots>,
 }
 
 /// The sandbox spec of a repository's current image, `None` when it has none.
@@ -126,6 +132,7 @@ impl AgentExecutor {
                 worktrees: OnceLock::new(),
                 images: OnceLock::new(),
                 repo_plugins: OnceLock::new(),
+                snapshots: OnceLock::new(),
                 family: Arc::default(),
             }),
         }
@@ -174,6 +181,15 @@ impl AgentExecutor {
         let _ = self.inner.worktrees.set(worktrees);
     }
 
+    /// After each prompt, takes a live snapshot of the session's sandbox in the background
+    /// (`snapshot.taken`, or `snapshot.failed` without failing the prompt) and records it
+    /// as the session's latest in the index, releasing the one before; a session whose
+    /// sandbox is gone continues in a sandbox restored from it (`sandbox.restored`).
+    /// Needs the session service ([`AgentExecutor::enable_sub_sessions`]) to record them.
+    pub fn use_snapshots(&self, snapshots: Snapshots) {
+        let _ = self.inner.snapshots.set(snapshots);
+    }
+
     /// Keeps each session's conversation in `dir` (written after every prompt, read when a
     /// session first runs after a restart).
     pub fn persist_conversations(&self, dir: PathBuf) {
@@ -205,28 +221,57 @@ impl AgentExecutor {
 
 impl Inner {
     /// The session's sandbox (taken on first use) and conversation, with the sync state of
-    /// a sandbox that has just been taken.
+    /// a sandbox that has just been taken. A session whose sandbox is gone (it died, or the
+    /// server restarted) continues from its latest snapshot when it has one, else from the
+    /// image with its branch restored.
     async fn session(&self, id: &str, author: &Author) -> Result<SessionSandbox, String> {
         let mut sessions = self.sessions.lock().await;
         let state = self.state(&mut sessions, id);
         let conversation = state.conversation.clone();
+        let mut replaced = None;
         if let Some(sb) = &state.sandbox {
-            let alive = matches!(
-                self.runtime.get(sb).await.map(|s| s.status),
-                Ok(hangar_sandbox::Status::Running)
-            );
-            if alive {
-                return Ok(SessionSandbox {
-                    sandbox: sb.clone(),
-                    conversation,
-                    sync: None,
-                });
-            }
-            // Its init died (OOM, crash): it is replaced below; nothing of it is reused.
-            tracing::warn!(session = %id, sandbox = %sb, "the session's sandbox died; starting another");
+            let why = match self.runtime.get(sb).await.map(|s| s.status) {
+                Ok(hangar_sandbox::Status::Running) => {
+                    return Ok(SessionSandbox {
+                        sandbox: sb.clone(),
+                        conversation,
+                        sync: None,
+                        restored: None,
+                    });
+                }
+                Ok(hangar_sandbox::Status::Dead { reason, .. }) => {
+                    format!("the session's sandbox died ({reason})")
+                }
+                Ok(status) => format!("the session's sandbox is {status:?}").to_lowercase(),
+                Err(e) => format!("the session's sandbox is gone ({e})"),
+            };
+            // It is replaced below; nothing of it is reused.
+            tracing::warn!(session = %id, sandbox = %sb, "{why}; starting another");
             let _ = self.runtime.destroy(sb).await;
+            replaced = Some(why);
         }
-        let (sandbox, sync) = self.take_sandbox(id, author).await?;
+        let (sandbox, upstream, restored) = match self.sandbox_from_snapshot(id).await {
+            Ok(Some((sandbox, image))) => {
+                let restored = SandboxRestored {
+                    reason: replaced.unwrap_or_else(|| "the server restarted".into()),
+                    snapshot: Some(image),
+                };
+                (sandbox, None, Some(restored))
+            }
+            outcome => {
+                let reason = match (replaced, outcome) {
+                    (Some(why), Err(e)) => Some(format!("{why}; its snapshot: {e}")),
+                    (None, Err(e)) => Some(format!("the session's snapshot: {e}")),
+                    (why, _) => why,
+                };
+                let (sandbox, sync) = self.take_sandbox(id, author).await?;
+                let restored = reason.map(|reason| SandboxRestored {
+                    reason,
+                    snapshot: None,
+                });
+                (sandbox, sync, restored)
+            }
+        };
         if let Some(service) = self.service.get() {
             // Off the prompt's path: the index only says whom the sandbox serves.
             let (store, sandbox, id, repo) = (
@@ -250,13 +295,19 @@ impl Inner {
             .await
             .map_err(|e| format!("could not create {} in the sandbox: {e}", self.workdir))?;
         // A session that already committed work continues on its branch in the new
-        // sandbox (after a restart, or when its sandbox died).
-        let sync = match (self.worktrees.get(), self.repo_of(id), sync) {
-            (Some(worktrees), Some(repo), Some(mut upstream)) => {
+        // sandbox (after a restart, or when its sandbox died); one restored from a
+        // snapshot has it, unless a later commit is missing from an older snapshot.
+        let from_snapshot = restored.as_ref().is_some_and(|r| r.snapshot.is_some());
+        let sync = match (self.worktrees.get(), self.repo_of(id), upstream) {
+            (Some(worktrees), Some(repo), upstream) if upstream.is_some() || from_snapshot => {
                 let (tx, rx) = watch::channel(SyncState::Syncing);
                 let (worktrees, envd, id) = (worktrees.clone(), envd.clone(), id.to_string());
                 tokio::spawn(async move {
-                    let state = match SyncState::settled(&mut upstream).await {
+                    let settled = match upstream {
+                        Some(mut upstream) => SyncState::settled(&mut upstream).await,
+                        None => Ok(()),
+                    };
+                    let state = match settled {
                         Ok(()) => match worktrees.restore_branch(&repo, &envd, &id).await {
                             Ok(()) => SyncState::Synced,
                             Err(why) => SyncState::Failed(why),
@@ -274,7 +325,85 @@ impl Inner {
             sandbox,
             conversation,
             sync,
+            restored,
         })
+    }
+
+    /// A new sandbox from the session's latest snapshot, with the snapshot's id; `None`
+    /// when it has none (or snapshots are off).
+    async fn sandbox_from_snapshot(&self, id: &str) -> Result<Option<(String, String)>, String> {
+        let (Some(snapshots), Some(service)) = (self.snapshots.get(), self.service.get()) else {
+            return Ok(None);
+        };
+        let Some(image) = service
+            .store()
+            .session_snapshot(id)
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let base = match self.repo_of(id) {
+            Some(repo) => self.spec_for(&repo),
+            None => self.spec.clone(),
+        };
+        // Unpacking a layer the first time reads its whole blob: off the async threads.
+        let (s, i) = (snapshots.clone(), image.clone());
+        let spec = tokio::task::spawn_blocking(move || s.restore_spec(&i, base))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("could not restore snapshot {image}: {e}"))?;
+        let sandbox = self
+            .runtime
+            .create(spec)
+            .await
+            .map_err(|e| format!("could not start a sandbox from snapshot {image}: {e}"))?;
+        tracing::info!(session = %id, snapshot = %image, sandbox = %sandbox.id, "restored the session's sandbox from its snapshot");
+        Ok(Some((sandbox.id, image)))
+    }
+
+    /// Takes a live snapshot of the session's sandbox after a prompt, in the background,
+    /// records it as the session's latest and releases the one it replaces. The outcome
+    /// is an event; a failure never reaches the prompt.
+    fn snapshot_after_prompt(self: &Arc<Self>, id: &str, sandbox: &str) {
+        let (Some(snapshots), Some(service)) = (self.snapshots.get(), self.service.get()) else {
+            return;
+        };
+        let (snapshots, service) = (snapshots.clone(), service.clone());
+        let (inner, id, sandbox) = (self.clone(), id.to_string(), sandbox.to_string());
+        tokio::spawn(async move {
+            let one_at_a_time = {
+                let mut sessions = inner.sessions.lock().await;
+                inner.state(&mut sessions, &id).snapshotting.clone()
+            };
+            let _held = one_at_a_time.lock().await;
+            let body = match snapshots.take(&sandbox).await {
+                Ok(image) => match service.store().set_session_snapshot(&id, &image.id) {
+                    Ok(previous) => {
+                        if let Some(previous) = previous
+                            && let Err(e) = snapshots.release(&previous)
+                        {
+                            tracing::warn!(session = %id, "could not release snapshot {previous}: {e}");
+                        }
+                        EventBody::SnapshotTaken { image: image.id }
+                    }
+                    Err(e) => {
+                        let _ = snapshots.release(&image.id);
+                        EventBody::SnapshotFailed {
+                            reason: format!("could not record the snapshot: {e}"),
+                        }
+                    }
+                },
+                Err(e) => EventBody::SnapshotFailed {
+                    reason: e.to_string(),
+                },
+            };
+            if let EventBody::SnapshotFailed { reason } = &body {
+                tracing::warn!(session = %id, sandbox = %sandbox, "{reason}");
+            }
+            if let Err(e) = service.append_event(&id, body).await {
+                tracing::warn!(session = %id, "could not log the snapshot: {e}");
+            }
+        });
     }
 
     /// The state of session `id`, its conversation loaded from disk the first time.
@@ -290,6 +419,7 @@ impl Inner {
                 conversation: Arc::new(Mutex::new(self.load_conversation(id))),
                 uncommitted_authors: Vec::new(),
                 repo_plugins: None,
+                snapshotting: Arc::default(),
             })
     }
 
@@ -475,6 +605,14 @@ struct SessionSandbox {
     sandbox: String,
     conversation: Arc<Mutex<Vec<Message>>>,
     sync: Option<watch::Receiver<SyncState>>,
+    /// Set when the sandbox replaces one that is gone.
+    restored: Option<SandboxRestored>,
+}
+
+/// Why a session got a new sandbox, and the snapshot it came from.
+struct SandboxRestored {
+    reason: String,
+    snapshot: Option<String>,
 }
 
 impl Executor for AgentExecutor {
@@ -518,7 +656,14 @@ impl Executor for AgentExecutor {
                 sandbox,
                 conversation,
                 sync,
+                restored,
             } = inner.session(&run.session_id, &run.prompt.author).await?;
+            if let Some(SandboxRestored { reason, snapshot }) = restored {
+                run.events
+                    .emit(EventBody::SandboxRestored { reason, snapshot })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             let envd = inner
                 .runtime
                 .envd(&sandbox)
@@ -659,6 +804,7 @@ impl Executor for AgentExecutor {
                 Err(e) => Err(format!("the agent failed: {e}")),
             };
             inner.commit_prompt(&run, &envd).await;
+            inner.snapshot_after_prompt(&run.session_id, &sandbox);
             result
         })
     }

@@ -251,7 +251,10 @@ impl Worktrees {
     }
 
     /// Puts the session's branch, as last committed, into the sandbox and checks it out,
-    /// when the mirror has it (the session committed before, in another sandbox).
+    /// when the mirror has it (the session committed before, in another sandbox). A
+    /// sandbox restored from a snapshot usually has the branch checked out at its tip
+    /// already, uncommitted work included, and is left alone; one from an older snapshot
+    /// (a later one failed) is moved to the tip, whose commits hold that work.
     pub async fn restore_branch(
         &self,
         repo: &str,
@@ -271,18 +274,26 @@ impl Worktrees {
             let lock = self.lock(&repo.name).await;
             let _held = lock.lock().await;
             let (git, _scratch) = self.git(&repo)?;
-            if git
+            let Some(tip) = git
                 .rev_parse(&mirror, &refname)
                 .await
                 .map_err(|e| e.to_string())?
-                .is_none()
-            {
+            else {
                 return Ok(());
-            }
+            };
             let head = self
                 .sandbox_git(envd, "git rev-parse -q --verify HEAD", &[])
                 .await
                 .ok();
+            if head.as_deref().map(str::trim) == Some(tip.trim()) {
+                let on = self
+                    .sandbox_git(envd, "git symbolic-ref -q HEAD", &[])
+                    .await
+                    .ok();
+                if on.as_deref().map(str::trim) == Some(refname.as_str()) {
+                    return Ok(());
+                }
+            }
             git.bundle(&mirror, &refname, head.as_deref().map(str::trim))
                 .await
                 .map_err(|e| format!("bundling {branch}: {e}"))?
@@ -290,8 +301,9 @@ impl Worktrees {
         self.put_bundle(envd, &bundle).await?;
         self.sandbox_git(
             envd,
-            r#"git fetch -q --no-tags "$HANGAR_BUNDLE" "+$HANGAR_REF:$HANGAR_REF" \
-               && git checkout -q "$HANGAR_BRANCH" && rm -f "$HANGAR_BUNDLE""#,
+            r#"git fetch -q --no-tags --update-head-ok "$HANGAR_BUNDLE" "+$HANGAR_REF:$HANGAR_REF" \
+               && if [ "$(git symbolic-ref -q HEAD)" = "$HANGAR_REF" ]; then git reset -q --hard; \
+                  else git checkout -q "$HANGAR_BRANCH"; fi && rm -f "$HANGAR_BUNDLE""#,
             &[
                 ("HANGAR_BUNDLE", SANDBOX_BUNDLE),
                 ("HANGAR_REF", &refname),

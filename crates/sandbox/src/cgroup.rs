@@ -23,6 +23,8 @@ pub struct Hierarchies {
     pub v1_cpu: Option<PathBuf>,
     /// v1 `cpuacct`.
     pub v1_cpuacct: Option<PathBuf>,
+    /// v1 `freezer` (live snapshots pause a sandbox with it when its groups are on v1).
+    pub v1_freezer: Option<PathBuf>,
 }
 
 /// Which hierarchy serves one controller.
@@ -56,6 +58,7 @@ impl Hierarchies {
             v1_pids: None,
             v1_cpu: None,
             v1_cpuacct: None,
+            v1_freezer: None,
         };
         for line in text.lines() {
             // mountinfo: id parent maj:min root mountpoint opts [optional...] - fstype source superopts
@@ -78,6 +81,7 @@ impl Hierarchies {
                             "pids" => &mut h.v1_pids,
                             "cpu" => &mut h.v1_cpu,
                             "cpuacct" => &mut h.v1_cpuacct,
+                            "freezer" => &mut h.v1_freezer,
                             _ => continue,
                         };
                         if slot.is_none() {
@@ -92,6 +96,19 @@ impl Hierarchies {
     }
 
     fn place(&self, controller: &str) -> Option<Place> {
+        if controller == "freezer" {
+            // v2's `cgroup.freeze` needs no controller: v2 when the sandbox's other groups
+            // are there, else the v1 freezer where it is mounted, else v2 anyway.
+            let on_v2 = ["memory", "pids", "cpu"]
+                .iter()
+                .any(|c| matches!(self.place(c), Some(Place::V2(_))));
+            return match (&self.v2, &self.v1_freezer) {
+                (Some(v2), _) if on_v2 => Some(Place::V2(v2.clone())),
+                (_, Some(v1)) => Some(Place::V1(v1.clone())),
+                (Some(v2), None) => Some(Place::V2(v2.clone())),
+                (None, None) => None,
+            };
+        }
         if let Some(v2) = &self.v2 {
             let name = if controller == "cpuacct" {
                 "cpu"
@@ -166,6 +183,7 @@ pub struct SandboxCgroup {
     pids: Option<Place>,
     cpu: Option<Place>,
     cpuacct: Option<Place>,
+    freezer: Option<Place>,
 }
 
 /// The group directory under a hierarchy root for sandbox `name`.
@@ -189,15 +207,22 @@ impl SandboxCgroup {
             pids: wrap(at("pids")),
             cpu: wrap(at("cpu")),
             cpuacct: wrap(at("cpuacct")),
+            freezer: wrap(at("freezer")),
         }
     }
 
     /// Every distinct directory, v2 first.
     pub fn dirs(&self) -> Vec<PathBuf> {
         let mut out: Vec<PathBuf> = Vec::new();
-        for p in [&self.memory, &self.pids, &self.cpu, &self.cpuacct]
-            .into_iter()
-            .flatten()
+        for p in [
+            &self.memory,
+            &self.pids,
+            &self.cpu,
+            &self.cpuacct,
+            &self.freezer,
+        ]
+        .into_iter()
+        .flatten()
         {
             let (Place::V1(d) | Place::V2(d)) = p;
             if !out.contains(d) {
@@ -318,6 +343,64 @@ impl SandboxCgroup {
             .collect()
     }
 
+    /// Pauses every process of the sandbox (the v1 freezer, or v2's `cgroup.freeze`) and
+    /// waits until the kernel reports them all frozen, at most `timeout`. A sandbox whose
+    /// freeze does not complete is thawed again and the error says so.
+    pub fn freeze(&self, timeout: std::time::Duration) -> io::Result<()> {
+        let Some(place) = &self.freezer else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this host has no cgroup freezer (neither v1 `freezer` nor cgroup v2)",
+            ));
+        };
+        let (file, value) = match place {
+            Place::V1(d) => (d.join("freezer.state"), "FROZEN"),
+            Place::V2(d) => (d.join("cgroup.freeze"), "1"),
+        };
+        fs::write(&file, value).map_err(|e| with_path(e, &file))?;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut polls: u32 = 0;
+        while !self.frozen()? {
+            polls += 1;
+            // The v1 freezer gives up on tasks it could not stop at once (forking just
+            // then) and stays FREEZING until asked again (cgroup-v1/freezer-subsystem).
+            if matches!(place, Place::V1(_)) && polls.is_multiple_of(10) {
+                fs::write(&file, value).map_err(|e| with_path(e, &file))?;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.thaw();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the sandbox's processes did not freeze within {timeout:?}"),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        Ok(())
+    }
+
+    fn frozen(&self) -> io::Result<bool> {
+        match &self.freezer {
+            Some(Place::V1(d)) => {
+                let p = d.join("freezer.state");
+                let state = fs::read_to_string(&p).map_err(|e| with_path(e, &p))?;
+                Ok(state.trim() == "FROZEN")
+            }
+            Some(Place::V2(d)) => Ok(read_key(d, "cgroup.events", "frozen") == 1),
+            None => Ok(false),
+        }
+    }
+
+    /// Lets the sandbox's processes run again.
+    pub fn thaw(&self) -> io::Result<()> {
+        let (file, value) = match &self.freezer {
+            Some(Place::V1(d)) => (d.join("freezer.state"), "THAWED"),
+            Some(Place::V2(d)) => (d.join("cgroup.freeze"), "0"),
+            None => return Ok(()),
+        };
+        fs::write(&file, value).map_err(|e| with_path(e, &file))
+    }
+
     /// Removes the groups. They must be empty; a group that does not exist is fine.
     pub fn remove(&self) -> io::Result<()> {
         for d in self.dirs() {
@@ -408,7 +491,30 @@ mod tests {
                 PathBuf::from("/sys/fs/cgroup/memory/hangar/sb1"),
                 PathBuf::from("/sys/fs/cgroup/pids/hangar/sb1"),
                 PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/hangar/sb1"),
+                // No v1 freezer here: v2's cgroup.freeze, which needs no controller.
+                PathBuf::from("/sys/fs/cgroup/unified/hangar/sb1"),
             ]
+        );
+    }
+
+    #[test]
+    fn the_freezer_follows_the_other_controllers() {
+        let with_freezer = format!(
+            "{HYBRID}42 35 0:37 / /sys/fs/cgroup/freezer rw,nosuid shared:17 - cgroup cgroup rw,freezer\n"
+        );
+        let h = Hierarchies::parse_mountinfo(&with_freezer);
+        let dirs = SandboxCgroup::new(&h, "sb1").dirs();
+        assert!(
+            dirs.contains(&PathBuf::from("/sys/fs/cgroup/freezer/hangar/sb1"))
+                && !dirs.contains(&PathBuf::from("/sys/fs/cgroup/unified/hangar/sb1")),
+            "v1 freezer on a hybrid host: {dirs:?}"
+        );
+        let mut h = h;
+        h.v2_controllers = vec!["cpu".into(), "memory".into(), "pids".into()];
+        assert_eq!(
+            SandboxCgroup::new(&h, "sb1").dirs(),
+            vec![PathBuf::from("/sys/fs/cgroup/unified/hangar/sb1")],
+            "cgroup.freeze in the v2 group when the sandbox lives on v2"
         );
     }
 

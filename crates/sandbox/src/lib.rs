@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use cgroup::Usage;
 pub use hangar_envd_client::EnvdClient;
 pub use jail::InitExit;
-pub use local::{LocalRuntime, Recovery};
+pub use local::{Frozen, LocalRuntime, Recovery};
 
 /// What a sandbox's filesystem is made of.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

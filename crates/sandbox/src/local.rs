@@ -48,6 +48,8 @@ use crate::{
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `stop` waits after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long a live snapshot waits for a sandbox's processes to freeze.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Paths that are always a fresh tmpfs when the host root is the rootfs.
 const HOST_SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/run"];
 
@@ -95,6 +97,31 @@ pub struct Recovery {
     pub reaped: Vec<String>,
     /// Sandboxes whose init had died, now marked dead with the reason.
     pub dead: Vec<String>,
+}
+
+/// A running sandbox paused by [`LocalRuntime::freeze`]; dropping it lets the sandbox run
+/// again.
+#[derive(Debug)]
+pub struct Frozen {
+    cgroup: SandboxCgroup,
+    upper: PathBuf,
+}
+
+impl Frozen {
+    /// The sandbox's upper directory, holding still while this guard lives (see
+    /// [`LocalRuntime::upper_dir`] for its form). Read it; never change it: overlayfs
+    /// owns it while the sandbox runs.
+    pub fn upper_dir(&self) -> &Path {
+        &self.upper
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if let Err(e) = self.cgroup.thaw() {
+            tracing::error!("thawing a sandbox after a live snapshot: {e}");
+        }
+    }
 }
 
 /// The on-disk record of one sandbox.
@@ -435,6 +462,33 @@ impl LocalRuntime {
         Ok(self.sandbox_dir(id).join("upper"))
     }
 
+    /// The upper directory of a running sandbox, frozen: every process in it is paused
+    /// (cgroup freezer) until the returned guard is dropped, so its writes hold still
+    /// while they are read (a live snapshot). Fails when the processes do not freeze
+    /// within a few seconds, or the host has no freezer.
+    pub async fn freeze(&self, id: &str) -> Result<Frozen, SandboxError> {
+        let r = self.settle(self.read_record(id)?)?;
+        if r.state != RecordState::Running {
+            return Err(SandboxError::NotRunning {
+                id: id.to_string(),
+                state: format!("{:?}", r.state).to_lowercase(),
+            });
+        }
+        let cgroup = self.cgroup(id);
+        let cg = cgroup.clone();
+        tokio::task::spawn_blocking(move || cg.freeze(FREEZE_TIMEOUT))
+            .await
+            .map_err(|e| SandboxError::Io {
+                context: format!("freezing sandbox {id}"),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(SandboxError::io(format!("freezing sandbox {id}")))?;
+        Ok(Frozen {
+            cgroup,
+            upper: self.sandbox_dir(id).join("upper"),
+        })
+    }
+
     /// Which cgroup hierarchy serves each controller, e.g. `memory=v1 pids=v1 cpu=v1`.
     pub fn cgroup_layout(&self) -> String {
         self.place.hierarchies.describe()
@@ -549,6 +603,8 @@ impl LocalRuntime {
                     if self.settle(r)?.state == RecordState::Dead {
                         out.dead.push(id);
                     } else {
+                        // A process that died during a live snapshot left it frozen.
+                        let _ = self.cgroup(&id).thaw();
                         out.adopted.push(id);
                     }
                 }
@@ -573,6 +629,8 @@ impl LocalRuntime {
                 SandboxError::io(format!("marking {} destroyed", dir.display()))(e)
             }
         })?;
+        // A frozen sandbox (a live snapshot in progress) would not die until thawed.
+        let _ = self.cgroup(id).thaw();
         if let Some(init) = r.init {
             init.signal(libc::SIGKILL);
         }
@@ -1092,6 +1150,8 @@ impl Runtime for LocalRuntime {
         if r.state != RecordState::Running {
             return Ok(());
         }
+        // Frozen processes would not act on the signals.
+        let _ = self.cgroup(id).thaw();
         if let Some(init) = r.init {
             init.signal(libc::SIGTERM);
             let waited = match r.jail {

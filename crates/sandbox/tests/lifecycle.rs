@@ -153,6 +153,38 @@ async fn a_restarted_runtime_finishes_a_destroy_cut_short() {
 }
 
 #[tokio::test]
+async fn a_frozen_sandbox_holds_still_until_thawed() {
+    let f = Fixture::new();
+    let sb = f.host_sandbox().await;
+    f.sh(
+        &sb.id,
+        "mkdir -p /workspace && setsid -f sh -c 'i=0; while :; do i=$((i+1)); echo $i > /workspace/n.tmp && mv /workspace/n.tmp /workspace/n; done' >/dev/null 2>&1; sleep 0.2",
+    )
+    .await;
+    let frozen = f.rt.freeze(&sb.id).await.unwrap();
+    let counter = frozen.upper_dir().join("workspace/n");
+    let first = std::fs::read_to_string(&counter).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap(),
+        first,
+        "nothing runs while frozen"
+    );
+    drop(frozen);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_ne!(
+        std::fs::read_to_string(&counter).unwrap(),
+        first,
+        "it runs again once thawed"
+    );
+    assert_eq!(stdout(&f.sh(&sb.id, "echo alive").await), "alive\n");
+    f.rt.stop(&sb.id).await.unwrap();
+    let e = f.rt.freeze(&sb.id).await.unwrap_err();
+    assert!(e.to_string().contains("stopped"), "{e}");
+    f.rt.destroy(&sb.id).await.unwrap();
+}
+
+#[tokio::test]
 async fn bullseye_rootfs_runs_envd_and_python_39_with_shifted_owners() {
     let f = Fixture::new();
     let rootfs =

@@ -171,6 +171,13 @@ const MIGRATIONS: &[&str] = &[
         ended_at INTEGER
     );
     CREATE INDEX sandboxes_session ON sandboxes(session_id);",
+    // 9: each session's latest snapshot (an image id in the layer store), which a session
+    // whose sandbox is gone continues from.
+    "CREATE TABLE session_snapshots (
+        session_id TEXT PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
+        image TEXT NOT NULL,
+        taken_at INTEGER NOT NULL
+    );",
 ];
 
 /// The prefix of share-link tokens, distinct from API tokens so each is checked only where

@@ -192,6 +192,48 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Records `image` as the session's latest snapshot; returns the one it replaces, so
+    /// the caller can release it.
+    pub fn set_session_snapshot(
+        &self,
+        session: &str,
+        image: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let previous: Option<String> = tx
+            .query_row(
+                "SELECT image FROM session_snapshots WHERE session_id = ?1",
+                [session],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let n = tx.execute(
+            "INSERT INTO session_snapshots (session_id, image, taken_at)
+             SELECT id, ?2, ?3 FROM sessions WHERE id = ?1
+             ON CONFLICT(session_id) DO UPDATE SET image = excluded.image,
+                 taken_at = excluded.taken_at",
+            params![session, image, now_ms()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::SessionNotFound(session.to_string()));
+        }
+        tx.commit()?;
+        Ok(previous.filter(|p| p != image))
+    }
+
+    /// The session's latest snapshot, if one was taken.
+    pub fn session_snapshot(&self, session: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT image FROM session_snapshots WHERE session_id = ?1",
+                [session],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Sets a session's status.
     pub fn set_session_status(&self, id: &str, status: &str) -> Result<(), StoreError> {
         let n = self.conn().execute(
@@ -347,6 +389,29 @@ mod tests {
             Err(StoreError::SessionNotFound(_))
         ));
         assert!(store.set_session_status("ses-2", "idle").is_err());
+    }
+
+    #[test]
+    fn a_sessions_latest_snapshot_replaces_the_previous_one() {
+        let (store, _) = setup();
+        assert_eq!(store.session_snapshot("ses-1").unwrap(), None);
+        assert_eq!(store.set_session_snapshot("ses-1", "aaa").unwrap(), None);
+        assert_eq!(
+            store
+                .set_session_snapshot("ses-1", "bbb")
+                .unwrap()
+                .as_deref(),
+            Some("aaa")
+        );
+        assert_eq!(store.set_session_snapshot("ses-1", "bbb").unwrap(), None);
+        assert_eq!(
+            store.session_snapshot("ses-1").unwrap().as_deref(),
+            Some("bbb")
+        );
+        assert!(matches!(
+            store.set_session_snapshot("ses-9", "ccc"),
+            Err(StoreError::SessionNotFound(_))
+        ));
     }
 
     #[test]

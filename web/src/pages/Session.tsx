@@ -130,7 +130,7 @@ export function SessionPage({ id, me }: { id: string; me: Me | null }) {
               </ul>
             </section>
           )}
-          {s && (s.prs.length > 0 || s.pushes.length > 0 || s.commits.length > 0 || s.reviews.length > 0 || s.pushFailed) && (
+          {s && (s.prs.length > 0 || s.pushes.length > 0 || s.commits.length > 0 || s.reviews.length > 0 || s.pushFailed || s.sandboxNotice) && (
             <section>
               <h2>Branch and pull request</h2>
               {s.commits.map((c) => (
@@ -140,6 +140,7 @@ export function SessionPage({ id, me }: { id: string; me: Me | null }) {
                 </p>
               ))}
               {s.pushFailed && <p class="error">{s.pushFailed}</p>}
+              {s.sandboxNotice && <p class="hint">{s.sandboxNotice}</p>}
               {s.prs.map((p) => (
                 <p>
                   <a href={p.url} target="_blank" rel="noreferrer">
