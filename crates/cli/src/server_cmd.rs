@@ -253,6 +253,7 @@ async fn open_sessions(
                     reservation_timeout: Duration::from_millis(config.pool.reservation_timeout_ms),
                     state_file: Some(config.data_dir.join("pool.state")),
                     refresh_every: Duration::from_millis(config.pool.refresh_every_ms),
+                    refill_delay: Duration::from_millis(config.pool.refill_delay_ms),
                     ..Default::default()
                 },
             );

@@ -157,6 +157,9 @@ pub struct PoolSettings {
     /// How long a fetched base counts as the latest: an idle sandbox synced to it is handed
     /// out without fetching again. Longer means fewer fetches and an older base at worst.
     pub base_fresh_for_ms: u64,
+    /// How long the pool waits after a claim before refilling, so the claimer's first
+    /// model request and first token do not share the cores with a sandbox start and sync.
+    pub refill_delay_ms: u64,
 }
 
 impl Default for PoolSettings {
@@ -167,6 +170,7 @@ impl Default for PoolSettings {
             reservation_timeout_ms: 120_000,
             refresh_every_ms: 20_000,
             base_fresh_for_ms: 30_000,
+            refill_delay_ms: 1_000,
         }
     }
 }

@@ -43,7 +43,9 @@ pub struct PoolConfig {
     /// re-syncs idle sandboxes left behind).
     pub refresh_every: Duration,
     /// How long the refill task waits after a claim before it starts and syncs a
-    /// replacement, so the claimer's first model request does not share the cores with it.
+    /// replacement, so that the claimer's first model request, and the first token coming
+    /// back (a model's time to first token is typically under a second), do not share the
+    /// cores with it.
     pub refill_delay: Duration,
 }
 
@@ -56,7 +58,7 @@ impl Default for PoolConfig {
             reservation_timeout: Duration::from_secs(120),
             state_file: None,
             refresh_every: Duration::from_secs(20),
-            refill_delay: Duration::from_millis(100),
+            refill_delay: Duration::from_secs(1),
         }
     }
 }
