@@ -594,11 +594,17 @@ async fn a_plugin_runs_inside_the_sandbox_and_one_that_cannot_start_says_why() {
     use hangar_agent::external::{PluginError, ProcessPlugin};
     use hangar_agent::{Decision, Plugin, ToolCall};
     let sb = Sandbox::new().await;
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/plugins/guard.py")
-        .canonicalize()
+    // The example plugin, put into the sandbox (the checkout may sit where the sandbox
+    // cannot see, e.g. under the host's /tmp).
+    let example = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins/guard.py"),
+    )
+    .unwrap();
+    sb.envd
+        .write_file("/tmp/repo/guard.py", &example, Default::default())
+        .await
         .unwrap();
-    let argv = vec!["python3".to_string(), example.display().to_string()];
+    let argv = vec!["python3".to_string(), "guard.py".to_string()];
     let guard =
         ProcessPlugin::start_in_sandbox(&sb.envd, &argv, "/tmp/repo", Duration::from_secs(5))
             .await
