@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use hangar_config::{Config, parse_size};
 use hangar_protocol::envd::{ExecRequest, PtySize};
-use hangar_sandbox::{LocalRuntime, Network, Runtime, Sandbox, SandboxSpec, Status};
+use hangar_sandbox::{LocalRuntime, Network, Runtime, Sandbox, SandboxError, SandboxSpec, Status};
 
 #[derive(Subcommand)]
 pub enum SandboxCommand {
@@ -130,17 +130,39 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         SandboxCommand::Stop { ids } => {
+            let mut failed = false;
             for id in ids {
-                rt.stop(&id).await?;
+                failed |= said_failure(rt.stop(&id).await);
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(exit_code(failed))
         }
         SandboxCommand::Rm { ids } => {
+            // One sandbox that cannot go does not keep the others.
+            let mut failed = false;
             for id in ids {
-                rt.destroy_wait(&id).await?;
+                failed |= said_failure(rt.destroy_wait(&id).await);
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(exit_code(failed))
         }
+    }
+}
+
+/// Prints a failure on its own line; true when there was one.
+fn said_failure(result: Result<(), SandboxError>) -> bool {
+    match result {
+        Ok(()) => false,
+        Err(e) => {
+            eprintln!("hangar: {e}");
+            true
+        }
+    }
+}
+
+fn exit_code(failed: bool) -> ExitCode {
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -177,6 +177,16 @@ fn bad_input_gets_one_clear_line() {
         &cli.run(&["sandbox", "rm", "sb-nope"]),
         "no sandbox with id sb-nope",
     );
+    // An unknown id among several: said, and the others are still removed.
+    let doomed = cli.create();
+    assert_one_line_error(
+        &cli.run(&["sandbox", "rm", "sb-nope", &doomed]),
+        "no sandbox with id sb-nope",
+    );
+    assert!(
+        !text(&cli.run(&["sandbox", "ls"]).stdout).contains(&doomed),
+        "{doomed} was removed despite the unknown id before it"
+    );
     let id = cli.create();
     let out = cli.run(&["sandbox", "exec", &id, "--", "no-such-command"]);
     assert_eq!(
