@@ -657,4 +657,10 @@ async fn a_runaway_agent_cannot_spawn_without_bound() {
         refused.iter().any(|t| t.contains("at most 8 sub-sessions")),
         "{refused:?}"
     );
+    // The children run on: each ends its prompt before the test ends, so none is still
+    // starting a sandbox when the fixture removes them.
+    for child in events.iter().filter(|e| e["type"] == "session.spawned") {
+        w.events_after_finished(child["data"]["session_id"].as_str().unwrap(), 1)
+            .await;
+    }
 }
