@@ -193,11 +193,9 @@ fn env_create_runs_python_3_9_and_env_ls_and_rm_manage_it() {
             .unwrap();
         assert!(out.status.success(), "{script}: {out:?}");
     };
-    sh(
-        "mkdir -p /root/proj && printf 'print(1)\\n' > /root/proj/a.py \
-        && printf '\\377\\376' > /root/proj/b.bin \
-        && head -c 1048577 /dev/zero > /root/big && head -c 1048576 /dev/zero > /root/fits",
-    );
+    sh("cd && mkdir -p proj && printf 'print(1)\\n' > proj/a.py \
+        && printf '\\377\\376' > proj/b.bin \
+        && head -c 1048577 /dev/zero > big && head -c 1048576 /dev/zero > fits");
     let admin = Api::new(&server, &token);
     rt.block_on(async {
         let files = |q: &str| {
@@ -219,14 +217,16 @@ fn env_create_runs_python_3_9_and_env_ls_and_rm_manage_it() {
             .map(|e| e["name"].as_str().unwrap())
             .collect();
         assert!(names.contains(&"proj") && names.contains(&"big"), "{home}");
+        // Absolute paths below, built from the home directory the API just reported.
+        let home_dir = home["path"].as_str().unwrap().to_string();
         let (_, proj) = files("?path=proj").await;
         assert_eq!(proj["entries"][0]["name"], "a.py", "{proj}");
         assert_eq!(proj["entries"][0]["kind"], "file");
         assert_eq!(proj["entries"][0]["size"], 9);
-        let (status, file) = files("?path=/root/proj/./a.py").await;
+        let (status, file) = files(&format!("?path={home_dir}/proj/./a.py")).await;
         assert_eq!(status, reqwest::StatusCode::OK, "{file}");
         assert_eq!(file["kind"], "file");
-        assert_eq!(file["path"], "/root/proj/a.py");
+        assert_eq!(file["path"], format!("{home_dir}/proj/a.py"));
         assert_eq!(file["text"], "print(1)\n");
         let (_, bin) = files("?path=proj/b.bin").await;
         assert_eq!(
@@ -265,7 +265,7 @@ fn env_create_runs_python_3_9_and_env_ls_and_rm_manage_it() {
         );
         assert!(msg.contains(".."), "{msg}");
         assert_error(
-            files("?path=/root/%2e%2e/etc").await,
+            files(&format!("?path={home_dir}/%2e%2e/etc")).await,
             reqwest::StatusCode::BAD_REQUEST,
             "invalid_path",
         );
@@ -279,13 +279,16 @@ fn env_create_runs_python_3_9_and_env_ls_and_rm_manage_it() {
             reqwest::StatusCode::UNPROCESSABLE_ENTITY,
             "not_a_directory",
         );
-        assert!(msg.contains("/root/proj/a.py/inside"), "{msg}");
+        assert!(
+            msg.contains(&format!("{home_dir}/proj/a.py/inside")),
+            "{msg}"
+        );
         let msg = assert_error(
             files("?path=nothing-here").await,
             reqwest::StatusCode::NOT_FOUND,
             "not_found",
         );
-        assert!(msg.contains("/root/nothing-here"), "{msg}");
+        assert!(msg.contains(&format!("{home_dir}/nothing-here")), "{msg}");
         assert_error(
             files("?path=/dev/null").await,
             reqwest::StatusCode::UNPROCESSABLE_ENTITY,
