@@ -38,6 +38,45 @@ struct Args {
     /// The fake model's time to first token, milliseconds.
     #[arg(long, default_value_t = 200)]
     ttft_ms: u64,
+    /// Run only these cases (comma-separated names; all by default).
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
+}
+
+/// One prompt's timings.
+struct Sample {
+    /// Prompt call → the model request arriving at the model server: (a).
+    to_request: Duration,
+    /// Prompt call → first token at the subscriber, less the model's real TTFT: (b).
+    overhead: Duration,
+    /// The first event leaving the model server → the subscriber seeing the token: the way back.
+    way_back: Duration,
+    /// The model server's real TTFT (request arrival → first event out), timer overshoot included.
+    model_ttft: Duration,
+}
+
+impl Sample {
+    /// From the prompt call's start, the subscriber's sighting of the token, and the model
+    /// server's record of the request.
+    fn new(
+        t0: Instant,
+        seen: Instant,
+        request: &hangar_testkit::fake_model::Recorded,
+    ) -> anyhow::Result<Sample> {
+        let first_event = *request
+            .first_event
+            .get()
+            .context("the model server sent no event")?;
+        let model_ttft = first_event.saturating_duration_since(request.at);
+        Ok(Sample {
+            to_request: request.at.saturating_duration_since(t0),
+            overhead: seen
+                .saturating_duration_since(t0)
+                .saturating_sub(model_ttft),
+            way_back: seen.saturating_duration_since(first_event),
+            model_ttft,
+        })
+    }
 }
 
 struct Setup {
@@ -208,8 +247,8 @@ async fn setup(
     ))
 }
 
-/// One prompt: returns (to the model request, to the first token seen by a subscriber).
-async fn measure(s: &Setup, ttft: Duration, warm_up: bool) -> anyhow::Result<(Duration, Duration)> {
+/// One prompt.
+async fn measure(s: &Setup, ttft: Duration, warm_up: bool) -> anyhow::Result<Sample> {
     let session = s
         .sessions
         .create(s.alice.user_id.context("user")?, "acme/app", "bench")
@@ -235,7 +274,7 @@ async fn measure(s: &Setup, ttft: Duration, warm_up: bool) -> anyhow::Result<(Du
         .await?;
     let first_token = loop {
         match tokio::time::timeout(Duration::from_secs(30), sub.receiver.recv()).await {
-            Ok(Ok(Live::Event(e))) if e.json.contains("\"model.delta\"") => break t0.elapsed(),
+            Ok(Ok(Live::Event(e))) if e.json.contains("\"model.delta\"") => break Instant::now(),
             Ok(Ok(_)) => continue,
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
             Ok(Err(e)) => anyhow::bail!("subscription ended: {e}"),
@@ -253,11 +292,10 @@ async fn measure(s: &Setup, ttft: Duration, warm_up: bool) -> anyhow::Result<(Du
         }
     }
     let reqs = s.fake.requests();
-    let arrived = reqs
+    let request = reqs
         .get(before)
-        .context("the model request was not recorded")?
-        .at;
-    Ok((arrived.saturating_duration_since(t0), first_token))
+        .context("the model request was not recorded")?;
+    Sample::new(t0, first_token, request)
 }
 
 /// One prompt through the HTTP server: POSTed, its first token read from a WebSocket that
@@ -267,7 +305,7 @@ async fn measure_http(
     addr: std::net::SocketAddr,
     token: &str,
     session: &str,
-) -> anyhow::Result<(Duration, Duration)> {
+) -> anyhow::Result<Sample> {
     let url = format!("ws://{addr}/api/sessions/{session}/ws?after_seq=0&token={token}");
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
     let client = reqwest::Client::new();
@@ -284,7 +322,7 @@ async fn measure_http(
         match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
             Ok(Some(Ok(msg))) => {
                 if msg.to_text().is_ok_and(|t| t.contains("\"model.delta\"")) {
-                    break t0.elapsed();
+                    break Instant::now();
                 }
             }
             Ok(Some(Err(e))) => anyhow::bail!("websocket: {e}"),
@@ -309,11 +347,10 @@ async fn measure_http(
         }
     }
     let reqs = s.fake.requests();
-    let arrived = reqs
+    let request = reqs
         .get(before)
-        .context("the model request was not recorded")?
-        .at;
-    Ok((arrived.saturating_duration_since(t0), first_token))
+        .context("the model request was not recorded")?;
+    Sample::new(t0, first_token, request)
 }
 
 fn summary(mut xs: Vec<Duration>) -> serde_json::Value {
@@ -338,6 +375,7 @@ async fn case(
     let ttft = Duration::from_millis(args.ttft_ms);
     let (s, pool) = setup(pool, with_git, transport).await?;
     let (mut to_request, mut overhead) = (Vec::new(), Vec::new());
+    let (mut way_back, mut model_ttft) = (Vec::new(), Vec::new());
     for i in 0..args.iterations {
         if let Some(p) = &pool {
             // Let the pool refill between prompts, as it would between people.
@@ -349,10 +387,15 @@ async fn case(
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        let (req, token) = measure(&s, ttft, warm_up).await?;
-        eprintln!("{name} {i}: request {req:?}, first token {token:?}");
-        to_request.push(req);
-        overhead.push(token.saturating_sub(ttft));
+        let m = measure(&s, ttft, warm_up).await?;
+        eprintln!(
+            "{name} {i}: request {:?}, overhead {:?}, way back {:?}, model ttft {:?}",
+            m.to_request, m.overhead, m.way_back, m.model_ttft
+        );
+        to_request.push(m.to_request);
+        overhead.push(m.overhead);
+        way_back.push(m.way_back);
+        model_ttft.push(m.model_ttft);
     }
     let (hits, presynced) = match &pool {
         Some(p) => {
@@ -375,6 +418,8 @@ async fn case(
         "presynced_hits": presynced,
         "prompt_to_model_request": summary(to_request),
         "prompt_to_first_token_minus_ttft": summary(overhead),
+        "first_event_sent_to_token_seen": summary(way_back),
+        "model_ttft": summary(model_ttft),
     }))
 }
 
@@ -387,45 +432,49 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     use Transport::{Http, InProcess};
-    let cases = vec![
-        case(
-            "warm_pool_hit",
-            Some(pool.clone()),
-            false,
-            false,
-            InProcess,
-            &args,
-        )
-        .await?,
-        case(
+    // (name, pool, typing signal first, registered repository with git, transport)
+    let all = [
+        ("warm_pool_hit", Some(pool.clone()), false, false, InProcess),
+        (
             "predictive_warm_up",
             Some(pool.clone()),
             true,
             false,
             InProcess,
-            &args,
-        )
-        .await?,
-        case("cold_start", None, false, false, InProcess, &args).await?,
-        case(
+        ),
+        ("cold_start", None, false, false, InProcess),
+        (
             "warm_pool_hit_with_git",
             Some(pool.clone()),
             false,
             true,
             InProcess,
-            &args,
-        )
-        .await?,
-        case(
+        ),
+        (
             "warm_pool_hit_with_git_over_http",
             Some(pool),
             false,
             true,
             Http,
-            &args,
-        )
-        .await?,
+        ),
     ];
+    if let Some(unknown) = args
+        .cases
+        .iter()
+        .find(|c| !all.iter().any(|a| a.0 == c.as_str()))
+    {
+        let names: Vec<_> = all.iter().map(|a| a.0).collect();
+        anyhow::bail!(
+            "unknown case {unknown:?}; the cases are {}",
+            names.join(", ")
+        );
+    }
+    let mut cases = Vec::new();
+    for (name, pool, warm_up, with_git, transport) in all {
+        if args.cases.is_empty() || args.cases.iter().any(|c| c == name) {
+            cases.push(case(name, pool, warm_up, with_git, transport, &args).await?);
+        }
+    }
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(
         "{}",

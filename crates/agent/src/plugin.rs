@@ -75,6 +75,8 @@ pub trait Plugin: Send + Sync {
 pub struct RepoContext {
     envd: hangar_envd_client::EnvdClient,
     workdir: String,
+    /// A read started ahead by [`RepoContext::prefetch`], used by the first `context` call.
+    ahead: std::sync::Mutex<Option<tokio::task::JoinHandle<String>>>,
 }
 
 /// Most bytes of each instructions file put into the prompt.
@@ -86,8 +88,92 @@ impl RepoContext {
         RepoContext {
             envd,
             workdir: workdir.into(),
+            ahead: std::sync::Mutex::new(None),
         }
     }
+
+    /// As [`RepoContext::new`], with the read started now (on the current Tokio runtime),
+    /// so that its round trips to envd overlap the rest of a prompt's set-up instead of
+    /// delaying the first model request.
+    pub fn prefetch(
+        envd: hangar_envd_client::EnvdClient,
+        workdir: impl Into<String>,
+    ) -> RepoContext {
+        let this = RepoContext::new(envd, workdir);
+        let (envd, workdir) = (this.envd.clone(), this.workdir.clone());
+        let read = tokio::spawn(async move { read_context(&envd, &workdir).await });
+        *this.ahead.lock().unwrap_or_else(|p| p.into_inner()) = Some(read);
+        this
+    }
+}
+
+impl Drop for RepoContext {
+    fn drop(&mut self) {
+        if let Some(read) = self
+            .ahead
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            read.abort();
+        }
+    }
+}
+
+// File reads only, side by side: this runs before the first model request of every
+// prompt, and starting git (or any process) in the sandbox would cost milliseconds.
+async fn read_context(envd: &hangar_envd_client::EnvdClient, workdir: &str) -> String {
+    let root = workdir.trim_end_matches('/');
+    let read = |name: String| async move {
+        envd.read_file(&format!("{root}/{name}"), 0, Some(INSTRUCTIONS_LIMIT))
+            .await
+            .ok()
+    };
+    let (head, entries, agents, claude) = tokio::join!(
+        read(".git/HEAD".into()),
+        envd.list_dir(root),
+        read("AGENTS.md".into()),
+        read("CLAUDE.md".into()),
+    );
+    let mut out = format!("The repository is checked out at {root}.");
+    let head = head.map(|h| String::from_utf8_lossy(&h.data).trim().to_string());
+    match head.as_deref().map(|h| h.strip_prefix("ref: refs/heads/")) {
+        Some(Some(branch)) => {
+            let commit = read(format!(".git/refs/heads/{branch}")).await;
+            let commit = commit.map(|c| {
+                String::from_utf8_lossy(&c.data)
+                    .trim()
+                    .chars()
+                    .take(12)
+                    .collect::<String>()
+            });
+            match commit {
+                Some(c) => out.push_str(&format!(" Branch {branch}, at commit {c}.")),
+                None => out.push_str(&format!(" Branch {branch}.")),
+            }
+        }
+        Some(None) => {
+            let detached: String = head.unwrap_or_default().chars().take(12).collect();
+            out.push_str(&format!(" Detached at commit {detached}."));
+        }
+        None => {}
+    }
+    if let Ok(entries) = entries {
+        let names: Vec<&str> = entries.iter().take(50).map(|e| e.name.as_str()).collect();
+        out.push_str(&format!(" Top-level entries: {}.", names.join(" ")));
+    }
+    for (name, data) in [("AGENTS.md", agents), ("CLAUDE.md", claude)] {
+        if let Some(data) = data {
+            out.push_str(&format!(
+                "\n\nInstructions from the repository's {name}:\n{}",
+                String::from_utf8_lossy(&data.data)
+            ));
+            if !data.eof {
+                out.push_str("\n[truncated]");
+            }
+        }
+    }
+    out
 }
 
 #[async_trait]
@@ -96,61 +182,14 @@ impl Plugin for RepoContext {
         "repo-context"
     }
 
-    // File reads only, side by side: this runs before the first model request of every
-    // prompt, and starting git (or any process) in the sandbox would cost milliseconds.
     async fn context(&self) -> Option<String> {
-        let root = self.workdir.trim_end_matches('/');
-        let read = |name: String| async move {
-            self.envd
-                .read_file(&format!("{root}/{name}"), 0, Some(INSTRUCTIONS_LIMIT))
-                .await
-                .ok()
-        };
-        let (head, entries, agents, claude) = tokio::join!(
-            read(".git/HEAD".into()),
-            self.envd.list_dir(root),
-            read("AGENTS.md".into()),
-            read("CLAUDE.md".into()),
-        );
-        let mut out = format!("The repository is checked out at {root}.");
-        let head = head.map(|h| String::from_utf8_lossy(&h.data).trim().to_string());
-        match head.as_deref().map(|h| h.strip_prefix("ref: refs/heads/")) {
-            Some(Some(branch)) => {
-                let commit = read(format!(".git/refs/heads/{branch}")).await;
-                let commit = commit.map(|c| {
-                    String::from_utf8_lossy(&c.data)
-                        .trim()
-                        .chars()
-                        .take(12)
-                        .collect::<String>()
-                });
-                match commit {
-                    Some(c) => out.push_str(&format!(" Branch {branch}, at commit {c}.")),
-                    None => out.push_str(&format!(" Branch {branch}.")),
-                }
-            }
-            Some(None) => {
-                let detached: String = head.unwrap_or_default().chars().take(12).collect();
-                out.push_str(&format!(" Detached at commit {detached}."));
-            }
-            None => {}
+        let ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(read) = ahead
+            && let Ok(text) = read.await
+        {
+            return Some(text);
         }
-        if let Ok(entries) = entries {
-            let names: Vec<&str> = entries.iter().take(50).map(|e| e.name.as_str()).collect();
-            out.push_str(&format!(" Top-level entries: {}.", names.join(" ")));
-        }
-        for (name, data) in [("AGENTS.md", agents), ("CLAUDE.md", claude)] {
-            if let Some(data) = data {
-                out.push_str(&format!(
-                    "\n\nInstructions from the repository's {name}:\n{}",
-                    String::from_utf8_lossy(&data.data)
-                ));
-                if !data.eof {
-                    out.push_str("\n[truncated]");
-                }
-            }
-        }
-        Some(out)
+        Some(read_context(&self.envd, &self.workdir).await)
     }
 }
 

@@ -209,7 +209,17 @@ impl Git {
     }
 
     fn command(&self, dir: Option<&Path>) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new("git");
+        // Background git goes through `nice` rather than a `setpriority` between fork and
+        // exec: any code there makes std fork this (large, multi-threaded) process instead
+        // of using posix_spawn, and a fork stalls every thread of the server that touches
+        // its memory map while the page tables are copied.
+        let mut c = if self.background {
+            let mut c = tokio::process::Command::new("nice");
+            c.args(["-n", "10", "git"]);
+            c
+        } else {
+            tokio::process::Command::new("git")
+        };
         if let Some(d) = dir {
             c.arg("-C").arg(d);
         }
@@ -230,15 +240,6 @@ impl Git {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-        if self.background {
-            // SAFETY: setpriority is async-signal-safe and touches only the child.
-            unsafe {
-                c.pre_exec(|| {
-                    libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-                    Ok(())
-                });
-            }
-        }
         if let Some(cred) = &self.credential {
             c.env("HANGAR_GIT_USERNAME", &cred.username)
                 .env("HANGAR_GIT_PASSWORD", &cred.password);
@@ -555,6 +556,32 @@ mod tests {
             password: "ghs_secret".into(),
         };
         assert!(!format!("{c:?}").contains("ghs_secret"));
+    }
+
+    #[tokio::test]
+    async fn background_git_runs_ten_steps_nicer() {
+        let dir = tempfile::tempdir().unwrap();
+        let niceness = |git: Git| async move {
+            // A shell alias runs `nice` as a child of git, so it reports git's own niceness.
+            let out = git
+                .command(None)
+                .args(["-c", "alias.niceness=!nice", "niceness"])
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<i32>()
+                .unwrap()
+        };
+        let git = || Git::new("https://example.invalid/r.git", &NoCredentials, dir.path()).unwrap();
+        let normal = niceness(git()).await;
+        assert_eq!(niceness(git().in_background()).await, (normal + 10).min(19));
     }
 
     #[tokio::test]

@@ -42,10 +42,11 @@ pub struct PoolConfig {
     /// How often the refill task asks the syncer for each repository's latest base (and
     /// re-syncs idle sandboxes left behind).
     pub refresh_every: Duration,
-    /// How long the refill task waits after a claim before it starts and syncs a
-    /// replacement, so that the claimer's first model request, and the first token coming
-    /// back (a model's time to first token is typically under a second), do not share the
-    /// cores with it.
+    /// How long the refill task (refills and refreshes) waits after a prompt's claim or
+    /// [`Pool::hold_off_background`], so that the prompt's first model request, and the
+    /// first token coming back (a model's time to first token is typically under a
+    /// second), do not share the cores with it. A warm-up claim does not wait: the person
+    /// is still typing.
     pub refill_delay: Duration,
 }
 
@@ -216,8 +217,8 @@ struct Inner {
     dirty: std::sync::atomic::AtomicBool,
     /// No more refills (the pool is being closed).
     closed: std::sync::atomic::AtomicBool,
-    /// When the last claim was made (refills wait `refill_delay` after it).
-    last_claim: std::sync::Mutex<Option<Instant>>,
+    /// When the last prompt started (refills wait `refill_delay` after it).
+    last_foreground: std::sync::Mutex<Option<Instant>>,
     hits: AtomicU64,
     misses: AtomicU64,
     presynced: AtomicU64,
@@ -243,7 +244,7 @@ impl Pool {
             refilling: Mutex::new(()),
             dirty: std::sync::atomic::AtomicBool::new(false),
             closed: std::sync::atomic::AtomicBool::new(false),
-            last_claim: std::sync::Mutex::new(None),
+            last_foreground: std::sync::Mutex::new(None),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             presynced: AtomicU64::new(0),
@@ -325,7 +326,16 @@ impl Pool {
     /// Hands out a sandbox of `repo`'s current image: a warm one if there is one alive,
     /// else a fresh one.
     pub async fn claim(&self, repo: &str) -> Result<Claim, PoolError> {
+        self.hold_off_background();
         self.claim_with(repo, Fetch::IfStale).await
+    }
+
+    /// A prompt is starting: refills and refreshes wait `refill_delay`, so that the
+    /// prompt's way to its first model request and first token has the cores.
+    pub fn hold_off_background(&self) {
+        if let Ok(mut last) = self.inner.last_foreground.lock() {
+            *last = Some(Instant::now());
+        }
     }
 
     async fn claim_with(&self, repo: &str, fetch: Fetch) -> Result<Claim, PoolError> {
@@ -348,9 +358,6 @@ impl Pool {
                 (warm, entry.spec.clone())
             };
             self.inner.dirty.store(true, Ordering::SeqCst);
-            if let Ok(mut last) = self.inner.last_claim.lock() {
-                *last = Some(Instant::now());
-            }
             self.inner.wake.notify_one();
             let Some(warm) = warm else {
                 let sb = self.inner.runtime.create(spec).await?;
@@ -525,9 +532,9 @@ impl Pool {
 }
 
 impl Inner {
-    /// How much longer the refill task should leave the cores to the last claimer.
+    /// How much longer the refill task should leave the cores to the last prompt.
     fn refill_holdoff(&self) -> Option<Duration> {
-        let last = (*self.last_claim.lock().ok()?)?;
+        let last = (*self.last_foreground.lock().ok()?)?;
         self.config
             .refill_delay
             .checked_sub(last.elapsed())

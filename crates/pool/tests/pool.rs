@@ -373,6 +373,72 @@ async fn typing_reserves_a_syncing_sandbox_once_per_draft_and_releases_it_if_no_
     );
 }
 
+/// Idle sandboxes of `repo` right now (the background refill task alone fills the pool here).
+async fn idle(pool: &Pool, repo: &str) -> usize {
+    let stats = pool.stats().await;
+    stats
+        .idle
+        .iter()
+        .find(|(r, _)| r == repo)
+        .map_or(0, |(_, n)| *n)
+}
+
+#[tokio::test]
+async fn a_prompt_holds_the_refill_off_while_a_warm_up_claim_refills_at_once() {
+    let f = Fixture::new();
+    let mut config = config(1, 1);
+    config.refill_delay = Duration::from_secs(3);
+    let pool = Pool::new(f.rt.clone(), Arc::new(AlreadySynced), config);
+    pool.set_image("acme/app", f.spec(512 << 20)).await;
+    f.wait_idle(&pool, "acme/app", 1).await;
+
+    // The person is still typing: the replacement starts while they do.
+    pool.typing("alice", "acme/app").await.unwrap();
+    let typed = Instant::now();
+    while idle(&pool, "acme/app").await == 0 {
+        assert!(
+            typed.elapsed() < Duration::from_secs(2),
+            "no refill after a warm-up claim"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A prompt's claim leaves the cores to the prompt for `refill_delay`.
+    let claim = pool.claim("acme/app").await.unwrap();
+    assert!(claim.hit);
+    let claimed = Instant::now();
+    while claimed.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(
+            idle(&pool, "acme/app").await,
+            0,
+            "refilled during the hold-off"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while idle(&pool, "acme/app").await == 0 {
+        assert!(
+            claimed.elapsed() < Duration::from_secs(10),
+            "no refill after the hold-off"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(claimed.elapsed() >= Duration::from_secs(3));
+
+    // Any prompt holds it off, also one whose session already has its sandbox: then even
+    // a warm-up claim's replacement waits.
+    pool.hold_off_background();
+    pool.typing("bob", "acme/app").await.unwrap();
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(
+            idle(&pool, "acme/app").await,
+            0,
+            "refilled during the hold-off"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_restarted_pool_destroys_the_warm_sandboxes_of_the_previous_one() {
     let f = Fixture::new();

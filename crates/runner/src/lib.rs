@@ -232,8 +232,11 @@ impl Inner {
         if let Some(sb) = &state.sandbox {
             let why = match self.runtime.get(sb).await.map(|s| s.status) {
                 Ok(hangar_sandbox::Status::Running) => {
+                    let envd = self.runtime.envd(sb).await.map_err(|e| e.to_string())?;
                     return Ok(SessionSandbox {
                         sandbox: sb.clone(),
+                        envd,
+                        new: false,
                         conversation,
                         sync: None,
                         restored: None,
@@ -291,9 +294,6 @@ impl Inner {
             .envd(&sandbox)
             .await
             .map_err(|e| e.to_string())?;
-        envd.mkdir(&self.workdir, true)
-            .await
-            .map_err(|e| format!("could not create {} in the sandbox: {e}", self.workdir))?;
         // A session that already committed work continues on its branch in the new
         // sandbox (after a restart, or when its sandbox died); one restored from a
         // snapshot has it, unless a later commit is missing from an older snapshot.
@@ -323,6 +323,8 @@ impl Inner {
         state.sandbox = Some(sandbox.clone());
         Ok(SessionSandbox {
             sandbox,
+            envd,
+            new: true,
             conversation,
             sync,
             restored,
@@ -603,6 +605,9 @@ impl Drop for AbortOnDrop {
 /// A session's sandbox and conversation.
 struct SessionSandbox {
     sandbox: String,
+    envd: hangar_envd_client::EnvdClient,
+    /// The session's first prompt in this sandbox.
+    new: bool,
     conversation: Arc<Mutex<Vec<Message>>>,
     sync: Option<watch::Receiver<SyncState>>,
     /// Set when the sandbox replaces one that is gone.
@@ -652,8 +657,14 @@ impl Executor for AgentExecutor {
     fn run(&self, run: PromptRun) -> RunFuture {
         let inner = self.inner.clone();
         Box::pin(async move {
+            if let Some(pool) = inner.pool.get() {
+                // The pool's refills wait until this prompt's first token is likely back.
+                pool.hold_off_background();
+            }
             let SessionSandbox {
                 sandbox,
+                envd,
+                new,
                 conversation,
                 sync,
                 restored,
@@ -664,11 +675,6 @@ impl Executor for AgentExecutor {
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            let envd = inner
-                .runtime
-                .envd(&sandbox)
-                .await
-                .map_err(|e| e.to_string())?;
             if let (Some(_), Some(service)) = (inner.worktrees.get(), inner.service.get()) {
                 // Recorded first: if this prompt is stopped, its work is credited later.
                 let who = worktree::identity_of(service.store(), &run.prompt.author);
@@ -685,7 +691,7 @@ impl Executor for AgentExecutor {
                 Tools::new(envd.clone(), inner.workdir.clone()),
                 SYSTEM_PROMPT.to_string(),
             )
-            .with_plugin(Arc::new(RepoContext::new(
+            .with_plugin(Arc::new(RepoContext::prefetch(
                 envd.clone(),
                 inner.workdir.clone(),
             )));
@@ -707,21 +713,34 @@ impl Executor for AgentExecutor {
                         result: true,
                     }));
             }
+            // From here to the first model request, round trips to the sandbox run side by
+            // side where they can (the repository context's reads started above): each
+            // waits for envd to be scheduled.
+            if new {
+                envd.mkdir(&inner.workdir, true).await.map_err(|e| {
+                    format!("could not create {} in the sandbox: {e}", inner.workdir)
+                })?;
+            }
             // Every change in the working tree during the prompt, whoever made it (a tool,
             // a build the agent ran), is logged as it happens; the watch ends with the
             // prompt. It starts once the sync is done (the sync's own checkout is not a
             // change of the session), and the gate opens only once it is watching.
-            for plugin in inner.repo_plugins(&run.session_id, &sandbox, &envd).await {
+            let checkout = format!("{}/.git", inner.workdir.trim_end_matches('/'));
+            let gated = sync.is_some();
+            let has_checkout = async { gated && envd.stat(&checkout).await.is_ok() };
+            let (repo_plugins, (watching, sync), has_checkout) = tokio::join!(
+                inner.repo_plugins(&run.session_id, &sandbox, &envd),
+                worktree::watch_changes(&envd, &inner.workdir, run.events.clone(), sync),
+                has_checkout,
+            );
+            for plugin in repo_plugins {
                 agent = agent.with_plugin(plugin);
             }
-            let (_watching, sync) =
-                worktree::watch_changes(&envd, &inner.workdir, run.events.clone(), sync).await;
-            let _watching = AbortOnDrop(_watching.abort_handle());
+            let _watching = AbortOnDrop(watching.abort_handle());
             if let Some(sync) = sync {
                 // Without a checkout in the image, the sync makes the first one: reads
                 // wait for it too.
-                let checkout = format!("{}/.git", inner.workdir.trim_end_matches('/'));
-                let gate = if envd.stat(&checkout).await.is_ok() {
+                let gate = if has_checkout {
                     SyncGate::new(sync)
                 } else {
                     SyncGate::for_everything(sync)

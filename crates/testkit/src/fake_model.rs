@@ -7,8 +7,8 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 /// One scripted reply.
 pub enum Reply {
     /// A `text/event-stream` body: events (`event:` name or none, `data:` JSON text),
-    /// the first after `ttft`, then one every `gap`. With `cut_after`, the connection is
-    /// dropped after that many events.
+    /// the first `ttft` after the request arrived, then one every `gap` (a zero gap sends the
+    /// rest back to back). With `cut_after`, the connection is dropped after that many events.
     Sse {
         /// `(event name, data)` pairs.
         events: Vec<(Option<String>, String)>,
@@ -64,7 +64,11 @@ pub struct Recorded {
     /// Its JSON body (null when not JSON).
     pub body: Value,
     /// When it arrived.
-    pub at: std::time::Instant,
+    pub at: Instant,
+    /// When the first event of its reply was handed to the connection (unset until then, and
+    /// for replies that are not event streams). `first_event - at` is the time to first token
+    /// the server really gave, timer overshoot included.
+    pub first_event: Arc<OnceLock<Instant>>,
 }
 
 #[derive(Clone)]
@@ -134,9 +138,11 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let at = std::time::Instant::now();
+    let at = Instant::now();
+    let first_event = Arc::new(OnceLock::new());
     s.requests.lock().unwrap().push(Recorded {
         at,
+        first_event: first_event.clone(),
         path: uri.path().to_string(),
         headers,
         body,
@@ -157,7 +163,8 @@ async fn handle(
         Some(Reply::Sse { events, ttft, gap, cut_after }) => {
             s.open_streams.fetch_add(1, Ordering::SeqCst);
             let guard = OpenGuard(s.open_streams.clone());
-            let stream = async_stream(events, ttft, gap, cut_after, guard);
+            let timing = Timing { first_at: at + ttft, gap, first_event };
+            let stream = async_stream(events, timing, cut_after, guard);
             Response::builder()
                 .status(200)
                 .header("content-type", "text/event-stream")
@@ -168,27 +175,42 @@ async fn handle(
     }
 }
 
+/// When a stream's events go out.
+struct Timing {
+    first_at: Instant,
+    gap: Duration,
+    first_event: Arc<OnceLock<Instant>>,
+}
+
 fn async_stream(
     events: Vec<(Option<String>, String)>,
-    ttft: Duration,
-    gap: Duration,
+    timing: Timing,
     cut_after: Option<usize>,
     guard: OpenGuard,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    let state = (events.into_iter().enumerate(), guard, true);
-    futures_util::stream::unfold(state, move |(mut it, guard, first)| async move {
-        tokio::time::sleep(if first { ttft } else { gap }).await;
+    let state = (events.into_iter().enumerate(), guard, timing);
+    futures_util::stream::unfold(state, move |(mut it, guard, timing)| async move {
+        if timing.first_event.get().is_none() {
+            tokio::time::sleep_until(timing.first_at.into()).await;
+        } else if timing.gap.is_zero() {
+            // Not a zero sleep, which waits for the timer's next tick (up to a millisecond),
+            // but a yield: the server flushes each event on its own, as a provider does.
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(timing.gap).await;
+        }
         let (i, (name, data)) = it.next()?;
         if cut_after.is_some_and(|n| i >= n) {
             // An error from the body stream makes the server drop the connection mid-body.
-            return Some((Err(std::io::Error::other("cut")), (it, guard, false)));
+            return Some((Err(std::io::Error::other("cut")), (it, guard, timing)));
         }
         let mut frame = String::new();
         if let Some(name) = name {
             frame.push_str(&format!("event: {name}\n"));
         }
         frame.push_str(&format!("data: {data}\n\n"));
-        Some((Ok(Bytes::from(frame)), (it, guard, false)))
+        let _ = timing.first_event.set(Instant::now());
+        Some((Ok(Bytes::from(frame)), (it, guard, timing)))
     })
 }
 
