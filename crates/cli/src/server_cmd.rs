@@ -282,6 +282,18 @@ async fn open_sessions(
     let sessions = Sessions::new(sessions_config, store, executor)?;
     if let Some(agent) = agent {
         agent.enable_sub_sessions(sessions.clone());
+        match agent.readopt_sandboxes().await {
+            Ok(adopted) if !adopted.is_empty() => {
+                let sessions: Vec<&str> = adopted.iter().map(|(s, _)| s.as_str()).collect();
+                eprintln!(
+                    "hangar: {} session(s) continue in their running sandboxes: {}",
+                    adopted.len(),
+                    sessions.join(", ")
+                );
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("hangar: could not take the sessions' sandboxes back: {e}"),
+        }
     }
     Ok((sessions, warm_pool))
 }

@@ -668,7 +668,8 @@ async fn with_a_model_configured_prompts_run_the_agent_in_a_sandbox() {
 }
 
 #[tokio::test]
-async fn a_session_whose_sandbox_died_continues_from_its_last_snapshot() {
+async fn a_session_continues_in_its_sandbox_after_a_restart_and_from_its_last_snapshot_when_the_sandbox_died()
+ {
     use hangar_testkit::fake_model::{FakeModel, Reply, anthropic};
     let fake = FakeModel::start(vec![
         Reply::sse(anthropic(
@@ -693,6 +694,12 @@ async fn a_session_whose_sandbox_died_continues_from_its_last_snapshot() {
             "tool_use",
         )),
         Reply::sse(anthropic(&["Still there."], &[], "end_turn")),
+        Reply::sse(anthropic(
+            &["Once more."],
+            &[("t4", "read_file", &[r#"{"path": "notes/untracked.txt"}"#])],
+            "tool_use",
+        )),
+        Reply::sse(anthropic(&["Kept."], &[], "end_turn")),
     ])
     .await;
     let (_dir, data) = scratch();
@@ -707,8 +714,8 @@ async fn a_session_whose_sandbox_died_continues_from_its_last_snapshot() {
     wait_finished(&api, &id, 1).await;
 
     // The snapshot is taken after the prompt, in the background.
-    let nth_snapshot = |n: usize| {
-        let (api, id) = (api.clone(), id.clone());
+    let nth_snapshot = |api: Api, n: usize| {
+        let id = id.clone();
         async move {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
@@ -726,7 +733,7 @@ async fn a_session_whose_sandbox_died_continues_from_its_last_snapshot() {
             }
         }
     };
-    let image = nth_snapshot(1).await;
+    let image = nth_snapshot(api.clone(), 1).await;
 
     // The session's sandbox (the one holding the file; the pool keeps a warm one beside
     // it) dies: its init is killed from the host.
@@ -804,22 +811,45 @@ async fn a_session_whose_sandbox_died_continues_from_its_last_snapshot() {
         "the dead sandbox was replaced: {view}"
     );
 
-    // The latest snapshot outlives the server: after a restart the session continues
-    // from it.
-    let second = nth_snapshot(2).await;
+    // A restart does not cost the session its sandbox: the server takes the running one
+    // back, and the next prompt runs there with no restore.
+    let second = nth_snapshot(api.clone(), 2).await;
     assert_ne!(second, image);
+    let session_sandbox = |api: Api| {
+        let id = id.clone();
+        async move {
+            let (_, all) = api.get("/api/sandboxes").await;
+            let mine: Vec<String> = all
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["session_id"] == id.as_str() && s["status"] == "running")
+                .map(|s| s["id"].as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(
+                mine.len(),
+                1,
+                "one running sandbox serves the session: {all}"
+            );
+            mine[0].clone()
+        }
+    };
+    let before = session_sandbox(api.clone()).await;
     server.kill9();
-    let server = Server::start_again(&data, &toml, server.admin_token.clone());
+    let mut server = Server::start_again(&data, &toml, server.admin_token.clone());
+    assert!(
+        server.printed("continue in their running sandboxes"),
+        "{}",
+        server.stderr()
+    );
     let api = Api::new(&server, server.admin_token.as_deref().unwrap());
     api.prompt(&id, "read it again").await;
     let events = wait_finished(&api, &id, 3).await;
-    let restored: Vec<&Value> = events
+    let restored = events
         .iter()
         .filter(|e| e["type"] == "sandbox.restored")
-        .collect();
-    assert_eq!(restored.len(), 2, "{events:#?}");
-    assert_eq!(restored[1]["data"]["snapshot"], second.as_str());
-    assert_eq!(restored[1]["data"]["reason"], "the server restarted");
+        .count();
+    assert_eq!(restored, 1, "only the first restore: {events:#?}");
     let read = events
         .iter()
         .find(|e| e["type"] == "tool.output" && e["data"]["call_id"] == "p3-t3")
@@ -831,6 +861,50 @@ async fn a_session_whose_sandbox_died_continues_from_its_last_snapshot() {
             .contains("kept across sandboxes"),
         "{read}"
     );
+    assert_eq!(
+        session_sandbox(api.clone()).await,
+        before,
+        "the same sandbox"
+    );
+
+    // The latest snapshot outlives the server: when the sandbox is gone too (its init
+    // killed while the server was down), the session continues from the snapshot.
+    let third = nth_snapshot(api.clone(), 3).await;
+    server.kill9();
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(data.join("sandboxes").join(&before).join("sandbox.json")).unwrap(),
+    )
+    .unwrap();
+    let pid = record["init"]["pid"].as_u64().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let server = Server::start_again(&data, &toml, server.admin_token.clone());
+    let api = Api::new(&server, server.admin_token.as_deref().unwrap());
+    api.prompt(&id, "and again").await;
+    let events = wait_finished(&api, &id, 4).await;
+    let restored: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "sandbox.restored")
+        .collect();
+    assert_eq!(restored.len(), 2, "{events:#?}");
+    assert_eq!(restored[1]["data"]["snapshot"], third.as_str());
+    assert_eq!(restored[1]["data"]["reason"], "the server restarted");
+    let read = events
+        .iter()
+        .find(|e| e["type"] == "tool.output" && e["data"]["call_id"] == "p4-t4")
+        .unwrap_or_else(|| panic!("no output of the read: {events:#?}"));
+    assert!(
+        read["data"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("kept across sandboxes"),
+        "{read}"
+    );
+    let (_, view) = api.get(&format!("/api/sandboxes/{before}")).await;
+    assert_ne!(view["status"], "running", "{view}");
 }
 
 #[tokio::test]

@@ -203,6 +203,49 @@ impl AgentExecutor {
         self.inner.state(&mut sessions, session).sandbox = Some(sandbox.to_string());
     }
 
+    /// After a restart: every session whose sandbox is still running (the index says which
+    /// sandbox serves which session) gets it back, its working tree as it was, so that its
+    /// next prompt neither starts nor restores another. Sandboxes the index lists as serving
+    /// a session that no longer exists, or that a newer sandbox of the same session replaced,
+    /// are destroyed; entries of sandboxes that are gone are closed. Returns the
+    /// `(session, sandbox)` pairs taken back.
+    pub async fn readopt_sandboxes(&self) -> Result<Vec<(String, String)>, String> {
+        let Some(service) = self.inner.service.get() else {
+            return Ok(Vec::new());
+        };
+        let store = service.store();
+        // Newest first: a session's newest running sandbox is the one it was using.
+        let records = store
+            .sandbox_records(false, usize::MAX >> 1)
+            .map_err(|e| e.to_string())?;
+        let mut sessions = self.inner.sessions.lock().await;
+        let mut adopted = Vec::new();
+        for record in records.into_iter().filter(|r| r.purpose == "session") {
+            let Some(session) = record.session_id else {
+                continue;
+            };
+            let running = matches!(
+                self.inner.runtime.get(&record.id).await.map(|s| s.status),
+                Ok(hangar_sandbox::Status::Running)
+            );
+            let wanted = running
+                && store.session(&session).is_ok()
+                && sessions.get(&session).is_none_or(|s| s.sandbox.is_none());
+            if wanted {
+                self.inner.state(&mut sessions, &session).sandbox = Some(record.id.clone());
+                adopted.push((session, record.id));
+            } else {
+                // Also closes the index entry of one already gone.
+                if let Err(e) = self.inner.runtime.destroy(&record.id).await
+                    && !matches!(e, hangar_sandbox::SandboxError::NotFound(_))
+                {
+                    tracing::warn!(sandbox = %record.id, "could not remove a stale session sandbox: {e}");
+                }
+            }
+        }
+        Ok(adopted)
+    }
+
     /// The session that spawned `session`, if an agent did.
     pub fn parent_of(&self, session: &str) -> Option<String> {
         Family::parent_of(self.inner.service.get()?.store(), session)
