@@ -759,23 +759,31 @@ impl Executor for AgentExecutor {
             // From here to the first model request, round trips to the sandbox run side by
             // side where they can (the repository context's reads started above): each
             // waits for envd to be scheduled.
-            if new {
-                envd.mkdir(&inner.workdir, true).await.map_err(|e| {
-                    format!("could not create {} in the sandbox: {e}", inner.workdir)
-                })?;
-            }
+            //
             // Every change in the working tree during the prompt, whoever made it (a tool,
             // a build the agent ran), is logged as it happens; the watch ends with the
             // prompt. It starts once the sync is done (the sync's own checkout is not a
             // change of the session), and the gate opens only once it is watching.
             let checkout = format!("{}/.git", inner.workdir.trim_end_matches('/'));
             let gated = sync.is_some();
-            let has_checkout = async { gated && envd.stat(&checkout).await.is_ok() };
-            let (repo_plugins, (watching, sync), has_checkout) = tokio::join!(
-                inner.repo_plugins(&run.session_id, &sandbox, &envd),
-                worktree::watch_changes(&envd, &inner.workdir, run.events.clone(), sync),
-                has_checkout,
-            );
+            let synced = sync
+                .as_ref()
+                .is_some_and(|s| *s.borrow() == SyncState::Synced);
+            // A finished sync made the checkout; otherwise, whether the image has one.
+            let has_checkout = async { synced || (gated && envd.stat(&checkout).await.is_ok()) };
+            let in_workdir = async {
+                if new {
+                    envd.mkdir(&inner.workdir, true).await.map_err(|e| {
+                        format!("could not create {} in the sandbox: {e}", inner.workdir)
+                    })?;
+                }
+                Ok::<_, String>(tokio::join!(
+                    inner.repo_plugins(&run.session_id, &sandbox, &envd),
+                    worktree::watch_changes(&envd, &inner.workdir, run.events.clone(), sync),
+                ))
+            };
+            let (in_workdir, has_checkout) = tokio::join!(in_workdir, has_checkout);
+            let (repo_plugins, (watching, sync)) = in_workdir?;
             for plugin in repo_plugins {
                 agent = agent.with_plugin(plugin);
             }
