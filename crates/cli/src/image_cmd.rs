@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use hangar_config::Config;
 use hangar_images::{BuildError, BuildEvent, BuildRequest, Builder, ImageInfo, Store};
-use hangar_sandbox::{LocalRuntime, Rootfs, Runtime};
+use hangar_sandbox::LocalRuntime;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Image subcommands.
@@ -170,15 +170,7 @@ pub async fn run(cmd: ImageCommand, config: &Config) -> anyhow::Result<ExitCode>
         }
         ImageCommand::Gc { json } => {
             let runtime = LocalRuntime::open(config)?;
-            let mut in_use = Vec::new();
-            for sb in runtime.list().await? {
-                if let Rootfs::Layers { layers } | Rootfs::LayersOverHost { layers } =
-                    sb.spec.rootfs
-                {
-                    in_use.extend(layers);
-                }
-            }
-            let report = store.gc(&in_use)?;
+            let report = hangar_images::collect_garbage(&store, &runtime).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

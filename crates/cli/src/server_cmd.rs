@@ -139,6 +139,11 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         let every = Duration::from_secs(config.images.rebuild_every_s);
         tokio::spawn(Arc::clone(&builds).run_schedule(Arc::clone(&store), every));
     }
+    if config.images.gc_every_s > 0 {
+        let every = Duration::from_secs(config.images.gc_every_s);
+        let gc_runtime = LocalRuntime::open(config)?;
+        tokio::spawn(collect_garbage_every(every, images.clone(), gc_runtime));
+    }
     let interrupted = sessions
         .recover()
         .await
@@ -185,6 +190,33 @@ pub async fn run(args: ServeArgs, config: &Config) -> anyhow::Result<()> {
         .context("serving HTTP")?;
     eprintln!("hangar: stopped (sandboxes keep running; the next start adopts them)");
     Ok(())
+}
+
+/// Removes what no image and no sandbox uses (released snapshots, removed images) every
+/// `every`, the first time one period after start.
+async fn collect_garbage_every(
+    every: Duration,
+    images: hangar_images::Store,
+    runtime: LocalRuntime,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match hangar_images::collect_garbage(&images, &runtime).await {
+            Ok(r) if r.blobs_removed + r.layers_removed + r.cache_entries_removed > 0 => {
+                tracing::info!(
+                    blobs = r.blobs_removed,
+                    bytes = r.bytes_freed,
+                    layers = r.layers_removed,
+                    cache_entries = r.cache_entries_removed,
+                    "image store garbage collected"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("image store garbage collection: {e}"),
+        }
+    }
 }
 
 /// Environments: sandboxes from images of this machine's layer store.

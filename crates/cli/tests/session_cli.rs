@@ -704,7 +704,7 @@ async fn a_session_continues_in_its_sandbox_after_a_restart_and_from_its_last_sn
     .await;
     let (_dir, data) = scratch();
     let toml = format!(
-        "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\n",
+        "[model]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[pool]\nmin = 0\n\n[images]\nrebuild_every_s = 0\ngc_every_s = 1\n",
         fake.url()
     );
     let mut server = Server::start_with_config(&data, &toml);
@@ -815,6 +815,20 @@ async fn a_session_continues_in_its_sandbox_after_a_restart_and_from_its_last_sn
     // back, and the next prompt runs there with no restore.
     let second = nth_snapshot(api.clone(), 2).await;
     assert_ne!(second, image);
+    // The first snapshot was released; the server's periodic gc removes its manifest (its
+    // layers stay while a sandbox runs on them).
+    let blobs = data.join("images/blobs/sha256");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::fs::read_dir(&blobs)
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(&image))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the released snapshot {image} was never collected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let session_sandbox = |api: Api| {
         let id = id.clone();
         async move {
@@ -881,6 +895,15 @@ async fn a_session_continues_in_its_sandbox_after_a_restart_and_from_its_last_sn
         .status()
         .unwrap();
     assert!(killed.success());
+    // Gone before the server starts again (a restart that still saw it alive would take it
+    // back, and then find it dead).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.contains(") Z "))
+    {
+        assert!(Instant::now() < deadline, "init {pid} outlived kill -9");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let server = Server::start_again(&data, &toml, server.admin_token.clone());
     let api = Api::new(&server, server.admin_token.as_deref().unwrap());
     api.prompt(&id, "and again").await;

@@ -29,6 +29,7 @@
 //!
 //! [images]
 //! rebuild_every_s = 1800           # rebuild registered repositories whose branch moved (0: off)
+//! gc_every_s = 3600                # remove layers no image or sandbox uses (0: only `hangar image gc`)
 //!
 //! [[git.credentials]]              # for clone, fetch and push; never enters a sandbox
 //! url_prefix = "https://git.example.com/acme/"
@@ -130,12 +131,17 @@ pub struct ImagesSettings {
     /// How often each registered repository is looked at and rebuilt if its default
     /// branch or recipe changed (0 turns scheduled rebuilds off).
     pub rebuild_every_s: u64,
+    /// How often the server removes blobs, unpacked layers and cache entries that no
+    /// image and no sandbox uses: those of removed images and of released snapshots (0
+    /// leaves it to `hangar image gc`).
+    pub gc_every_s: u64,
 }
 
 impl Default for ImagesSettings {
     fn default() -> Self {
         ImagesSettings {
             rebuild_every_s: 30 * 60,
+            gc_every_s: 60 * 60,
         }
     }
 }

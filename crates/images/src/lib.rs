@@ -9,6 +9,7 @@
 //! sandbox, a layer or a log.
 
 pub mod build;
+pub mod gc;
 pub mod git;
 pub mod layer;
 pub mod recipe;
@@ -17,6 +18,7 @@ pub mod snapshot;
 pub mod store;
 
 pub use build::{BuildError, BuildEvent, BuildOutcome, BuildRequest, Builder};
+pub use gc::{GcError, collect_garbage};
 pub use git::{ConfiguredCredentials, Credentials, GitCredential, NoCredentials};
 pub use layer::Owners;
 pub use recipe::{Base, Recipe, RecipeError, RecipePlugin};
