@@ -9,7 +9,8 @@
 //! repository (a real git remote: idle sandboxes are kept synced through the host mirror and
 //! each prompt's end commits and pushes). In process: the session service, the runner, the
 //! pool and the real local sandbox runtime. The same git case runs once more through the
-//! HTTP server: the prompt is POSTed and the token read from a session WebSocket.
+//! HTTP server: the prompt is POSTed and the token read from a session WebSocket. One more
+//! case times the pool alone: claim a warm sandbox → first command done.
 //! Prints one JSON document.
 
 use std::sync::Arc;
@@ -423,6 +424,56 @@ async fn case(
     }))
 }
 
+/// Claim a warm sandbox → first command done (`true` through envd): the pool's own target
+/// (DESIGN.md: p50 ≤ 5 ms), without a session around it. The claimed sandbox is destroyed
+/// after each iteration, untimed, and the pool refills before the next.
+async fn warm_claim(args: &Args, pool_config: PoolConfig) -> anyhow::Result<serde_json::Value> {
+    let (s, pool) = setup(Some(pool_config), false, Transport::InProcess).await?;
+    let pool = pool.context("the claim case needs a pool")?;
+    let rt = LocalRuntime::open(&s.config)?;
+    let (mut claim, mut total) = (Vec::new(), Vec::new());
+    for i in 0..args.iterations {
+        for _ in 0..100 {
+            pool.refill_now().await;
+            if pool.stats().await.idle.iter().any(|(_, n)| *n > 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let t0 = Instant::now();
+        let c = pool.claim("acme/app").await?;
+        let claimed = t0.elapsed();
+        let envd = rt.envd(&c.sandbox).await?;
+        let out = envd
+            .output(
+                hangar_protocol::envd::ExecRequest {
+                    argv: vec!["true".into()],
+                    ..Default::default()
+                },
+                1024,
+            )
+            .await?;
+        let done = t0.elapsed();
+        anyhow::ensure!(
+            out.status.code == Some(0),
+            "`true` failed in {}: {:?}",
+            c.sandbox,
+            out.status
+        );
+        anyhow::ensure!(c.hit, "iteration {i} was not a pool hit");
+        eprintln!("warm_claim {i}: claim {claimed:?}, first command done {done:?}");
+        claim.push(claimed);
+        total.push(done);
+        rt.destroy(&c.sandbox).await?;
+    }
+    pool.close().await;
+    Ok(json!({
+        "case": "warm_claim_to_first_command",
+        "claim": summary(claim),
+        "claim_to_first_command_done": summary(total),
+    }))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -431,6 +482,7 @@ async fn main() -> anyhow::Result<()> {
         max: 2,
         ..Default::default()
     };
+    let claim_pool = pool.clone();
     use Transport::{Http, InProcess};
     // (name, pool, typing signal first, registered repository with git, transport)
     let all = [
@@ -458,20 +510,22 @@ async fn main() -> anyhow::Result<()> {
             Http,
         ),
     ];
-    if let Some(unknown) = args
-        .cases
-        .iter()
-        .find(|c| !all.iter().any(|a| a.0 == c.as_str()))
-    {
-        let names: Vec<_> = all.iter().map(|a| a.0).collect();
+    const CLAIM: &str = "warm_claim_to_first_command";
+    let known = |c: &str| c == CLAIM || all.iter().any(|a| a.0 == c);
+    if let Some(unknown) = args.cases.iter().find(|c| !known(c)) {
+        let names: Vec<_> = all.iter().map(|a| a.0).chain([CLAIM]).collect();
         anyhow::bail!(
             "unknown case {unknown:?}; the cases are {}",
             names.join(", ")
         );
     }
+    let wanted = |name: &str| args.cases.is_empty() || args.cases.iter().any(|c| c == name);
     let mut cases = Vec::new();
+    if wanted(CLAIM) {
+        cases.push(warm_claim(&args, claim_pool).await?);
+    }
     for (name, pool, warm_up, with_git, transport) in all {
-        if args.cases.is_empty() || args.cases.iter().any(|c| c == name) {
+        if wanted(name) {
             cases.push(case(name, pool, warm_up, with_git, transport, &args).await?);
         }
     }
