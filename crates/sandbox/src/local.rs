@@ -857,59 +857,16 @@ impl LocalRuntime {
         Ok(())
     }
 
-    /// Prepares the directory, cgroups and record, then starts the jail.
+    /// Starts the jail, prepares the directories, cgroups and record while it starts, then
+    /// sends it its config.
     async fn start(&self, id: &str, spec: &SandboxSpec) -> Result<Record, SandboxError> {
         let dir = self.sandbox_dir(id);
         let base = self.config.uid_base;
-        for (sub, mode, owned) in [
-            ("", 0o711, false),
-            ("upper", 0o755, true),
-            ("work", 0o700, false),
-            ("lower", 0o700, false),
-            ("rootfs", 0o755, false),
-        ] {
-            let p = dir.join(sub);
-            fs::DirBuilder::new()
-                .mode(mode)
-                .create(&p)
-                .map_err(SandboxError::io(format!("creating {}", p.display())))?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(mode))
-                .map_err(SandboxError::io(format!("chmod {}", p.display())))?;
-            if owned {
-                std::os::unix::fs::chown(&p, Some(base), Some(base))
-                    .map_err(SandboxError::io(format!("chown {}", p.display())))?;
-            }
-        }
-        let mut record = Record {
-            id: id.to_string(),
-            spec: spec.clone(),
-            created_at_ms: now_ms(),
-            state: RecordState::Creating,
-            init: None,
-            jail: None,
-            dead: None,
-            net_slot: None,
-        };
-        // Otherwise the record is written once, when the sandbox runs: until then a crash
-        // leaves a directory without a record, which `recover` reaps (through the
-        // cgroups for any process). An egress slot's holder is found by its record.
-        if spec.network == Network::Egress {
-            record.net_slot = Some(self.claim_net_slot(&record)?);
-            fs::write(
-                dir.join("resolv.conf"),
-                network::resolv_conf(Path::new("/etc/resolv.conf")),
-            )
-            .map_err(SandboxError::io("writing resolv.conf"))?;
-        }
-        let cg = self.cgroup(id);
-        cg.create(&spec.limits)
-            .map_err(|e| SandboxError::Unsupported(format!("cgroups: {e}")))?;
+        make_dir(&dir, 0o711)?;
 
-        let config =
-            serde_json::to_vec(&self.jail_config(id, spec, &cg)).map_err(|e| SandboxError::Io {
-                context: "encoding the jail config".into(),
-                source: std::io::Error::other(e),
-            })?;
+        // The jail is started first: its exec and start-up overlap with the rest of the
+        // preparation below, and it then waits for its config. Should anything below fail,
+        // dropping `report` ends that wait and the jail exits without having done anything.
         // One socket carries the config to the jail (its stdin, up to end of file) and the
         // reports back. With nothing to run between fork and exec, std starts the jail
         // with posix_spawn (vfork), which does not copy this process's page tables as a
@@ -930,6 +887,52 @@ impl LocalRuntime {
         )))?;
         // Closes this process's copy of the jail's end, so the jail's exit is seen.
         drop(cmd);
+        let jail = child.id().and_then(ProcessId::of);
+        // The child is reaped by tokio in the background once it exits; the jail itself
+        // lives as long as the sandbox.
+        drop(child);
+
+        for (sub, mode) in [
+            ("upper", 0o755),
+            ("work", 0o700),
+            ("lower", 0o700),
+            ("rootfs", 0o755),
+        ] {
+            make_dir(&dir.join(sub), mode)?;
+        }
+        let upper = dir.join("upper");
+        std::os::unix::fs::chown(&upper, Some(base), Some(base))
+            .map_err(SandboxError::io(format!("chown {}", upper.display())))?;
+        let mut record = Record {
+            id: id.to_string(),
+            spec: spec.clone(),
+            created_at_ms: now_ms(),
+            state: RecordState::Creating,
+            init: None,
+            jail,
+            dead: None,
+            net_slot: None,
+        };
+        // Otherwise the record is written once, when init exists: until then a crash
+        // leaves a directory without a record, which `recover` reaps (through the
+        // cgroups for any process). An egress slot's holder is found by its record.
+        if spec.network == Network::Egress {
+            record.net_slot = Some(self.claim_net_slot(&record)?);
+            fs::write(
+                dir.join("resolv.conf"),
+                network::resolv_conf(Path::new("/etc/resolv.conf")),
+            )
+            .map_err(SandboxError::io("writing resolv.conf"))?;
+        }
+        let cg = self.cgroup(id);
+        cg.create(&spec.limits)
+            .map_err(|e| SandboxError::Unsupported(format!("cgroups: {e}")))?;
+
+        let config =
+            serde_json::to_vec(&self.jail_config(id, spec, &cg)).map_err(|e| SandboxError::Io {
+                context: "encoding the jail config".into(),
+                source: std::io::Error::other(e),
+            })?;
         {
             use std::io::Write;
             // Small enough for the socket's buffer: this does not block.
@@ -938,30 +941,26 @@ impl LocalRuntime {
                 .and_then(|()| report.shutdown(std::net::Shutdown::Write))
                 .map_err(SandboxError::io("sending the jail config"))?;
         }
-        record.jail = child.id().and_then(ProcessId::of);
-        // The child is reaped by tokio in the background once it exits; the jail itself
-        // lives as long as the sandbox.
-        drop(child);
 
-        let outcome = tokio::time::timeout(START_TIMEOUT, read_report(report)).await;
-        let failure = match outcome {
-            Ok(Ok((pid, None))) => {
-                record.init = ProcessId::of(pid);
-                if record.init.is_some() {
-                    if let Some(slot) = record.net_slot {
-                        self.write_record(&record)?;
-                        self.attach_network(id, pid, slot)?;
-                    }
-                    record.state = RecordState::Running;
-                    self.write_record(&record)?;
-                    return Ok(record);
-                }
-                "init exited right after starting".to_string()
+        let started = async {
+            let mut reports = Reports::new(report)?;
+            let pid = reports.init_pid().await?;
+            // Recorded while envd starts, off the path: from here on the record names
+            // init, so a failure below (or a crash) is cleaned up through it.
+            record.init = ProcessId::of(pid);
+            if record.init.is_none() {
+                return Err("init exited right after starting".to_string());
             }
-            Ok(Ok((pid, Some(err)))) => {
-                record.init = ProcessId::of(pid);
-                err
+            record.state = RecordState::Running;
+            self.write_record(&record).map_err(|e| e.to_string())?;
+            if let Some(slot) = record.net_slot {
+                self.attach_network(id, pid, slot)
+                    .map_err(|e| e.to_string())?;
             }
+            reports.envd_ready().await
+        };
+        let failure = match tokio::time::timeout(START_TIMEOUT, started).await {
+            Ok(Ok(())) => return Ok(record),
             Ok(Err(err)) => err,
             Err(_) => format!(
                 "envd did not become ready within {}s",
@@ -975,60 +974,86 @@ impl LocalRuntime {
     }
 }
 
-/// Reads the jail's reports: `P<pid>\n`, then either envd's ready byte or `E<msg>\n`.
-async fn read_report(
-    socket: std::os::unix::net::UnixStream,
-) -> Result<(u32, Option<String>), String> {
-    let mut pipe = socket
-        .set_nonblocking(true)
-        .and_then(|()| tokio::net::UnixStream::from_std(socket))
-        .map_err(|e| format!("report socket: {e}"))?;
-    let mut buf = Vec::with_capacity(64);
-    let mut chunk = [0u8; 256];
-    let mut pid: Option<u32> = None;
-    loop {
-        // Parse what we have.
-        if pid.is_none()
-            && let Some(nl) = buf.iter().position(|&b| b == b'\n')
-        {
-            {
-                let line = String::from_utf8_lossy(&buf[..nl]).into_owned();
-                buf.drain(..=nl);
-                if let Some(msg) = line.strip_prefix('E') {
-                    return Err(msg.to_string());
-                }
-                let p = line
-                    .strip_prefix('P')
-                    .and_then(|p| p.parse().ok())
-                    .ok_or_else(|| format!("unexpected report from the jail: {line:?}"))?;
-                pid = Some(p);
-            }
-        }
-        if let Some(p) = pid {
-            match buf.first() {
-                Some(b'E') => {
-                    if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-                        return Ok((p, Some(String::from_utf8_lossy(&buf[1..nl]).into_owned())));
-                    }
-                }
-                Some(_) => return Ok((p, None)),
-                None => {}
-            }
-        }
-        let n = pipe
+/// Creates a directory with exactly `mode` (whatever the umask).
+fn make_dir(p: &Path, mode: u32) -> Result<(), SandboxError> {
+    fs::DirBuilder::new()
+        .mode(mode)
+        .create(p)
+        .map_err(SandboxError::io(format!("creating {}", p.display())))?;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+        .map_err(SandboxError::io(format!("chmod {}", p.display())))
+}
+
+/// The jail's reports on its socket: `P<pid>\n` once init exists, then either envd's
+/// ready byte or `E<msg>\n`.
+struct Reports {
+    socket: tokio::net::UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Reports {
+    fn new(socket: std::os::unix::net::UnixStream) -> Result<Reports, String> {
+        let socket = socket
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(socket))
+            .map_err(|e| format!("report socket: {e}"))?;
+        Ok(Reports {
+            socket,
+            buf: Vec::with_capacity(64),
+        })
+    }
+
+    /// Reads more into the buffer; false at end of file.
+    async fn fill(&mut self) -> Result<bool, String> {
+        let mut chunk = [0u8; 256];
+        let n = self
+            .socket
             .read(&mut chunk)
             .await
             .map_err(|e| format!("report socket: {e}"))?;
-        if n == 0 {
-            return match pid {
-                Some(p) if buf.first() == Some(&b'E') => Ok((
-                    p,
-                    Some(String::from_utf8_lossy(&buf[1..]).trim().to_string()),
-                )),
-                _ => Err("the sandbox exited before envd was ready".into()),
-            };
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    /// Init's host pid, or the jail's error.
+    async fn init_pid(&mut self) -> Result<u32, String> {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+                let line = String::from_utf8_lossy(&self.buf[..nl]).into_owned();
+                self.buf.drain(..=nl);
+                if let Some(msg) = line.strip_prefix('E') {
+                    return Err(msg.to_string());
+                }
+                return line
+                    .strip_prefix('P')
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| format!("unexpected report from the jail: {line:?}"));
+            }
+            if !self.fill().await? {
+                return Err("the sandbox exited before envd was ready".into());
+            }
         }
-        buf.extend_from_slice(&chunk[..n]);
+    }
+
+    /// Waits for envd's ready byte, or init's error.
+    async fn envd_ready(&mut self) -> Result<(), String> {
+        loop {
+            match self.buf.first() {
+                Some(b'E') => {
+                    if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+                        return Err(String::from_utf8_lossy(&self.buf[1..nl]).into_owned());
+                    }
+                }
+                Some(_) => return Ok(()),
+                None => {}
+            }
+            if !self.fill().await? {
+                return Err(match self.buf.first() {
+                    Some(b'E') => String::from_utf8_lossy(&self.buf[1..]).trim().to_string(),
+                    _ => "the sandbox exited before envd was ready".into(),
+                });
+            }
+        }
     }
 }
 
