@@ -71,6 +71,69 @@ pub struct LocalRuntime {
 struct Place {
     dir: PathBuf,
     hierarchies: Hierarchies,
+    spares: Option<std::sync::Arc<SpareCgroups>>,
+}
+
+/// Cgroups made ahead of time with the default limits, where all of a sandbox's groups
+/// are on v1 (v2 cannot rename a group): a create renames a spare set into place instead
+/// of making five groups and writing their limits on its path (when none is ready it
+/// makes them as before), and the teardown thread makes the next set after each
+/// teardown. Named `spare-<pid>-<start time>-<runtime>-<n>`, so that `recover`
+/// tells a dead process's leftovers from a live runtime's; a runtime removes its own when
+/// dropped. A spare never holds a process.
+#[derive(Debug)]
+struct SpareCgroups {
+    prefix: String,
+    limits: Limits,
+    made: std::sync::atomic::AtomicU64,
+    ready: std::sync::Mutex<Vec<SandboxCgroup>>,
+}
+
+/// The names of spare cgroups start with this.
+const SPARE_PREFIX: &str = "spare-";
+/// How many spare sets a runtime keeps ready.
+const SPARES: usize = 2;
+
+impl SpareCgroups {
+    fn new(limits: Limits) -> SpareCgroups {
+        static RUNTIMES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let me = std::process::id();
+        let start = start_time(me).unwrap_or(0);
+        let runtime = RUNTIMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        SpareCgroups {
+            prefix: format!("{SPARE_PREFIX}{me}-{start}-{runtime}-"),
+            limits,
+            made: std::sync::atomic::AtomicU64::new(0),
+            ready: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<SandboxCgroup>> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes one more spare set unless enough are ready.
+    fn make(&self, h: &Hierarchies) -> std::io::Result<()> {
+        if self.ready().len() >= SPARES {
+            return Ok(());
+        }
+        let n = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cg = SandboxCgroup::new(h, &format!("{}{n}", self.prefix));
+        if let Err(e) = cg.create(&self.limits) {
+            let _ = cg.remove();
+            return Err(e);
+        }
+        self.ready().push(cg);
+        Ok(())
+    }
+
+    fn remove_all(&self) {
+        for cg in self.ready().drain(..) {
+            if let Err(e) = cg.remove() {
+                tracing::warn!("removing a spare cgroup: {e}");
+            }
+        }
+    }
 }
 
 /// The teardown thread: it finishes destroys in the order they were asked for.
@@ -86,6 +149,8 @@ struct Teardown {
 struct TeardownJob {
     record: Option<Box<Record>>,
     done: Option<tokio::sync::oneshot::Sender<Result<(), SandboxError>>>,
+    /// Then make a spare cgroup set, unless enough are ready (see [`SpareCgroups`]).
+    make_spare: bool,
 }
 
 /// What [`LocalRuntime::recover`] found.
@@ -202,6 +267,53 @@ impl Place {
         self.dir.join(id)
     }
 
+    /// Sandbox `id`'s cgroups with `limits`: a spare set renamed, or new groups.
+    fn claim_cgroup(&self, id: &str, limits: &Limits) -> std::io::Result<SandboxCgroup> {
+        let cg = self.cgroup(id);
+        if let Some(spares) = &self.spares {
+            let spare = spares.ready().pop();
+            if let Some(spare) = spare {
+                match spare
+                    .rename_to(&cg)
+                    .and_then(|()| cg.set_limits(limits, Some(&spares.limits)))
+                {
+                    Ok(()) => return Ok(cg),
+                    Err(e) => {
+                        // What was renamed is taken over by `create` below.
+                        tracing::warn!(sandbox = %id, "taking a spare cgroup: {e}");
+                        let _ = spare.remove();
+                    }
+                }
+            }
+        }
+        cg.create(limits)?;
+        Ok(cg)
+    }
+
+    fn make_spare(&self) {
+        if let Some(spares) = &self.spares
+            && let Err(e) = spares.make(&self.hierarchies)
+        {
+            tracing::warn!("making a spare cgroup: {e}");
+        }
+    }
+
+    /// Removes spare cgroups left by processes that are gone.
+    fn remove_stale_spares(&self) {
+        for name in crate::cgroup::names_starting_with(&self.hierarchies, SPARE_PREFIX) {
+            let mut owner = name[SPARE_PREFIX.len()..].split('-');
+            let pid = owner.next().and_then(|p| p.parse().ok());
+            let start_time = owner.next().and_then(|t| t.parse().ok());
+            let alive = match (pid, start_time) {
+                (Some(pid), Some(start_time)) => ProcessId { pid, start_time }.alive(),
+                _ => false,
+            };
+            if !alive && let Err(e) = self.cgroup(&name).remove() {
+                tracing::warn!("removing the spare cgroup {name}: {e}");
+            }
+        }
+    }
+
     fn cgroup(&self, id: &str) -> SandboxCgroup {
         SandboxCgroup::new(&self.hierarchies, id)
     }
@@ -314,6 +426,9 @@ impl Teardown {
                             }
                         }
                     }
+                    if job.make_spare {
+                        place.make_spare();
+                    }
                 }
             })
             .map_err(SandboxError::io("starting the sandbox teardown thread"))?;
@@ -341,6 +456,9 @@ impl Drop for LocalRuntime {
         drop(t.queue.lock().unwrap_or_else(|p| p.into_inner()).take());
         if let Some(thread) = t.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = thread.join();
+        }
+        if let Some(spares) = &self.place.spares {
+            spares.remove_all();
         }
     }
 }
@@ -379,7 +497,17 @@ impl LocalRuntime {
             Hierarchies::detect().map_err(SandboxError::io("reading /proc/self/mountinfo"))?;
         let jail = find("hangar-jail")?;
         let envd = find("envd")?;
-        let place = Place { dir, hierarchies };
+        let limits = default_limits(&config.sandbox);
+        // Made only once a sandbox is created: a short-lived process (a CLI command that
+        // lists or removes sandboxes) makes none.
+        let spares = SandboxCgroup::new(&hierarchies, "probe")
+            .renamable()
+            .then(|| std::sync::Arc::new(SpareCgroups::new(limits)));
+        let place = Place {
+            dir,
+            hierarchies,
+            spares,
+        };
         Ok(LocalRuntime {
             host_rules: std::sync::Mutex::new(false),
             teardown: Teardown::start(place.clone())?,
@@ -393,11 +521,7 @@ impl LocalRuntime {
 
     /// The default limits of this deployment.
     pub fn default_limits(&self) -> Limits {
-        Limits {
-            memory_bytes: parse_size(&self.config.memory).unwrap_or(2 << 30),
-            pids: self.config.pids,
-            cpus: self.config.cpus,
-        }
+        default_limits(&self.config)
     }
 
     /// Turns a `--rootfs` argument into a [`Rootfs`]: `host` is the host's root, a directory
@@ -569,6 +693,7 @@ impl LocalRuntime {
     /// half-created and half-destroyed ones removed, ones whose init died marked dead
     /// (cgroups released).
     pub fn recover(&self) -> Result<Recovery, SandboxError> {
+        self.place.remove_stale_spares();
         let mut out = Recovery::default();
         for id in self.ids()? {
             let r = match self.read_record(&id) {
@@ -645,7 +770,15 @@ impl LocalRuntime {
         done: Option<tokio::sync::oneshot::Sender<Result<(), SandboxError>>>,
     ) {
         let record = record.map(Box::new);
-        if let Err(job) = self.teardown.send(TeardownJob { record, done }) {
+        // A destroyed sandbox's place is made ready for the next one while the machine
+        // is not busy starting it: the spare cgroups are made after a teardown, not
+        // after a create.
+        let make_spare = record.is_some() && self.place.spares.is_some();
+        if let Err(job) = self.teardown.send(TeardownJob {
+            record,
+            done,
+            make_spare,
+        }) {
             let result = job
                 .record
                 .as_ref()
@@ -924,8 +1057,9 @@ impl LocalRuntime {
             )
             .map_err(SandboxError::io("writing resolv.conf"))?;
         }
-        let cg = self.cgroup(id);
-        cg.create(&spec.limits)
+        let cg = self
+            .place
+            .claim_cgroup(id, &spec.limits)
             .map_err(|e| SandboxError::Unsupported(format!("cgroups: {e}")))?;
 
         let config =
@@ -971,6 +1105,14 @@ impl LocalRuntime {
             id: id.to_string(),
             message: with_log_tail(failure, &dir),
         })
+    }
+}
+
+fn default_limits(config: &SandboxConfig) -> Limits {
+    Limits {
+        memory_bytes: parse_size(&config.memory).unwrap_or(2 << 30),
+        pids: config.pids,
+        cpus: config.cpus,
     }
 }
 
