@@ -20,6 +20,8 @@
 //! The jail's stdin is a socket: the runtime sends the config on it and closes its sending
 //! side; the jail then reports on the same socket, moved to fd 3: `P<init host pid>\n`
 //! once init exists, `E<message>\n` on failure, and envd writes one byte once it listens.
+//! The runtime may start a jail ahead of its sandbox, so the jail opens the sandbox's
+//! `jail.log` itself, as its stdout and stderr (which envd inherits).
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -62,7 +64,7 @@ pub struct JailConfig {
     pub dir: PathBuf,
     /// The envd binary on the host.
     pub envd: PathBuf,
-    /// cgroup directories to join.
+    /// cgroup directories to join (none when the runtime moved the jail into them).
     pub cgroups: Vec<PathBuf>,
     /// First host uid/gid of the sandbox's id range.
     pub uid_base: u32,
@@ -151,7 +153,22 @@ pub fn main() -> ! {
     }
 }
 
+/// The sandbox's log: the jail's stdout and stderr from here on, and envd's.
+pub const LOG_NAME: &str = "jail.log";
+
 fn run(cfg: &JailConfig, report: &mut File) -> JailResult<i32> {
+    // The jail may have been started before its sandbox existed (see `local`'s spares).
+    let log = File::create(cfg.dir.join(LOG_NAME)).map_err(ctx(|| "creating jail.log".into()))?;
+    for fd in [1, 2] {
+        // SAFETY: dup2 onto the standard descriptors, which this process owns.
+        if unsafe { libc::dup2(log.as_raw_fd(), fd) } < 0 {
+            return Err(format!(
+                "dup2 of jail.log: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    drop(log);
     let pid = std::process::id().to_string();
     for dir in &cfg.cgroups {
         fs::write(dir.join("cgroup.procs"), &pid)

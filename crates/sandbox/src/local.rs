@@ -71,69 +71,151 @@ pub struct LocalRuntime {
 struct Place {
     dir: PathBuf,
     hierarchies: Hierarchies,
-    spares: Option<std::sync::Arc<SpareCgroups>>,
+    spares: Option<std::sync::Arc<Spares>>,
 }
 
-/// Cgroups made ahead of time with the default limits, where all of a sandbox's groups
-/// are on v1 (v2 cannot rename a group): a create renames a spare set into place instead
-/// of making five groups and writing their limits on its path (when none is ready it
-/// makes them as before), and the teardown thread makes the next set after each
-/// teardown. Named `spare-<pid>-<start time>-<runtime>-<n>`, so that `recover`
-/// tells a dead process's leftovers from a live runtime's; a runtime removes its own when
-/// dropped. A spare never holds a process.
+/// Sandbox places made ahead of time, where all of a sandbox's groups are on v1 (v2
+/// cannot rename a group): a set of cgroups with the default limits and, in it, a jail
+/// already started and waiting for its config. A create renames a spare's groups into
+/// place (writing only the limits that differ) and sends its jail the config, instead of
+/// making five groups, writing their limits, starting the jail and moving it into the
+/// groups on its path; with none ready it does all that as before. The teardown thread
+/// makes the next spare after each teardown. Spares are named
+/// `spare-<pid>-<start time>-<runtime>-<n>`, so that `recover` tells a dead process's
+/// leftovers from a live runtime's; a runtime removes its own when dropped.
 #[derive(Debug)]
-struct SpareCgroups {
+struct Spares {
     prefix: String,
     limits: Limits,
+    jail: PathBuf,
+    /// The tokio runtime that reaps the spare jails (tokio reaps the children it started);
+    /// without one, spares are groups only.
+    tokio: Option<tokio::runtime::Handle>,
     made: std::sync::atomic::AtomicU64,
-    ready: std::sync::Mutex<Vec<SandboxCgroup>>,
+    ready: std::sync::Mutex<Vec<Spare>>,
+}
+
+/// One spare: its groups and the jail waiting in them.
+#[derive(Debug)]
+struct Spare {
+    cgroup: SandboxCgroup,
+    jail: Option<StartedJail>,
+}
+
+/// A jail started and waiting for its config on `socket` (its stdin).
+#[derive(Debug)]
+struct StartedJail {
+    pid: Option<ProcessId>,
+    socket: std::os::unix::net::UnixStream,
 }
 
 /// The names of spare cgroups start with this.
 const SPARE_PREFIX: &str = "spare-";
-/// How many spare sets a runtime keeps ready.
+/// How many spares a runtime keeps ready.
 const SPARES: usize = 2;
 
-impl SpareCgroups {
-    fn new(limits: Limits) -> SpareCgroups {
+impl Spares {
+    fn new(limits: Limits, jail: PathBuf) -> Spares {
         static RUNTIMES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let me = std::process::id();
         let start = start_time(me).unwrap_or(0);
         let runtime = RUNTIMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        SpareCgroups {
+        Spares {
             prefix: format!("{SPARE_PREFIX}{me}-{start}-{runtime}-"),
             limits,
+            jail,
+            tokio: tokio::runtime::Handle::try_current().ok(),
             made: std::sync::atomic::AtomicU64::new(0),
             ready: std::sync::Mutex::new(Vec::new()),
         }
     }
 
-    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<SandboxCgroup>> {
+    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<Spare>> {
         self.ready.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes one more spare set unless enough are ready.
+    /// Makes one more spare unless enough are ready.
     fn make(&self, h: &Hierarchies) -> std::io::Result<()> {
         if self.ready().len() >= SPARES {
             return Ok(());
         }
         let n = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let cg = SandboxCgroup::new(h, &format!("{}{n}", self.prefix));
-        if let Err(e) = cg.create(&self.limits) {
-            let _ = cg.remove();
-            return Err(e);
-        }
-        self.ready().push(cg);
-        Ok(())
-    }
-
-    fn remove_all(&self) {
-        for cg in self.ready().drain(..) {
-            if let Err(e) = cg.remove() {
-                tracing::warn!("removing a spare cgroup: {e}");
+        let cgroup = SandboxCgroup::new(h, &format!("{}{n}", self.prefix));
+        let mut spare = Spare { cgroup, jail: None };
+        let made = spare.cgroup.create(&self.limits).and_then(|()| {
+            let Some(tokio) = &self.tokio else {
+                return Ok(());
+            };
+            let _entered = tokio.enter();
+            let jail = start_jail(&self.jail)?;
+            spare.jail = Some(jail);
+            let pid = spare.jail.as_ref().and_then(|j| j.pid);
+            match pid {
+                Some(p) => spare.cgroup.attach(p.pid),
+                None => Err(std::io::Error::other("the spare jail exited at once")),
+            }
+        });
+        match made {
+            Ok(()) => {
+                self.ready().push(spare);
+                Ok(())
+            }
+            Err(e) => {
+                spare.discard();
+                Err(e)
             }
         }
     }
+
+    fn take(&self) -> Option<Spare> {
+        self.ready().pop()
+    }
+
+    fn remove_all(&self) {
+        for spare in self.ready().drain(..) {
+            spare.discard();
+        }
+    }
+}
+
+impl Spare {
+    /// Ends the jail (end of file instead of a config) and removes the groups.
+    fn discard(self) {
+        if let Some(jail) = self.jail {
+            drop(jail.socket);
+            if let Some(p) = jail.pid
+                && !wait_gone_blocking(p, Duration::from_secs(1))
+            {
+                p.signal(libc::SIGKILL);
+                wait_gone_blocking(p, Duration::from_secs(1));
+            }
+        }
+        if let Err(e) = self.cgroup.remove() {
+            tracing::warn!("removing a spare cgroup: {e}");
+        }
+    }
+}
+
+/// Starts `hangar-jail` waiting for its config on the returned socket, which is its stdin
+/// and then its report socket. With nothing to run between fork and exec, std starts it
+/// with posix_spawn (vfork), which does not copy this process's page tables as a fork
+/// would: the larger the server, the more that saves. Its stdout and stderr lead nowhere
+/// until it opens its sandbox's `jail.log`. Tokio reaps it once it exits (a tokio
+/// runtime must be current).
+fn start_jail(jail: &Path) -> std::io::Result<StartedJail> {
+    let (socket, jail_end) = std::os::unix::net::UnixStream::pair()?;
+    let mut cmd = tokio::process::Command::new(jail);
+    cmd.stdin(Stdio::from(OwnedFd::from(jail_end)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(false);
+    let child = cmd.spawn()?;
+    // Closes this process's copy of the jail's end, so the jail's exit is seen.
+    drop(cmd);
+    Ok(StartedJail {
+        pid: child.id().and_then(ProcessId::of),
+        socket,
+    })
 }
 
 /// The teardown thread: it finishes destroys in the order they were asked for.
@@ -149,7 +231,7 @@ struct Teardown {
 struct TeardownJob {
     record: Option<Box<Record>>,
     done: Option<tokio::sync::oneshot::Sender<Result<(), SandboxError>>>,
-    /// Then make a spare cgroup set, unless enough are ready (see [`SpareCgroups`]).
+    /// Then make a spare, unless enough are ready (see [`Spares`]).
     make_spare: bool,
 }
 
@@ -267,34 +349,40 @@ impl Place {
         self.dir.join(id)
     }
 
-    /// Sandbox `id`'s cgroups with `limits`: a spare set renamed, or new groups.
-    fn claim_cgroup(&self, id: &str, limits: &Limits) -> std::io::Result<SandboxCgroup> {
+    /// Makes `spare` sandbox `id`'s: its groups renamed, with `limits`. Gives back the
+    /// groups and the jail waiting in them; on failure, the spare is gone.
+    fn take_spare(
+        &self,
+        id: &str,
+        spare: Spare,
+        limits: &Limits,
+    ) -> std::io::Result<(SandboxCgroup, Option<StartedJail>)> {
         let cg = self.cgroup(id);
-        if let Some(spares) = &self.spares {
-            let spare = spares.ready().pop();
-            if let Some(spare) = spare {
-                match spare
-                    .rename_to(&cg)
-                    .and_then(|()| cg.set_limits(limits, Some(&spares.limits)))
-                {
-                    Ok(()) => return Ok(cg),
-                    Err(e) => {
-                        // What was renamed is taken over by `create` below.
-                        tracing::warn!(sandbox = %id, "taking a spare cgroup: {e}");
-                        let _ = spare.remove();
-                    }
-                }
+        let defaults = self.spares.as_ref().map(|s| s.limits);
+        match spare
+            .cgroup
+            .rename_to(&cg)
+            .and_then(|()| cg.set_limits(limits, defaults.as_ref()))
+        {
+            Ok(()) => Ok((cg, spare.jail)),
+            Err(e) => {
+                // Some groups may carry the new name already.
+                let renamed = Spare {
+                    cgroup: cg,
+                    jail: None,
+                };
+                spare.discard();
+                renamed.discard();
+                Err(e)
             }
         }
-        cg.create(limits)?;
-        Ok(cg)
     }
 
     fn make_spare(&self) {
         if let Some(spares) = &self.spares
             && let Err(e) = spares.make(&self.hierarchies)
         {
-            tracing::warn!("making a spare cgroup: {e}");
+            tracing::warn!("making a spare sandbox place: {e}");
         }
     }
 
@@ -308,8 +396,10 @@ impl Place {
                 (Some(pid), Some(start_time)) => ProcessId { pid, start_time }.alive(),
                 _ => false,
             };
-            if !alive && let Err(e) = self.cgroup(&name).remove() {
-                tracing::warn!("removing the spare cgroup {name}: {e}");
+            if !alive {
+                // A jail left waiting in it exits once its runtime is gone; `release`
+                // kills it should it still be there.
+                self.release(&name, None, None);
             }
         }
     }
@@ -502,7 +592,7 @@ impl LocalRuntime {
         // lists or removes sandboxes) makes none.
         let spares = SandboxCgroup::new(&hierarchies, "probe")
             .renamable()
-            .then(|| std::sync::Arc::new(SpareCgroups::new(limits)));
+            .then(|| std::sync::Arc::new(Spares::new(limits, jail.clone())));
         let place = Place {
             dir,
             hierarchies,
@@ -997,33 +1087,32 @@ impl LocalRuntime {
         let base = self.config.uid_base;
         make_dir(&dir, 0o711)?;
 
-        // The jail is started first: its exec and start-up overlap with the rest of the
-        // preparation below, and it then waits for its config. Should anything below fail,
-        // dropping `report` ends that wait and the jail exits without having done anything.
-        // One socket carries the config to the jail (its stdin, up to end of file) and the
-        // reports back. With nothing to run between fork and exec, std starts the jail
-        // with posix_spawn (vfork), which does not copy this process's page tables as a
-        // fork would: the larger the server, the more that saves.
-        let (mut report, jail_end) = std::os::unix::net::UnixStream::pair()
-            .map_err(SandboxError::io("creating the report socket"))?;
-        let log = fs::File::create(dir.join("jail.log"))
-            .map_err(SandboxError::io("creating jail.log"))?;
-        let log2 = log.try_clone().map_err(SandboxError::io("dup jail.log"))?;
-        let mut cmd = tokio::process::Command::new(&self.jail);
-        cmd.stdin(Stdio::from(OwnedFd::from(jail_end)))
-            .stdout(log)
-            .stderr(log2)
-            .kill_on_drop(false);
-        let child = cmd.spawn().map_err(SandboxError::io(format!(
-            "starting {}",
-            self.jail.display()
-        )))?;
-        // Closes this process's copy of the jail's end, so the jail's exit is seen.
-        drop(cmd);
-        let jail = child.id().and_then(ProcessId::of);
-        // The child is reaped by tokio in the background once it exits; the jail itself
-        // lives as long as the sandbox.
-        drop(child);
+        // A spare's jail is already waiting in its groups. Otherwise the jail is started
+        // first: its exec and start-up overlap with the rest of the preparation below,
+        // and it then waits for its config. Should anything below fail, dropping `report`
+        // ends that wait and the jail exits without having done anything.
+        let spare = self.place.spares.as_ref().and_then(|s| s.take());
+        let (mut cg, waiting) = match spare {
+            Some(spare) => match self.place.take_spare(id, spare, &spec.limits) {
+                Ok((cg, jail)) => (Some(cg), jail),
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, "taking a spare: {e}");
+                    (None, None)
+                }
+            },
+            None => (None, None),
+        };
+        let in_cgroups = waiting.is_some();
+        let StartedJail {
+            pid: jail,
+            socket: mut report,
+        } = match waiting {
+            Some(j) => j,
+            None => start_jail(&self.jail).map_err(SandboxError::io(format!(
+                "starting {}",
+                self.jail.display()
+            )))?,
+        };
 
         for (sub, mode) in [
             ("upper", 0o755),
@@ -1057,16 +1146,24 @@ impl LocalRuntime {
             )
             .map_err(SandboxError::io("writing resolv.conf"))?;
         }
-        let cg = self
-            .place
-            .claim_cgroup(id, &spec.limits)
-            .map_err(|e| SandboxError::Unsupported(format!("cgroups: {e}")))?;
+        let cg = match cg.take() {
+            Some(cg) => cg,
+            None => {
+                let cg = self.cgroup(id);
+                cg.create(&spec.limits)
+                    .map_err(|e| SandboxError::Unsupported(format!("cgroups: {e}")))?;
+                cg
+            }
+        };
 
-        let config =
-            serde_json::to_vec(&self.jail_config(id, spec, &cg)).map_err(|e| SandboxError::Io {
-                context: "encoding the jail config".into(),
-                source: std::io::Error::other(e),
-            })?;
+        let mut config = self.jail_config(id, spec, &cg);
+        if in_cgroups {
+            config.cgroups.clear();
+        }
+        let config = serde_json::to_vec(&config).map_err(|e| SandboxError::Io {
+            context: "encoding the jail config".into(),
+            source: std::io::Error::other(e),
+        })?;
         {
             use std::io::Write;
             // Small enough for the socket's buffer: this does not block.
@@ -1201,7 +1298,7 @@ impl Reports {
 
 fn with_log_tail(message: String, dir: &Path) -> String {
     let mut log = String::new();
-    if let Ok(mut f) = fs::File::open(dir.join("jail.log")) {
+    if let Ok(mut f) = fs::File::open(dir.join(crate::jail::LOG_NAME)) {
         let _ = f.read_to_string(&mut log);
     }
     let tail: Vec<&str> = log.lines().rev().take(5).collect();
