@@ -370,7 +370,13 @@ fn make_dev(dev: &Path, uid_base: u32) -> JailResult<()> {
         // Made here by host root: handed to the sandbox's root as init would have made it.
         Ok(()) => std::os::unix::fs::chown(dev, Some(uid_base), Some(uid_base))
             .map_err(ctx(|| format!("chown {}", dev.display())))?,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        // The jail is host root here: a `/dev` in the image that is a symlink would lead
+        // its mounts and device nodes elsewhere, so only a directory is taken.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if !fs::symlink_metadata(dev).is_ok_and(|m| m.is_dir()) {
+                return Err("the rootfs's /dev is not a directory".into());
+            }
+        }
         Err(e) => return Err(format!("mkdir {}: {e}", dev.display())),
     }
     mnt(

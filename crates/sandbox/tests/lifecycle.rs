@@ -534,6 +534,29 @@ async fn a_rootfs_without_a_shell_fails_to_exec_with_enoent_not_a_panic() {
 }
 
 #[tokio::test]
+async fn a_rootfs_whose_dev_is_a_symlink_is_refused() {
+    let f = Fixture::new();
+    let layer = f.dir.path().join("dev-symlink-rootfs");
+    std::fs::create_dir_all(&layer).unwrap();
+    std::os::unix::fs::symlink("/etc", layer.join("dev")).unwrap();
+    let err =
+        f.rt.create(SandboxSpec {
+            rootfs: Rootfs::Layers {
+                layers: vec![layer],
+            },
+            limits: f.limits(),
+            network: hangar_sandbox::Network::None,
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("/dev is not a directory"), "{err}");
+    assert!(
+        f.rt.list().await.unwrap().is_empty(),
+        "nothing is left of it"
+    );
+}
+
+#[tokio::test]
 async fn a_data_dir_only_root_can_enter_works() {
     use std::os::unix::fs::PermissionsExt;
     let f = Fixture::new();
