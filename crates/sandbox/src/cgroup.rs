@@ -192,6 +192,23 @@ fn dir_of(place: &Place, name: &str) -> PathBuf {
     root.join("hangar").join(name)
 }
 
+/// Names of the groups under Hangar's parent group (in any hierarchy Hangar uses) that
+/// start with `prefix`.
+pub fn names_starting_with(h: &Hierarchies, prefix: &str) -> Vec<String> {
+    // The groups of the sandbox named "" are the parent groups themselves.
+    let mut names: Vec<String> = SandboxCgroup::new(h, "")
+        .dirs()
+        .iter()
+        .filter_map(|d| fs::read_dir(d).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 impl SandboxCgroup {
     /// The cgroups of sandbox `name` (nothing is created yet).
     pub fn new(h: &Hierarchies, name: &str) -> SandboxCgroup {
@@ -264,38 +281,78 @@ impl SandboxCgroup {
                 Err(e) => return Err(with_path(e, &d)),
             }
         }
-        match &self.memory {
-            Some(Place::V1(d)) => {
-                write(d, "memory.limit_in_bytes", &limits.memory_bytes.to_string())?;
-                // Swap would let a memory bomb outlive its limit; best effort, as swap
-                // accounting may be off.
-                let _ = write(
-                    d,
-                    "memory.memsw.limit_in_bytes",
-                    &limits.memory_bytes.to_string(),
-                );
+        self.set_limits(limits, None)
+    }
+
+    /// Writes the limits that differ from `current` (all of them when `None`: new groups).
+    pub fn set_limits(&self, limits: &Limits, current: Option<&Limits>) -> io::Result<()> {
+        let changed = |f: &dyn Fn(&Limits) -> u64| current.is_none_or(|c| f(c) != f(limits));
+        if changed(&|l| l.memory_bytes) {
+            match &self.memory {
+                Some(Place::V1(d)) => {
+                    write(d, "memory.limit_in_bytes", &limits.memory_bytes.to_string())?;
+                    // Swap would let a memory bomb outlive its limit; best effort, as swap
+                    // accounting may be off.
+                    let _ = write(
+                        d,
+                        "memory.memsw.limit_in_bytes",
+                        &limits.memory_bytes.to_string(),
+                    );
+                }
+                Some(Place::V2(d)) => {
+                    write(d, "memory.max", &limits.memory_bytes.to_string())?;
+                    let _ = write(d, "memory.swap.max", "0");
+                }
+                None => {}
             }
-            Some(Place::V2(d)) => {
-                write(d, "memory.max", &limits.memory_bytes.to_string())?;
-                let _ = write(d, "memory.swap.max", "0");
-            }
-            None => {}
         }
-        match &self.pids {
-            Some(Place::V1(d) | Place::V2(d)) => write(d, "pids.max", &limits.pids.to_string())?,
-            None => {}
+        if changed(&|l| l.pids) {
+            match &self.pids {
+                Some(Place::V1(d) | Place::V2(d)) => {
+                    write(d, "pids.max", &limits.pids.to_string())?
+                }
+                None => {}
+            }
         }
         let period: u64 = 100_000;
-        let quota = ((limits.cpus * period as f64) as u64).max(1000);
-        match &self.cpu {
-            Some(Place::V1(d)) => {
-                write(d, "cpu.cfs_period_us", &period.to_string())?;
-                write(d, "cpu.cfs_quota_us", &quota.to_string())?;
+        let quota = |l: &Limits| ((l.cpus * period as f64) as u64).max(1000);
+        if changed(&quota) {
+            match &self.cpu {
+                Some(Place::V1(d)) => {
+                    write(d, "cpu.cfs_period_us", &period.to_string())?;
+                    write(d, "cpu.cfs_quota_us", &quota(limits).to_string())?;
+                }
+                Some(Place::V2(d)) => write(d, "cpu.max", &format!("{} {period}", quota(limits)))?,
+                None => {}
             }
-            Some(Place::V2(d)) => write(d, "cpu.max", &format!("{quota} {period}"))?,
-            None => {}
         }
         Ok(())
+    }
+
+    /// Whether every group is on v1, where a group can be renamed (v2 refuses).
+    pub fn renamable(&self) -> bool {
+        self.places().all(|p| matches!(p, Place::V1(_)))
+    }
+
+    /// Renames these groups to `to`'s names: the same hierarchies, v1 only (see
+    /// [`SandboxCgroup::renamable`]).
+    pub fn rename_to(&self, to: &SandboxCgroup) -> io::Result<()> {
+        for (from, to) in self.dirs().iter().zip(to.dirs()) {
+            fs::rename(from, &to).map_err(|e| with_path(e, from))?;
+        }
+        Ok(())
+    }
+
+    fn places(&self) -> impl Iterator<Item = &Place> {
+        [
+            &self.memory,
+            &self.pids,
+            &self.cpu,
+            &self.cpuacct,
+            &self.freezer,
+        ]
+        .into_iter()
+        .flatten()
     }
 
     /// Moves process `pid` into every group.

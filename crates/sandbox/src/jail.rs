@@ -3,20 +3,25 @@
 //! seccomp calls.
 //!
 //! ```text
-//! hangar-jail (host root)         joins the cgroups, new private mount namespace,
-//!   │                             id-mapped binds of the layers, overlayfs, then enters the
-//!   │                             sandbox's user namespace and unshares the others
-//!   ├─ fork ─ init (pid 1)        proc, dev, sys, masks, pivot_root, drops capabilities,
+//! hangar-jail (host root)         joins the cgroups, binds envd's socket
+//!   ├─ clone ─ init (pid 1)       in new user, mount, pid, net, ipc, uts and cgroup
+//!   │                             namespaces (one clone, as bubblewrap does): hostname,
+//!   │                             loopback, then waits for the jail's go byte
+//!   ├─ writes init's uid/gid maps; in init's mount namespace: id-mapped binds of the
+//!   │  layers, overlayfs; then enters init's user namespace (no host privilege left)
+//!   │                 init:       proc, dev, sys, masks, pivot_root, drops capabilities,
 //!   │                             no_new_privs, seccomp, exec envd
 //!   └─ waits for init, writes its exit status to the sandbox's `exit.json`, exits
 //! ```
 //!
-//! The mounts live only in the sandbox's own mount namespaces, so they vanish with its
-//! last process: nothing is mounted on the host, and a crash cannot leak a mount.
+//! The mounts live only in the sandbox's mount namespace, so they vanish with its last
+//! process: nothing is mounted on the host, and a crash cannot leak a mount.
 //!
 //! The jail's stdin is a socket: the runtime sends the config on it and closes its sending
 //! side; the jail then reports on the same socket, moved to fd 3: `P<init host pid>\n`
 //! once init exists, `E<message>\n` on failure, and envd writes one byte once it listens.
+//! The runtime may start a jail ahead of its sandbox, so the jail opens the sandbox's
+//! `jail.log` itself, as its stdout and stderr (which envd inherits).
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -27,9 +32,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, setns, unshare};
+use nix::sched::{CloneFlags, setns};
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Gid, Uid, fork, pivot_root, setresgid, setresuid};
+use nix::unistd::{Gid, Uid, pivot_root, setresgid, setresuid};
 use serde::{Deserialize, Serialize};
 
 use crate::policy;
@@ -59,7 +64,7 @@ pub struct JailConfig {
     pub dir: PathBuf,
     /// The envd binary on the host.
     pub envd: PathBuf,
-    /// cgroup directories to join.
+    /// cgroup directories to join (none when the runtime moved the jail into them).
     pub cgroups: Vec<PathBuf>,
     /// First host uid/gid of the sandbox's id range.
     pub uid_base: u32,
@@ -148,7 +153,22 @@ pub fn main() -> ! {
     }
 }
 
+/// The sandbox's log: the jail's stdout and stderr from here on, and envd's.
+pub const LOG_NAME: &str = "jail.log";
+
 fn run(cfg: &JailConfig, report: &mut File) -> JailResult<i32> {
+    // The jail may have been started before its sandbox existed (see `local`'s spares).
+    let log = File::create(cfg.dir.join(LOG_NAME)).map_err(ctx(|| "creating jail.log".into()))?;
+    for fd in [1, 2] {
+        // SAFETY: dup2 onto the standard descriptors, which this process owns.
+        if unsafe { libc::dup2(log.as_raw_fd(), fd) } < 0 {
+            return Err(format!(
+                "dup2 of jail.log: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    drop(log);
     let pid = std::process::id().to_string();
     for dir in &cfg.cgroups {
         fs::write(dir.join("cgroup.procs"), &pid)
@@ -165,19 +185,9 @@ fn run(cfg: &JailConfig, report: &mut File) -> JailResult<i32> {
         .open(cfg.dir.join("exit.json"))
         .map_err(ctx(|| "creating exit.json".into()))?;
 
-    unshare(CloneFlags::CLONE_NEWNS).map_err(ctx(|| "new mount namespace".into()))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(ctx(|| "making / private".into()))?;
-
     // envd, the sandbox's init, should be the last thing the OOM killer picks inside the
     // sandbox (its children reset their score to 0). Only host root may lower a score, and
-    // some kernels refuse even that, so this is best effort.
+    // some kernels refuse even that, so this is best effort. Init inherits it.
     let _ = fs::write("/proc/self/oom_score_adj", "-999");
     let socket = cfg.dir.join(SOCKET_NAME);
     let _ = fs::remove_file(&socket);
@@ -185,74 +195,161 @@ fn run(cfg: &JailConfig, report: &mut File) -> JailResult<i32> {
         .map_err(ctx(|| format!("binding {}", socket.display())))?;
     fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(ctx(|| format!("chmod {}", socket.display())))?;
+    let host_mnt = File::open("/proc/self/ns/mnt").map_err(ctx(|| "opening ns/mnt".into()))?;
+    // Init starts in its copy of the sandbox directory and works relative to it from then
+    // on: inside the user namespace it may not traverse the host directories above (a data
+    // directory of mode 0700, say).
+    std::env::set_current_dir(&cfg.dir)
+        .map_err(ctx(|| format!("chdir to {}", cfg.dir.display())))?;
+    let (go_r, go_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ctx(|| "pipe".into()))?;
 
-    let userns = new_user_namespace(cfg.uid_base, cfg.uid_count)?;
-    let rootfs = cfg.dir.join("rootfs");
-    mount_layers(cfg, &userns, &rootfs)?;
-    stage_host_files(cfg)?;
-    // From here on init works relative to its working directory: inside the user namespace
-    // it may not traverse the host directories above the sandbox's (a data directory of
-    // mode 0700, say). unshare(CLONE_NEWNS) carries the working directory over into the
-    // new namespace's copy of the mount.
-    std::env::set_current_dir(&rootfs).map_err(ctx(|| "chdir to the rootfs".into()))?;
-
-    setns(userns.as_fd(), CloneFlags::CLONE_NEWUSER)
-        .map_err(ctx(|| "entering the sandbox user namespace".into()))?;
-    drop(userns);
-    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
-        .map_err(ctx(|| "setresgid(0)".into()))?;
-    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
-        .map_err(ctx(|| "setresuid(0)".into()))?;
-    nix::unistd::setgroups(&[]).map_err(ctx(|| "setgroups".into()))?;
-    unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWNET
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWCGROUP,
-    )
-    .map_err(ctx(|| "new namespaces".into()))?;
-
-    // SAFETY: the jail is single-threaded, so the child may run arbitrary code after fork.
-    match unsafe { fork() }.map_err(ctx(|| "fork".into()))? {
-        ForkResult::Child => {
-            let err = init(cfg, listener.as_raw_fd()).unwrap_err();
-            let _ = report.write_all(format!("E{}\n", err.replace('\n', " ")).as_bytes());
-            // SAFETY: _exit skips atexit handlers and buffers the parent owns.
-            unsafe { libc::_exit(1) }
+    let child = clone_init()?;
+    if child == 0 {
+        drop(go_w);
+        match init(cfg, listener.as_raw_fd(), go_r) {
+            Err(InitError::Failed(err)) => {
+                let _ = report.write_all(format!("E{}\n", err.replace('\n', " ")).as_bytes());
+            }
+            // The jail gave up and reports why itself.
+            Err(InitError::NoGo) => {}
+            Ok(never) => match never {},
         }
-        ForkResult::Parent { child } => {
-            drop(listener);
-            report
-                .write_all(format!("P{child}\n").as_bytes())
-                .map_err(ctx(|| "reporting the init pid".into()))?;
-            drop(std::mem::replace(report, dev_null()?));
-            let status = loop {
-                match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => {
-                        break InitExit {
-                            code: Some(code),
-                            signal: None,
-                        };
-                    }
-                    Ok(WaitStatus::Signaled(_, sig, _)) => {
-                        break InitExit {
-                            code: None,
-                            signal: Some(sig as i32),
-                        };
-                    }
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(format!("waiting for init: {e}")),
-                }
-            };
-            let json = serde_json::to_string(&status).map_err(|e| e.to_string())?;
-            exit_file
-                .write_all(json.as_bytes())
-                .map_err(|e| format!("writing exit.json: {e}"))?;
-            Ok(0)
-        }
+        // SAFETY: _exit skips atexit handlers and buffers the parent owns.
+        unsafe { libc::_exit(1) }
     }
+    drop(go_r);
+    drop(listener);
+    let child = nix::unistd::Pid::from_raw(child);
+    if let Err(e) = prepare_init(cfg, child, &host_mnt) {
+        // Init reads end of file instead of the go byte and exits.
+        drop(go_w);
+        let _ = waitpid(child, None);
+        return Err(e);
+    }
+    drop(host_mnt);
+    nix::unistd::write(&go_w, b"G").map_err(ctx(|| "starting init".into()))?;
+    drop(go_w);
+    report
+        .write_all(format!("P{child}\n").as_bytes())
+        .map_err(ctx(|| "reporting the init pid".into()))?;
+    drop(std::mem::replace(report, dev_null()?));
+    let status = loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                break InitExit {
+                    code: Some(code),
+                    signal: None,
+                };
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                break InitExit {
+                    code: None,
+                    signal: Some(sig as i32),
+                };
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("waiting for init: {e}")),
+        }
+    };
+    let json = serde_json::to_string(&status).map_err(|e| e.to_string())?;
+    exit_file
+        .write_all(json.as_bytes())
+        .map_err(|e| format!("writing exit.json: {e}"))?;
+    Ok(0)
+}
+
+/// The namespaces init is created in, all at once, as bubblewrap does.
+const INIT_NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWCGROUP;
+
+/// Creates init in new namespaces with one `clone`, fork-like (a copy of this process on a
+/// copy of its stack). Returns 0 in init and init's host pid in the jail.
+fn clone_init() -> JailResult<libc::pid_t> {
+    // SAFETY: clone without CLONE_VM and without a new stack returns twice like fork; the
+    // jail is single-threaded, so the child may run arbitrary code.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (INIT_NAMESPACES | libc::SIGCHLD) as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    if r < 0 {
+        return Err(format!(
+            "creating the sandbox's namespaces (clone with user, mount, pid, net, ipc, uts \
+             and cgroup namespaces): {}; user namespaces must be enabled",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(r as libc::pid_t)
+}
+
+/// What the jail does for init between its `clone` and its go byte: writes the user
+/// namespace's id maps (0..count inside = base..base+count on the host; a process cannot
+/// write a map wider than one id for itself), then, inside init's mount namespace as host
+/// root, binds the layers (id-mapped through init's user namespace where asked), mounts
+/// the overlay and stages the host files. Back in the host's mount namespace, the jail
+/// enters init's user namespace: from then on it has no privilege on the host.
+///
+/// Init's mount namespace was copied from the host's into a new user namespace, so the
+/// kernel turned every shared mount in it into a slave: nothing mounted here reaches the
+/// host. The mounts made here are not locked (they were not inherited), so init can
+/// `pivot_root` onto the overlay directly.
+fn prepare_init(cfg: &JailConfig, init: nix::unistd::Pid, host_mnt: &File) -> JailResult<()> {
+    let proc = PathBuf::from(format!("/proc/{init}"));
+    let map = format!("0 {} {}\n", cfg.uid_base, cfg.uid_count);
+    fs::write(proc.join("uid_map"), &map).map_err(ctx(|| "writing uid_map".into()))?;
+    fs::write(proc.join("gid_map"), &map).map_err(ctx(|| "writing gid_map".into()))?;
+    let userns =
+        OwnedFd::from(File::open(proc.join("ns/user")).map_err(ctx(|| "opening ns/user".into()))?);
+    let mntns = File::open(proc.join("ns/mnt")).map_err(ctx(|| "opening ns/mnt".into()))?;
+    // Host paths are resolved here, in the host's mount namespace, into detached copies:
+    // in init's, every host mount is locked to its parent, and a copy of one with locked
+    // mounts below it (the host's `/`) is refused.
+    let layers = cfg
+        .layers
+        .iter()
+        .map(|l| {
+            let tree = detached_tree(&l.path)?;
+            let attr = MOUNT_ATTR_RDONLY | if l.idmap { MOUNT_ATTR_IDMAP } else { 0 };
+            set_tree_attr(&tree, attr, l.idmap.then_some(&userns))
+                .map_err(|e| format!("{e} ({}, id-mapped: {})", l.path.display(), l.idmap))?;
+            Ok(tree)
+        })
+        .collect::<JailResult<Vec<_>>>()?;
+    if layers.is_empty() {
+        return Err("a sandbox needs at least one layer".into());
+    }
+    let staged = host_files(cfg)
+        .map(|(source, target)| Ok((detached_tree(source)?, target)))
+        .collect::<JailResult<Vec<_>>>()?;
+
+    setns(mntns.as_fd(), CloneFlags::CLONE_NEWNS)
+        .map_err(ctx(|| "entering the sandbox's mount namespace".into()))?;
+    let rootfs = cfg.dir.join("rootfs");
+    let mounted = mount_layers(cfg, layers, &rootfs)
+        .and_then(|()| make_dev(&rootfs.join("dev"), cfg.uid_base))
+        .and_then(|()| {
+            for (tree, target) in staged {
+                File::create(&target).map_err(ctx(|| format!("creating {}", target.display())))?;
+                attach_tree(&tree, &target)?;
+            }
+            Ok(())
+        });
+    setns(host_mnt.as_fd(), CloneFlags::CLONE_NEWNS)
+        .map_err(ctx(|| "returning to the host's mount namespace".into()))?;
+    mounted?;
+    setns(userns.as_fd(), CloneFlags::CLONE_NEWUSER)
+        .map_err(ctx(|| "entering the sandbox's user namespace".into()))
 }
 
 fn dev_null() -> JailResult<File> {
@@ -263,94 +360,95 @@ fn c_path(p: &Path) -> JailResult<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|e| format!("{}: {e}", p.display()))
 }
 
-/// Creates a user namespace mapping 0..count to base..base+count and returns its fd.
-/// A process cannot write its own id maps with a range wider than one id, so a short-lived
-/// child is cloned straight into the new namespace (`CLONE_NEWUSER`) and waits there while
-/// the jail writes its maps. It shares the jail's memory (`CLONE_VM`, on a stack of its
-/// own) and only blocks on a pipe, so nothing is copied for it as a fork would.
-fn new_user_namespace(base: u32, count: u32) -> JailResult<OwnedFd> {
-    /// The child: closes its copy of the pipe's write end (it has its own descriptor
-    /// table), then waits for the jail to close the other copy.
-    extern "C" fn hold(fds: *mut libc::c_void) -> libc::c_int {
-        let mut b = 0u8;
-        // SAFETY: `fds` points at the jail's `[read, write]` pair, which lives until the
-        // child has been waited for; `b` is a valid one-byte buffer.
-        unsafe {
-            let [r, w] = *(fds as *const [libc::c_int; 2]);
-            libc::close(w);
-            libc::read(r, (&mut b as *mut u8).cast(), 1);
+/// The sandbox's `/dev`: a tmpfs owned by the sandbox's root, holding the device nodes of
+/// [`policy::DEVICES`] (made like the host's, by host root: a tmpfs mounted inside the
+/// user namespace could not hold working device nodes, and binding each host node costs
+/// a mount apiece), the usual symlinks, and mount points for init's devpts and shm.
+/// The sandbox cannot add device nodes: `mknod` of a device needs `CAP_MKNOD` on the host.
+fn make_dev(dev: &Path, uid_base: u32) -> JailResult<()> {
+    match fs::DirBuilder::new().mode(0o755).create(dev) {
+        // Made here by host root: handed to the sandbox's root as init would have made it.
+        Ok(()) => std::os::unix::fs::chown(dev, Some(uid_base), Some(uid_base))
+            .map_err(ctx(|| format!("chown {}", dev.display())))?,
+        // The jail is host root here: a `/dev` in the image that is a symlink would lead
+        // its mounts and device nodes elsewhere, so only a directory is taken.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if !fs::symlink_metadata(dev).is_ok_and(|m| m.is_dir()) {
+                return Err("the rootfs's /dev is not a directory".into());
+            }
         }
-        0
+        Err(e) => return Err(format!("mkdir {}: {e}", dev.display())),
     }
-    let (hold_r, hold_w) = nix::unistd::pipe().map_err(ctx(|| "pipe".into()))?;
-    let mut fds = [hold_r.as_raw_fd(), hold_w.as_raw_fd()];
-    let mut stack = vec![0u8; 64 * 1024];
-    // SAFETY: the stack is ours and outlives the child (waited for below); the child runs
-    // only `hold`, which reads one byte from a descriptor that stays open meanwhile.
-    let child = unsafe {
-        let top = stack.as_mut_ptr().add(stack.len());
-        libc::clone(
-            hold,
-            top.cast(),
-            libc::CLONE_NEWUSER | libc::CLONE_VM | libc::SIGCHLD,
-            fds.as_mut_ptr().cast(),
-        )
-    };
-    if child < 0 {
-        return Err(format!(
-            "user namespaces are not available (clone(CLONE_NEWUSER): {})",
-            std::io::Error::last_os_error()
-        ));
+    mnt(
+        Some("tmpfs"),
+        dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some(&format!(
+            "mode=755,size=65536k,uid={uid_base},gid={uid_base}"
+        )),
+    )?;
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let made = make_nodes(dev);
+    nix::sys::stat::umask(umask);
+    made?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))
+            .map_err(ctx(|| format!("symlink /dev/{link}")))?;
     }
-    let result = (|| {
-        let proc = PathBuf::from(format!("/proc/{child}"));
-        let map = format!("0 {base} {count}\n");
-        fs::write(proc.join("uid_map"), &map).map_err(ctx(|| "writing uid_map".into()))?;
-        fs::write(proc.join("gid_map"), &map).map_err(ctx(|| "writing gid_map".into()))?;
-        let f = File::open(proc.join("ns/user")).map_err(ctx(|| "opening ns/user".into()))?;
-        Ok(OwnedFd::from(f))
-    })();
-    drop(hold_w);
-    let _ = waitpid(nix::unistd::Pid::from_raw(child), None);
-    drop(stack);
-    drop(hold_r);
-    result
-}
-
-/// Host files init binds into the sandbox (envd, `files`), staged as bind mounts in the
-/// sandbox directory (`envd`, `file-N`) while the jail is still host root, so init finds
-/// them at `../envd` and `../file-N` from the rootfs without looking at host paths.
-fn stage_host_files(cfg: &JailConfig) -> JailResult<()> {
-    let staged = std::iter::once((&cfg.envd, cfg.dir.join("envd"))).chain(
-        cfg.files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (&f.source, cfg.dir.join(format!("file-{i}")))),
-    );
-    for (source, target) in staged {
-        File::create(&target).map_err(ctx(|| format!("creating {}", target.display())))?;
-        mnt(
-            Some(&source.display().to_string()),
-            &target,
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )?;
+    for dir in ["pts", "shm"] {
+        mkdir_p(&dev.join(dir))?;
     }
     Ok(())
 }
 
-/// Mounts each layer (id-mapped where asked) under `dir/lower/N` and the overlay at `rootfs`.
-fn mount_layers(cfg: &JailConfig, userns: &OwnedFd, rootfs: &Path) -> JailResult<()> {
+/// The device nodes of [`policy::DEVICES`] in `dev`, with the host's numbers and modes.
+fn make_nodes(dev: &Path) -> JailResult<()> {
+    for name in policy::DEVICES {
+        let host = Path::new("/dev").join(name);
+        let meta = fs::metadata(&host).map_err(ctx(|| format!("stat {}", host.display())))?;
+        if !std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()) {
+            return Err(format!("{} is not a character device", host.display()));
+        }
+        let mode = nix::sys::stat::Mode::from_bits_truncate(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        );
+        let rdev = std::os::unix::fs::MetadataExt::rdev(&meta);
+        let node = dev.join(name);
+        // The host's mode as it is (the jail's umask is 0 here).
+        nix::sys::stat::mknod(&node, nix::sys::stat::SFlag::S_IFCHR, mode, rdev)
+            .map_err(ctx(|| format!("mknod {}", node.display())))?;
+    }
+    Ok(())
+}
+
+/// Host files init binds into the sandbox (envd, `files`), and where they are staged in
+/// the sandbox directory (`envd`, `file-N`) by the jail, still host root, so init finds
+/// them at `../envd` and `../file-N` from the rootfs without looking at host paths.
+fn host_files(cfg: &JailConfig) -> impl Iterator<Item = (&Path, PathBuf)> {
+    std::iter::once((cfg.envd.as_path(), cfg.dir.join("envd"))).chain(
+        cfg.files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.source.as_path(), cfg.dir.join(format!("file-{i}")))),
+    )
+}
+
+/// Attaches each layer's detached tree under `dir/lower/N` and mounts the overlay at
+/// `rootfs`.
+fn mount_layers(cfg: &JailConfig, layers: Vec<OwnedFd>, rootfs: &Path) -> JailResult<()> {
     let mut lowers = Vec::new();
-    for (i, layer) in cfg.layers.iter().enumerate() {
+    for (i, tree) in layers.into_iter().enumerate() {
         let target = cfg.dir.join("lower").join(i.to_string());
         mkdir_p(&target)?;
-        bind_layer(&layer.path, &target, layer.idmap.then_some(userns))?;
+        attach_tree(&tree, &target)?;
         lowers.push(target.display().to_string());
-    }
-    if lowers.is_empty() {
-        return Err("a sandbox needs at least one layer".into());
     }
     let upper = cfg.dir.join("upper");
     let work = cfg.dir.join("work");
@@ -383,11 +481,9 @@ const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 
-/// Binds `src` (that filesystem only, not its submounts) read-only at `target`, id-mapped
-/// through `userns` when given.
-fn bind_layer(src: &Path, target: &Path, userns: Option<&OwnedFd>) -> JailResult<()> {
+/// A detached copy of the mount at `src` (that filesystem only, not its submounts).
+fn detached_tree(src: &Path) -> JailResult<OwnedFd> {
     let src_c = c_path(src)?;
-    let target_c = c_path(target)?;
     // SAFETY: valid NUL-terminated path; the returned fd is checked and owned below.
     let fd = unsafe {
         libc::syscall(
@@ -405,25 +501,24 @@ fn bind_layer(src: &Path, target: &Path, userns: Option<&OwnedFd>) -> JailResult
         ));
     }
     // SAFETY: open_tree returned a new fd that nothing else owns.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sets mount attributes (`MOUNT_ATTR_*`) on a detached tree, id-mapped through `userns`
+/// when given.
+fn set_tree_attr(tree: &OwnedFd, attr_set: u64, userns: Option<&OwnedFd>) -> JailResult<()> {
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY
-            | if userns.is_some() {
-                MOUNT_ATTR_IDMAP
-            } else {
-                0
-            },
+        attr_set,
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.map(|u| u.as_raw_fd() as u64).unwrap_or(0),
     };
-    let empty = c"";
     // SAFETY: `attr` is a valid mount_attr of the size passed; the fd is open.
     let r = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
-            empty.as_ptr(),
+            c"".as_ptr(),
             libc::AT_EMPTY_PATH as libc::c_uint,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
@@ -431,18 +526,22 @@ fn bind_layer(src: &Path, target: &Path, userns: Option<&OwnedFd>) -> JailResult
     };
     if r < 0 {
         return Err(format!(
-            "mount_setattr({}, idmap={}): {}",
-            src.display(),
-            userns.is_some(),
+            "mount_setattr: {}",
             std::io::Error::last_os_error()
         ));
     }
+    Ok(())
+}
+
+/// Attaches a detached tree at `target`, in this process's mount namespace.
+fn attach_tree(tree: &OwnedFd, target: &Path) -> JailResult<()> {
+    let target_c = c_path(target)?;
     // SAFETY: valid fd and NUL-terminated strings.
     let r = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
             tree.as_raw_fd(),
-            empty.as_ptr(),
+            c"".as_ptr(),
             libc::AT_FDCWD,
             target_c.as_ptr(),
             MOVE_MOUNT_F_EMPTY_PATH,
@@ -482,49 +581,60 @@ fn mnt(
     }))
 }
 
-/// Runs as the sandbox's pid 1 until it execs envd; returns only on failure.
-fn init(cfg: &JailConfig, listener: RawFd) -> JailResult<std::convert::Infallible> {
+/// Why init did not exec envd.
+enum InitError {
+    /// The jail closed the go pipe without its byte: it failed and reports why.
+    NoGo,
+    /// Init failed; the message goes to the report socket.
+    Failed(String),
+}
+
+impl From<String> for InitError {
+    fn from(e: String) -> Self {
+        InitError::Failed(e)
+    }
+}
+
+/// Runs as the sandbox's pid 1 until it execs envd; returns only on failure. It starts
+/// in the sandbox directory, in its new namespaces, with the jail's credentials (host root,
+/// unmapped, with every capability in the new user namespace only).
+fn init(
+    cfg: &JailConfig,
+    listener: RawFd,
+    go: OwnedFd,
+) -> Result<std::convert::Infallible, InitError> {
+    // These need no id maps, so they overlap with the jail's work for init.
     nix::unistd::sethostname(&cfg.id).map_err(ctx(|| "sethostname".into()))?;
     loopback_up()?;
+    let mut byte = [0u8];
+    let got = loop {
+        match nix::unistd::read(&go, &mut byte) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r,
+        }
+    };
+    if got != Ok(1) {
+        return Err(InitError::NoGo);
+    }
+    drop(go);
+    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .map_err(ctx(|| "setresgid(0)".into()))?;
+    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .map_err(ctx(|| "setresuid(0)".into()))?;
+    nix::unistd::setgroups(&[]).map_err(ctx(|| "setgroups".into()))?;
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
 
-    // Mounts inherited from the jail's namespace are locked, and pivot_root refuses a
-    // locked new root, so the root is bound onto itself first and entered again through
-    // its parent (the sandbox directory, mode 0711) to land on the new mount.
-    mnt(
-        Some("."),
-        Path::new("."),
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )?;
-    std::env::set_current_dir("../rootfs").map_err(ctx(|| "entering the rootfs".into()))?;
+    // The overlay was mounted by the jail in this namespace (so it is not locked, and
+    // pivot_root takes it as the new root as it is).
+    std::env::set_current_dir("rootfs").map_err(ctx(|| "entering the rootfs".into()))?;
     let rootfs = Path::new(".");
     let at = |p: &str| rootfs.join(p.trim_start_matches('/'));
 
     mkdir_p(&at("/proc"))?;
     mnt(Some("proc"), &at("/proc"), Some("proc"), nosuid, None)?;
 
-    mkdir_p(&at("/dev"))?;
-    mnt(
-        Some("tmpfs"),
-        &at("/dev"),
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-    )?;
-    for dev in policy::DEVICES {
-        let target = at("/dev").join(dev);
-        File::create(&target).map_err(ctx(|| format!("creating {}", target.display())))?;
-        mnt(
-            Some(&format!("/dev/{dev}")),
-            &target,
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )?;
-    }
-    mkdir_p(&at("/dev/pts"))?;
+    // /dev is the jail's tmpfs (see `make_dev`); the pseudo-terminals and shared memory
+    // are this sandbox's own.
     mnt(
         Some("devpts"),
         &at("/dev/pts"),
@@ -532,7 +642,6 @@ fn init(cfg: &JailConfig, listener: RawFd) -> JailResult<std::convert::Infallibl
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620"),
     )?;
-    mkdir_p(&at("/dev/shm"))?;
     mnt(
         Some("shm"),
         &at("/dev/shm"),
@@ -540,16 +649,6 @@ fn init(cfg: &JailConfig, listener: RawFd) -> JailResult<std::convert::Infallibl
         nosuid,
         Some("mode=1777,size=65536k"),
     )?;
-    for (link, target) in [
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        std::os::unix::fs::symlink(target, at("/dev").join(link))
-            .map_err(ctx(|| format!("symlink /dev/{link}")))?;
-    }
 
     mkdir_p(&at("/sys"))?;
     if mount(
@@ -660,10 +759,7 @@ fn init(cfg: &JailConfig, listener: RawFd) -> JailResult<std::convert::Infallibl
     // SAFETY: both are plain descriptor numbers; LISTEN_FD is free (fds beyond the report
     // pipe are closed right after) and `listener` is open.
     if listener != LISTEN_FD && unsafe { libc::dup2(listener, LISTEN_FD) } < 0 {
-        return Err(format!(
-            "dup2 of the listener: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("dup2 of the listener: {}", std::io::Error::last_os_error()).into());
     }
     const _: () = assert!(REPORT_FD < LISTEN_FD);
     close_other_fds()?;
@@ -690,7 +786,7 @@ fn init(cfg: &JailConfig, listener: RawFd) -> JailResult<std::convert::Infallibl
         seccompiler::apply_filter(f).map_err(ctx(|| "applying the seccomp filter".into()))?;
     }
     let err = nix::unistd::execve(&prog, &args, &env).unwrap_err();
-    Err(format!("exec envd: {err}"))
+    Err(format!("exec envd: {err}").into())
 }
 
 /// [`policy::seccomp_filters`], compiled to BPF when this crate was built (`build.rs`), as

@@ -71,6 +71,151 @@ pub struct LocalRuntime {
 struct Place {
     dir: PathBuf,
     hierarchies: Hierarchies,
+    spares: Option<std::sync::Arc<Spares>>,
+}
+
+/// Sandbox places made ahead of time, where all of a sandbox's groups are on v1 (v2
+/// cannot rename a group): a set of cgroups with the default limits and, in it, a jail
+/// already started and waiting for its config. A create renames a spare's groups into
+/// place (writing only the limits that differ) and sends its jail the config, instead of
+/// making five groups, writing their limits, starting the jail and moving it into the
+/// groups on its path; with none ready it does all that as before. The teardown thread
+/// makes the next spare after each teardown. Spares are named
+/// `spare-<pid>-<start time>-<runtime>-<n>`, so that `recover` tells a dead process's
+/// leftovers from a live runtime's; a runtime removes its own when dropped.
+#[derive(Debug)]
+struct Spares {
+    prefix: String,
+    limits: Limits,
+    jail: PathBuf,
+    /// The tokio runtime that reaps the spare jails (tokio reaps the children it started);
+    /// without one, spares are groups only.
+    tokio: Option<tokio::runtime::Handle>,
+    made: std::sync::atomic::AtomicU64,
+    ready: std::sync::Mutex<Vec<Spare>>,
+}
+
+/// One spare: its groups and the jail waiting in them.
+#[derive(Debug)]
+struct Spare {
+    cgroup: SandboxCgroup,
+    jail: Option<StartedJail>,
+}
+
+/// A jail started and waiting for its config on `socket` (its stdin).
+#[derive(Debug)]
+struct StartedJail {
+    pid: Option<ProcessId>,
+    socket: std::os::unix::net::UnixStream,
+}
+
+/// The names of spare cgroups start with this.
+const SPARE_PREFIX: &str = "spare-";
+/// How many spares a runtime keeps ready.
+const SPARES: usize = 2;
+
+impl Spares {
+    fn new(limits: Limits, jail: PathBuf) -> Spares {
+        static RUNTIMES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let me = std::process::id();
+        let start = start_time(me).unwrap_or(0);
+        let runtime = RUNTIMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Spares {
+            prefix: format!("{SPARE_PREFIX}{me}-{start}-{runtime}-"),
+            limits,
+            jail,
+            tokio: tokio::runtime::Handle::try_current().ok(),
+            made: std::sync::atomic::AtomicU64::new(0),
+            ready: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<Spare>> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes one more spare unless enough are ready.
+    fn make(&self, h: &Hierarchies) -> std::io::Result<()> {
+        if self.ready().len() >= SPARES {
+            return Ok(());
+        }
+        let n = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cgroup = SandboxCgroup::new(h, &format!("{}{n}", self.prefix));
+        let mut spare = Spare { cgroup, jail: None };
+        let made = spare.cgroup.create(&self.limits).and_then(|()| {
+            let Some(tokio) = &self.tokio else {
+                return Ok(());
+            };
+            let _entered = tokio.enter();
+            let jail = start_jail(&self.jail)?;
+            spare.jail = Some(jail);
+            let pid = spare.jail.as_ref().and_then(|j| j.pid);
+            match pid {
+                Some(p) => spare.cgroup.attach(p.pid),
+                None => Err(std::io::Error::other("the spare jail exited at once")),
+            }
+        });
+        match made {
+            Ok(()) => {
+                self.ready().push(spare);
+                Ok(())
+            }
+            Err(e) => {
+                spare.discard();
+                Err(e)
+            }
+        }
+    }
+
+    fn take(&self) -> Option<Spare> {
+        self.ready().pop()
+    }
+
+    fn remove_all(&self) {
+        for spare in self.ready().drain(..) {
+            spare.discard();
+        }
+    }
+}
+
+impl Spare {
+    /// Ends the jail (end of file instead of a config) and removes the groups.
+    fn discard(self) {
+        if let Some(jail) = self.jail {
+            drop(jail.socket);
+            if let Some(p) = jail.pid
+                && !wait_gone_blocking(p, Duration::from_secs(1))
+            {
+                p.signal(libc::SIGKILL);
+                wait_gone_blocking(p, Duration::from_secs(1));
+            }
+        }
+        if let Err(e) = self.cgroup.remove() {
+            tracing::warn!("removing a spare cgroup: {e}");
+        }
+    }
+}
+
+/// Starts `hangar-jail` waiting for its config on the returned socket, which is its stdin
+/// and then its report socket. With nothing to run between fork and exec, std starts it
+/// with posix_spawn (vfork), which does not copy this process's page tables as a fork
+/// would: the larger the server, the more that saves. Its stdout and stderr lead nowhere
+/// until it opens its sandbox's `jail.log`. Tokio reaps it once it exits (a tokio
+/// runtime must be current).
+fn start_jail(jail: &Path) -> std::io::Result<StartedJail> {
+    let (socket, jail_end) = std::os::unix::net::UnixStream::pair()?;
+    let mut cmd = tokio::process::Command::new(jail);
+    cmd.stdin(Stdio::from(OwnedFd::from(jail_end)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(false);
+    let child = cmd.spawn()?;
+    // Closes this process's copy of the jail's end, so the jail's exit is seen.
+    drop(cmd);
+    Ok(StartedJail {
+        pid: child.id().and_then(ProcessId::of),
+        socket,
+    })
 }
 
 /// The teardown thread: it finishes destroys in the order they were asked for.
@@ -86,6 +231,8 @@ struct Teardown {
 struct TeardownJob {
     record: Option<Box<Record>>,
     done: Option<tokio::sync::oneshot::Sender<Result<(), SandboxError>>>,
+    /// Then make a spare, unless enough are ready (see [`Spares`]).
+    make_spare: bool,
 }
 
 /// What [`LocalRuntime::recover`] found.
@@ -202,6 +349,61 @@ impl Place {
         self.dir.join(id)
     }
 
+    /// Makes `spare` sandbox `id`'s: its groups renamed, with `limits`. Gives back the
+    /// groups and the jail waiting in them; on failure, the spare is gone.
+    fn take_spare(
+        &self,
+        id: &str,
+        spare: Spare,
+        limits: &Limits,
+    ) -> std::io::Result<(SandboxCgroup, Option<StartedJail>)> {
+        let cg = self.cgroup(id);
+        let defaults = self.spares.as_ref().map(|s| s.limits);
+        match spare
+            .cgroup
+            .rename_to(&cg)
+            .and_then(|()| cg.set_limits(limits, defaults.as_ref()))
+        {
+            Ok(()) => Ok((cg, spare.jail)),
+            Err(e) => {
+                // Some groups may carry the new name already.
+                let renamed = Spare {
+                    cgroup: cg,
+                    jail: None,
+                };
+                spare.discard();
+                renamed.discard();
+                Err(e)
+            }
+        }
+    }
+
+    fn make_spare(&self) {
+        if let Some(spares) = &self.spares
+            && let Err(e) = spares.make(&self.hierarchies)
+        {
+            tracing::warn!("making a spare sandbox place: {e}");
+        }
+    }
+
+    /// Removes spare cgroups left by processes that are gone.
+    fn remove_stale_spares(&self) {
+        for name in crate::cgroup::names_starting_with(&self.hierarchies, SPARE_PREFIX) {
+            let mut owner = name[SPARE_PREFIX.len()..].split('-');
+            let pid = owner.next().and_then(|p| p.parse().ok());
+            let start_time = owner.next().and_then(|t| t.parse().ok());
+            let alive = match (pid, start_time) {
+                (Some(pid), Some(start_time)) => ProcessId { pid, start_time }.alive(),
+                _ => false,
+            };
+            if !alive {
+                // A jail left waiting in it exits once its runtime is gone; `release`
+                // kills it should it still be there.
+                self.release(&name, None, None);
+            }
+        }
+    }
+
     fn cgroup(&self, id: &str) -> SandboxCgroup {
         SandboxCgroup::new(&self.hierarchies, id)
     }
@@ -314,6 +516,9 @@ impl Teardown {
                             }
                         }
                     }
+                    if job.make_spare {
+                        place.make_spare();
+                    }
                 }
             })
             .map_err(SandboxError::io("starting the sandbox teardown thread"))?;
@@ -341,6 +546,9 @@ impl Drop for LocalRuntime {
         drop(t.queue.lock().unwrap_or_else(|p| p.into_inner()).take());
         if let Some(thread) = t.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = thread.join();
+        }
+        if let Some(spares) = &self.place.spares {
+            spares.remove_all();
         }
     }
 }
@@ -379,7 +587,17 @@ impl LocalRuntime {
             Hierarchies::detect().map_err(SandboxError::io("reading /proc/self/mountinfo"))?;
         let jail = find("hangar-jail")?;
         let envd = find("envd")?;
-        let place = Place { dir, hierarchies };
+        let limits = default_limits(&config.sandbox);
+        // Made only once a sandbox is created: a short-lived process (a CLI command that
+        // lists or removes sandboxes) makes none.
+        let spares = SandboxCgroup::new(&hierarchies, "probe")
+            .renamable()
+            .then(|| std::sync::Arc::new(Spares::new(limits, jail.clone())));
+        let place = Place {
+            dir,
+            hierarchies,
+            spares,
+        };
         Ok(LocalRuntime {
             host_rules: std::sync::Mutex::new(false),
             teardown: Teardown::start(place.clone())?,
@@ -393,11 +611,7 @@ impl LocalRuntime {
 
     /// The default limits of this deployment.
     pub fn default_limits(&self) -> Limits {
-        Limits {
-            memory_bytes: parse_size(&self.config.memory).unwrap_or(2 << 30),
-            pids: self.config.pids,
-            cpus: self.config.cpus,
-        }
+        default_limits(&self.config)
     }
 
     /// Turns a `--rootfs` argument into a [`Rootfs`]: `host` is the host's root, a directory
@@ -569,6 +783,7 @@ impl LocalRuntime {
     /// half-created and half-destroyed ones removed, ones whose init died marked dead
     /// (cgroups released).
     pub fn recover(&self) -> Result<Recovery, SandboxError> {
+        self.place.remove_stale_spares();
         let mut out = Recovery::default();
         for id in self.ids()? {
             let r = match self.read_record(&id) {
@@ -645,7 +860,15 @@ impl LocalRuntime {
         done: Option<tokio::sync::oneshot::Sender<Result<(), SandboxError>>>,
     ) {
         let record = record.map(Box::new);
-        if let Err(job) = self.teardown.send(TeardownJob { record, done }) {
+        // A destroyed sandbox's place is made ready for the next one while the machine
+        // is not busy starting it: the spare cgroups are made after a teardown, not
+        // after a create.
+        let make_spare = record.is_some() && self.place.spares.is_some();
+        if let Err(job) = self.teardown.send(TeardownJob {
+            record,
+            done,
+            make_spare,
+        }) {
             let result = job
                 .record
                 .as_ref()
@@ -857,40 +1080,62 @@ impl LocalRuntime {
         Ok(())
     }
 
-    /// Prepares the directory, cgroups and record, then starts the jail.
+    /// Starts the jail, prepares the directories, cgroups and record while it starts, then
+    /// sends it its config.
     async fn start(&self, id: &str, spec: &SandboxSpec) -> Result<Record, SandboxError> {
         let dir = self.sandbox_dir(id);
         let base = self.config.uid_base;
-        for (sub, mode, owned) in [
-            ("", 0o711, false),
-            ("upper", 0o755, true),
-            ("work", 0o700, false),
-            ("lower", 0o700, false),
-            ("rootfs", 0o755, false),
+        make_dir(&dir, 0o711)?;
+
+        // A spare's jail is already waiting in its groups. Otherwise the jail is started
+        // first: its exec and start-up overlap with the rest of the preparation below,
+        // and it then waits for its config. Should anything below fail, dropping `report`
+        // ends that wait and the jail exits without having done anything.
+        let spare = self.place.spares.as_ref().and_then(|s| s.take());
+        let (mut cg, waiting) = match spare {
+            Some(spare) => match self.place.take_spare(id, spare, &spec.limits) {
+                Ok((cg, jail)) => (Some(cg), jail),
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, "taking a spare: {e}");
+                    (None, None)
+                }
+            },
+            None => (None, None),
+        };
+        let in_cgroups = waiting.is_some();
+        let StartedJail {
+            pid: jail,
+            socket: mut report,
+        } = match waiting {
+            Some(j) => j,
+            None => start_jail(&self.jail).map_err(SandboxError::io(format!(
+                "starting {}",
+                self.jail.display()
+            )))?,
+        };
+
+        for (sub, mode) in [
+            ("upper", 0o755),
+            ("work", 0o700),
+            ("lower", 0o700),
+            ("rootfs", 0o755),
         ] {
-            let p = dir.join(sub);
-            fs::DirBuilder::new()
-                .mode(mode)
-                .create(&p)
-                .map_err(SandboxError::io(format!("creating {}", p.display())))?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(mode))
-                .map_err(SandboxError::io(format!("chmod {}", p.display())))?;
-            if owned {
-                std::os::unix::fs::chown(&p, Some(base), Some(base))
-                    .map_err(SandboxError::io(format!("chown {}", p.display())))?;
-            }
+            make_dir(&dir.join(sub), mode)?;
         }
+        let upper = dir.join("upper");
+        std::os::unix::fs::chown(&upper, Some(base), Some(base))
+            .map_err(SandboxError::io(format!("chown {}", upper.display())))?;
         let mut record = Record {
             id: id.to_string(),
             spec: spec.clone(),
             created_at_ms: now_ms(),
             state: RecordState::Creating,
             init: None,
-            jail: None,
+            jail,
             dead: None,
             net_slot: None,
         };
-        // Otherwise the record is written once, when the sandbox runs: until then a crash
+        // Otherwise the record is written once, when init exists: until then a crash
         // leaves a directory without a record, which `recover` reaps (through the
         // cgroups for any process). An egress slot's holder is found by its record.
         if spec.network == Network::Egress {
@@ -901,35 +1146,24 @@ impl LocalRuntime {
             )
             .map_err(SandboxError::io("writing resolv.conf"))?;
         }
-        let cg = self.cgroup(id);
-        cg.create(&spec.limits)
-            .map_err(|e| SandboxError::Unsupported(format!("cgroups: {e}")))?;
+        let cg = match cg.take() {
+            Some(cg) => cg,
+            None => {
+                let cg = self.cgroup(id);
+                cg.create(&spec.limits)
+                    .map_err(|e| SandboxError::Unsupported(format!("cgroups: {e}")))?;
+                cg
+            }
+        };
 
-        let config =
-            serde_json::to_vec(&self.jail_config(id, spec, &cg)).map_err(|e| SandboxError::Io {
-                context: "encoding the jail config".into(),
-                source: std::io::Error::other(e),
-            })?;
-        // One socket carries the config to the jail (its stdin, up to end of file) and the
-        // reports back. With nothing to run between fork and exec, std starts the jail
-        // with posix_spawn (vfork), which does not copy this process's page tables as a
-        // fork would: the larger the server, the more that saves.
-        let (mut report, jail_end) = std::os::unix::net::UnixStream::pair()
-            .map_err(SandboxError::io("creating the report socket"))?;
-        let log = fs::File::create(dir.join("jail.log"))
-            .map_err(SandboxError::io("creating jail.log"))?;
-        let log2 = log.try_clone().map_err(SandboxError::io("dup jail.log"))?;
-        let mut cmd = tokio::process::Command::new(&self.jail);
-        cmd.stdin(Stdio::from(OwnedFd::from(jail_end)))
-            .stdout(log)
-            .stderr(log2)
-            .kill_on_drop(false);
-        let child = cmd.spawn().map_err(SandboxError::io(format!(
-            "starting {}",
-            self.jail.display()
-        )))?;
-        // Closes this process's copy of the jail's end, so the jail's exit is seen.
-        drop(cmd);
+        let mut config = self.jail_config(id, spec, &cg);
+        if in_cgroups {
+            config.cgroups.clear();
+        }
+        let config = serde_json::to_vec(&config).map_err(|e| SandboxError::Io {
+            context: "encoding the jail config".into(),
+            source: std::io::Error::other(e),
+        })?;
         {
             use std::io::Write;
             // Small enough for the socket's buffer: this does not block.
@@ -938,30 +1172,26 @@ impl LocalRuntime {
                 .and_then(|()| report.shutdown(std::net::Shutdown::Write))
                 .map_err(SandboxError::io("sending the jail config"))?;
         }
-        record.jail = child.id().and_then(ProcessId::of);
-        // The child is reaped by tokio in the background once it exits; the jail itself
-        // lives as long as the sandbox.
-        drop(child);
 
-        let outcome = tokio::time::timeout(START_TIMEOUT, read_report(report)).await;
-        let failure = match outcome {
-            Ok(Ok((pid, None))) => {
-                record.init = ProcessId::of(pid);
-                if record.init.is_some() {
-                    if let Some(slot) = record.net_slot {
-                        self.write_record(&record)?;
-                        self.attach_network(id, pid, slot)?;
-                    }
-                    record.state = RecordState::Running;
-                    self.write_record(&record)?;
-                    return Ok(record);
-                }
-                "init exited right after starting".to_string()
+        let started = async {
+            let mut reports = Reports::new(report)?;
+            let pid = reports.init_pid().await?;
+            // Recorded while envd starts, off the path: from here on the record names
+            // init, so a failure below (or a crash) is cleaned up through it.
+            record.init = ProcessId::of(pid);
+            if record.init.is_none() {
+                return Err("init exited right after starting".to_string());
             }
-            Ok(Ok((pid, Some(err)))) => {
-                record.init = ProcessId::of(pid);
-                err
+            record.state = RecordState::Running;
+            self.write_record(&record).map_err(|e| e.to_string())?;
+            if let Some(slot) = record.net_slot {
+                self.attach_network(id, pid, slot)
+                    .map_err(|e| e.to_string())?;
             }
+            reports.envd_ready().await
+        };
+        let failure = match tokio::time::timeout(START_TIMEOUT, started).await {
+            Ok(Ok(())) => return Ok(record),
             Ok(Err(err)) => err,
             Err(_) => format!(
                 "envd did not become ready within {}s",
@@ -975,66 +1205,100 @@ impl LocalRuntime {
     }
 }
 
-/// Reads the jail's reports: `P<pid>\n`, then either envd's ready byte or `E<msg>\n`.
-async fn read_report(
-    socket: std::os::unix::net::UnixStream,
-) -> Result<(u32, Option<String>), String> {
-    let mut pipe = socket
-        .set_nonblocking(true)
-        .and_then(|()| tokio::net::UnixStream::from_std(socket))
-        .map_err(|e| format!("report socket: {e}"))?;
-    let mut buf = Vec::with_capacity(64);
-    let mut chunk = [0u8; 256];
-    let mut pid: Option<u32> = None;
-    loop {
-        // Parse what we have.
-        if pid.is_none()
-            && let Some(nl) = buf.iter().position(|&b| b == b'\n')
-        {
-            {
-                let line = String::from_utf8_lossy(&buf[..nl]).into_owned();
-                buf.drain(..=nl);
-                if let Some(msg) = line.strip_prefix('E') {
-                    return Err(msg.to_string());
-                }
-                let p = line
-                    .strip_prefix('P')
-                    .and_then(|p| p.parse().ok())
-                    .ok_or_else(|| format!("unexpected report from the jail: {line:?}"))?;
-                pid = Some(p);
-            }
-        }
-        if let Some(p) = pid {
-            match buf.first() {
-                Some(b'E') => {
-                    if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-                        return Ok((p, Some(String::from_utf8_lossy(&buf[1..nl]).into_owned())));
-                    }
-                }
-                Some(_) => return Ok((p, None)),
-                None => {}
-            }
-        }
-        let n = pipe
+fn default_limits(config: &SandboxConfig) -> Limits {
+    Limits {
+        memory_bytes: parse_size(&config.memory).unwrap_or(2 << 30),
+        pids: config.pids,
+        cpus: config.cpus,
+    }
+}
+
+/// Creates a directory with exactly `mode` (whatever the umask).
+fn make_dir(p: &Path, mode: u32) -> Result<(), SandboxError> {
+    fs::DirBuilder::new()
+        .mode(mode)
+        .create(p)
+        .map_err(SandboxError::io(format!("creating {}", p.display())))?;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+        .map_err(SandboxError::io(format!("chmod {}", p.display())))
+}
+
+/// The jail's reports on its socket: `P<pid>\n` once init exists, then either envd's
+/// ready byte or `E<msg>\n`.
+struct Reports {
+    socket: tokio::net::UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Reports {
+    fn new(socket: std::os::unix::net::UnixStream) -> Result<Reports, String> {
+        let socket = socket
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(socket))
+            .map_err(|e| format!("report socket: {e}"))?;
+        Ok(Reports {
+            socket,
+            buf: Vec::with_capacity(64),
+        })
+    }
+
+    /// Reads more into the buffer; false at end of file.
+    async fn fill(&mut self) -> Result<bool, String> {
+        let mut chunk = [0u8; 256];
+        let n = self
+            .socket
             .read(&mut chunk)
             .await
             .map_err(|e| format!("report socket: {e}"))?;
-        if n == 0 {
-            return match pid {
-                Some(p) if buf.first() == Some(&b'E') => Ok((
-                    p,
-                    Some(String::from_utf8_lossy(&buf[1..]).trim().to_string()),
-                )),
-                _ => Err("the sandbox exited before envd was ready".into()),
-            };
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    /// Init's host pid, or the jail's error.
+    async fn init_pid(&mut self) -> Result<u32, String> {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+                let line = String::from_utf8_lossy(&self.buf[..nl]).into_owned();
+                self.buf.drain(..=nl);
+                if let Some(msg) = line.strip_prefix('E') {
+                    return Err(msg.to_string());
+                }
+                return line
+                    .strip_prefix('P')
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| format!("unexpected report from the jail: {line:?}"));
+            }
+            if !self.fill().await? {
+                return Err("the sandbox exited before envd was ready".into());
+            }
         }
-        buf.extend_from_slice(&chunk[..n]);
+    }
+
+    /// Waits for envd's ready byte, or init's error.
+    async fn envd_ready(&mut self) -> Result<(), String> {
+        loop {
+            match self.buf.first() {
+                Some(b'E') => {
+                    if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+                        return Err(String::from_utf8_lossy(&self.buf[1..nl]).into_owned());
+                    }
+                }
+                Some(_) => return Ok(()),
+                None => {}
+            }
+            if !self.fill().await? {
+                return Err(match self.buf.first() {
+                    Some(b'E') => String::from_utf8_lossy(&self.buf[1..]).trim().to_string(),
+                    _ => "the sandbox exited before envd was ready".into(),
+                });
+            }
+        }
     }
 }
 
 fn with_log_tail(message: String, dir: &Path) -> String {
     let mut log = String::new();
-    if let Ok(mut f) = fs::File::open(dir.join("jail.log")) {
+    if let Ok(mut f) = fs::File::open(dir.join(crate::jail::LOG_NAME)) {
         let _ = f.read_to_string(&mut log);
     }
     let tail: Vec<&str> = log.lines().rev().take(5).collect();

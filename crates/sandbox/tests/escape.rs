@@ -108,6 +108,44 @@ async fn cannot_touch_kernel_global_state() {
 }
 
 #[tokio::test]
+async fn dev_holds_the_hosts_device_nodes_and_nothing_more() {
+    let f = Fixture::new();
+    let sb = f.host_sandbox().await;
+    let nodes =
+        "for d in null zero full random urandom tty; do stat -c '%n %F %t:%T %a' /dev/$d; done";
+    let host = std::process::Command::new("sh")
+        .args(["-c", nodes])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&f.sh(&sb.id, nodes).await),
+        String::from_utf8_lossy(&host.stdout),
+        "the same devices with the same modes as the host's"
+    );
+    let out = f
+        .sh(
+            &sb.id,
+            "ls -A /dev | tr '\\n' ' '; echo; stat -c '%u %a' /dev; \
+             echo x > /dev/null && echo null ok; head -c 3 /dev/zero | od -An -tx1; \
+             head -c 16 /dev/urandom | wc -c; echo x 2>/dev/null > /dev/full || echo full refused",
+        )
+        .await;
+    assert_eq!(
+        stdout(&out).lines().map(str::trim).collect::<Vec<_>>(),
+        [
+            "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero",
+            "0 755",
+            "null ok",
+            "00 00 00",
+            "16",
+            "full refused",
+        ],
+        "{out:?}"
+    );
+    f.rt.destroy(&sb.id).await.unwrap();
+}
+
+#[tokio::test]
 async fn proc_and_sys_are_masked_and_read_only() {
     let f = Fixture::new();
     let sb = f.host_sandbox().await;

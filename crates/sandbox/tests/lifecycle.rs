@@ -301,6 +301,126 @@ async fn a_restarted_runtime_adopts_live_sandboxes_and_reaps_the_rest() {
     rt.destroy(&doomed.id).await.unwrap();
 }
 
+/// Spare cgroups this process's runtimes made (see `SpareCgroups` in the local runtime).
+fn own_spare_cgroups() -> Vec<String> {
+    let h = hangar_sandbox::cgroup::Hierarchies::detect().unwrap();
+    hangar_sandbox::cgroup::names_starting_with(&h, &format!("spare-{}-", std::process::id()))
+}
+
+/// The value of a limit file in whichever of the sandbox's groups has it.
+fn cgroup_file(id: &str, file: &str) -> String {
+    let h = hangar_sandbox::cgroup::Hierarchies::detect().unwrap();
+    hangar_sandbox::cgroup::SandboxCgroup::new(&h, id)
+        .dirs()
+        .iter()
+        .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+        .unwrap_or_else(|| panic!("no {file} for {id}"))
+        .trim()
+        .to_string()
+}
+
+#[tokio::test]
+async fn sandboxes_get_their_own_limits_whether_from_spare_cgroups_or_not() {
+    let f = Fixture::new();
+    let defaults = f.rt.default_limits();
+    // The runtime makes a spare set of groups (where the host's groups can be renamed) on
+    // its teardown thread after each teardown; the next two creates take them, the third
+    // makes its own.
+    for _ in 0..2 {
+        let gone = f.create(Rootfs::HostRoot, defaults).await;
+        f.rt.destroy(&gone.id).await.unwrap();
+    }
+    f.rt.teardowns_done().await;
+    let h = hangar_sandbox::cgroup::Hierarchies::detect().unwrap();
+    let renamable = hangar_sandbox::cgroup::SandboxCgroup::new(&h, "x").renamable();
+    if renamable {
+        assert_eq!(own_spare_cgroups().len(), 2, "two spare sets are ready");
+    }
+    let first = f.create(Rootfs::HostRoot, defaults).await;
+    let other = Limits {
+        memory_bytes: 100 << 20,
+        pids: 77,
+        cpus: 0.5,
+    };
+    let second = f.create(Rootfs::HostRoot, other).await;
+    if renamable {
+        assert_eq!(own_spare_cgroups().len(), 0, "both were taken");
+    }
+    let third = f.create(Rootfs::HostRoot, defaults).await;
+    for (sb, limits) in [(&first, &defaults), (&second, &other), (&third, &defaults)] {
+        assert_eq!(cgroup_file(&sb.id, "pids.max"), limits.pids.to_string());
+        let memory = if std::path::Path::new("/sys/fs/cgroup/memory/hangar").is_dir() {
+            cgroup_file(&sb.id, "memory.limit_in_bytes")
+        } else {
+            cgroup_file(&sb.id, "memory.max")
+        };
+        assert_eq!(memory, limits.memory_bytes.to_string());
+        assert_eq!(
+            stdout(&f.sh(&sb.id, "echo up").await).trim(),
+            "up",
+            "{}",
+            sb.id
+        );
+    }
+    for sb in [first, second, third] {
+        f.rt.destroy_wait(&sb.id).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn spare_cgroups_go_with_their_runtime_and_recover_removes_a_dead_ones() {
+    let f = Fixture::new();
+    {
+        let rt = LocalRuntime::open(&f.config).unwrap();
+        let sb = rt
+            .create(SandboxSpec {
+                rootfs: Rootfs::HostRoot,
+                limits: f.limits(),
+                network: hangar_sandbox::Network::None,
+            })
+            .await
+            .unwrap();
+        rt.destroy_wait(&sb.id).await.unwrap();
+        rt.teardowns_done().await;
+        let h = hangar_sandbox::cgroup::Hierarchies::detect().unwrap();
+        if hangar_sandbox::cgroup::SandboxCgroup::new(&h, "x").renamable() {
+            assert!(!own_spare_cgroups().is_empty(), "spares were made");
+        }
+    }
+    assert_eq!(
+        own_spare_cgroups(),
+        Vec::<String>::new(),
+        "a dropped runtime removes its spares"
+    );
+
+    // Spares left by a process that died (a crash) are removed by `recover`; a live
+    // process's are kept.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let h = hangar_sandbox::cgroup::Hierarchies::detect().unwrap();
+    let dead = format!("spare-{dead_pid}-1-0-0");
+    let start = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let start = start[start.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(19)
+        .unwrap()
+        .to_string();
+    let live = format!("spare-{}-{start}-999-0", std::process::id());
+    for name in [&dead, &live] {
+        hangar_sandbox::cgroup::SandboxCgroup::new(&h, name)
+            .create(&f.limits())
+            .unwrap();
+    }
+    f.rt.recover().unwrap();
+    let left = hangar_sandbox::cgroup::names_starting_with(&h, "spare-");
+    assert!(!left.contains(&dead), "{left:?}");
+    assert!(left.contains(&live), "{left:?}");
+    hangar_sandbox::cgroup::SandboxCgroup::new(&h, &live)
+        .remove()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn bad_specs_get_clear_errors_and_leave_nothing() {
     let f = Fixture::new();
@@ -411,6 +531,29 @@ async fn a_rootfs_without_a_shell_fails_to_exec_with_enoent_not_a_panic() {
         .unwrap_err();
     assert_eq!(err.code(), Some("not_found"), "{err}");
     f.rt.destroy(&sb.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rootfs_whose_dev_is_a_symlink_is_refused() {
+    let f = Fixture::new();
+    let layer = f.dir.path().join("dev-symlink-rootfs");
+    std::fs::create_dir_all(&layer).unwrap();
+    std::os::unix::fs::symlink("/etc", layer.join("dev")).unwrap();
+    let err =
+        f.rt.create(SandboxSpec {
+            rootfs: Rootfs::Layers {
+                layers: vec![layer],
+            },
+            limits: f.limits(),
+            network: hangar_sandbox::Network::None,
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("/dev is not a directory"), "{err}");
+    assert!(
+        f.rt.list().await.unwrap().is_empty(),
+        "nothing is left of it"
+    );
 }
 
 #[tokio::test]
