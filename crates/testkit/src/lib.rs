@@ -100,10 +100,10 @@ pub fn bullseye_tarball() -> Result<PathBuf, String> {
 /// Destroys every sandbox under `data_dir` with the real `hangar sandbox rm`. Sandboxes
 /// outlive the process that made them, so a test's own must go when it ends (also when it
 /// failed); a second pass catches one a warm pool was still starting.
+/// Without the `hangar` binary the test fails (after saying which sandboxes are left): a
+/// silent no-op would leak them, and with them their egress addresses.
 pub fn remove_sandboxes(data_dir: &Path) {
-    let Some(hangar) = Some(bin_dir().join("hangar")).filter(|p| p.is_file()) else {
-        return;
-    };
+    let hangar = bin_dir().join("hangar");
     for pass in 0..2 {
         let ids: Vec<String> = std::fs::read_dir(data_dir.join("sandboxes"))
             .map(|d| {
@@ -113,6 +113,19 @@ pub fn remove_sandboxes(data_dir: &Path) {
                     .collect()
             })
             .unwrap_or_default();
+        if !ids.is_empty() && !hangar.is_file() {
+            let why = format!(
+                "{} is missing, so sandboxes {} are left running: build the workspace binaries first (cargo build --workspace --bins)",
+                hangar.display(),
+                ids.join(", ")
+            );
+            // A second panic while unwinding would abort the test binary and hide the first.
+            if std::thread::panicking() {
+                eprintln!("{why}");
+                return;
+            }
+            panic!("{why}");
+        }
         if !ids.is_empty() {
             let _ = std::process::Command::new(&hangar)
                 .args(["sandbox", "rm"])
