@@ -759,16 +759,21 @@ async fn a_session_continues_in_its_sandbox_after_a_restart_and_from_its_last_sn
         }
     }
     let sb = session_sandbox.unwrap_or_else(|| panic!("no sandbox has the note: {sandboxes}"));
-    let record: Value = serde_json::from_slice(
-        &std::fs::read(data.join("sandboxes").join(&sb).join("sandbox.json")).unwrap(),
-    )
-    .unwrap();
-    let pid = record["init"]["pid"].as_u64().unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
+    // Kills a sandbox's init from the host (`kill -9`), as a crash would; returns its pid.
+    let kill_init = |sb: &str| {
+        let record: Value = serde_json::from_slice(
+            &std::fs::read(data.join("sandboxes").join(sb).join("sandbox.json")).unwrap(),
+        )
         .unwrap();
-    assert!(killed.success());
+        let pid = record["init"]["pid"].as_u64().unwrap();
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        pid
+    };
+    kill_init(&sb);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, view) = api.get(&format!("/api/sandboxes/{sb}")).await;
@@ -885,16 +890,7 @@ async fn a_session_continues_in_its_sandbox_after_a_restart_and_from_its_last_sn
     // killed while the server was down), the session continues from the snapshot.
     let third = nth_snapshot(api.clone(), 3).await;
     server.kill9();
-    let record: Value = serde_json::from_slice(
-        &std::fs::read(data.join("sandboxes").join(&before).join("sandbox.json")).unwrap(),
-    )
-    .unwrap();
-    let pid = record["init"]["pid"].as_u64().unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    let pid = kill_init(&before);
     // Gone before the server starts again (a restart that still saw it alive would take it
     // back, and then find it dead).
     let deadline = Instant::now() + Duration::from_secs(10);
