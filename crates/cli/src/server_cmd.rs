@@ -243,6 +243,8 @@ async fn open_sessions(
     specs: hangar_runner::SpecForRepo,
     repo_plugins: hangar_runner::PluginsForRepo,
 ) -> anyhow::Result<(Sessions, Option<hangar_pool::Pool>)> {
+    // Warm-pool sandboxes indexed before this are the previous process's.
+    let started_at_ms = hangar_store::now_ms();
     let settings = &config.sessions;
     let mut sessions_config = SessionsConfig::new(config.data_dir.join("sessions"));
     sessions_config.idle_unload = Duration::from_millis(settings.idle_unload_ms);
@@ -314,7 +316,7 @@ async fn open_sessions(
     let sessions = Sessions::new(sessions_config, store, executor)?;
     if let Some(agent) = agent {
         agent.enable_sub_sessions(sessions.clone());
-        match agent.readopt_sandboxes().await {
+        match agent.readopt_sandboxes(started_at_ms).await {
             Ok(adopted) if !adopted.is_empty() => {
                 let sessions: Vec<&str> = adopted.iter().map(|(s, _)| s.as_str()).collect();
                 eprintln!(

@@ -207,9 +207,13 @@ impl AgentExecutor {
     /// sandbox serves which session) gets it back, its working tree as it was, so that its
     /// next prompt neither starts nor restores another. Sandboxes the index lists as serving
     /// a session that no longer exists, or that a newer sandbox of the same session replaced,
-    /// are destroyed; entries of sandboxes that are gone are closed. Returns the
-    /// `(session, sandbox)` pairs taken back.
-    pub async fn readopt_sandboxes(&self) -> Result<Vec<(String, String)>, String> {
+    /// are destroyed, and so are warm-pool sandboxes indexed before `started_at_ms` (this
+    /// process's start: their pool is gone); entries of sandboxes that are gone are closed.
+    /// Returns the `(session, sandbox)` pairs taken back.
+    pub async fn readopt_sandboxes(
+        &self,
+        started_at_ms: i64,
+    ) -> Result<Vec<(String, String)>, String> {
         let Some(service) = self.inner.service.get() else {
             return Ok(Vec::new());
         };
@@ -220,26 +224,34 @@ impl AgentExecutor {
             .map_err(|e| e.to_string())?;
         let mut sessions = self.inner.sessions.lock().await;
         let mut adopted = Vec::new();
-        for record in records.into_iter().filter(|r| r.purpose == "session") {
-            let Some(session) = record.session_id else {
-                continue;
+        for record in records {
+            // The session a live sandbox may go back to; `None` for an orphaned pool one.
+            let session = match (record.purpose.as_str(), record.session_id) {
+                ("session", Some(session)) => Some(session),
+                ("pool", _) if record.created_at_ms < started_at_ms => None,
+                _ => continue,
             };
             let running = matches!(
                 self.inner.runtime.get(&record.id).await.map(|s| s.status),
                 Ok(hangar_sandbox::Status::Running)
             );
-            let wanted = running
-                && store.session(&session).is_ok()
-                && sessions.get(&session).is_none_or(|s| s.sandbox.is_none());
-            if wanted {
-                self.inner.state(&mut sessions, &session).sandbox = Some(record.id.clone());
-                adopted.push((session, record.id));
-            } else {
+            let taker = session.filter(|s| {
+                running
+                    && store.session(s).is_ok()
+                    && sessions.get(s).is_none_or(|state| state.sandbox.is_none())
+            });
+            match taker {
+                Some(session) => {
+                    self.inner.state(&mut sessions, &session).sandbox = Some(record.id.clone());
+                    adopted.push((session, record.id));
+                }
                 // Also closes the index entry of one already gone.
-                if let Err(e) = self.inner.runtime.destroy(&record.id).await
-                    && !matches!(e, hangar_sandbox::SandboxError::NotFound(_))
-                {
-                    tracing::warn!(sandbox = %record.id, "could not remove a stale session sandbox: {e}");
+                None => {
+                    if let Err(e) = self.inner.runtime.destroy(&record.id).await
+                        && !matches!(e, hangar_sandbox::SandboxError::NotFound(_))
+                    {
+                        tracing::warn!(sandbox = %record.id, "could not remove a stale sandbox: {e}");
+                    }
                 }
             }
         }

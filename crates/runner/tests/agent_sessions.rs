@@ -664,3 +664,72 @@ async fn a_runaway_agent_cannot_spawn_without_bound() {
             .await;
     }
 }
+
+#[tokio::test]
+async fn after_a_restart_sessions_take_their_running_sandboxes_back_and_orphans_go() {
+    let fake = FakeModel::start(vec![Reply::sse(anthropic(&["Here."], &[], "end_turn"))]).await;
+    let w = World::new(&fake);
+    w.executor.enable_sub_sessions(w.sessions.clone());
+    let store = w.sessions.store().clone();
+    let rt = LocalRuntime::open(&w.config).unwrap();
+    let spec = SandboxSpec {
+        rootfs: Rootfs::HostRoot,
+        limits: rt.default_limits(),
+        network: Network::None,
+    };
+    let s = w
+        .sessions
+        .create(w.alice.user_id.unwrap(), "acme/app", "t")
+        .await
+        .unwrap();
+    // What an earlier process left: the session's sandbox (taken from its pool), another
+    // that served a session that is gone, and an idle one of its pool.
+    let mut left = Vec::new();
+    for (purpose, session) in [
+        ("pool", Some(s.id.as_str())),
+        ("session", Some("ses-gone")),
+        ("pool", None),
+    ] {
+        let sb = rt.create(spec.clone()).await.unwrap();
+        store.record_sandbox(&sb.id, purpose, None, None).unwrap();
+        if let Some(session) = session {
+            store.sandbox_serves_session(&sb.id, session, None).unwrap();
+        }
+        left.push(sb.id);
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let started = hangar_store::now_ms();
+    // This process's pool has started one too.
+    let fresh = rt.create(spec).await.unwrap();
+    store.record_sandbox(&fresh.id, "pool", None, None).unwrap();
+
+    let adopted = w.executor.readopt_sandboxes(started).await.unwrap();
+    assert_eq!(adopted, vec![(s.id.clone(), left[0].clone())]);
+    assert_eq!(w.executor.sandbox_of(&s.id).await.as_ref(), Some(&left[0]));
+    for gone in &left[1..] {
+        assert!(
+            !matches!(
+                rt.get(gone).await.map(|sb| sb.status),
+                Ok(hangar_sandbox::Status::Running)
+            ),
+            "{gone} was left running"
+        );
+    }
+    assert_eq!(
+        rt.get(&fresh.id).await.unwrap().status,
+        hangar_sandbox::Status::Running,
+        "this process's pool sandbox is left alone"
+    );
+
+    // The next prompt runs in the sandbox taken back.
+    w.sessions
+        .prompt(&s.id, w.alice.clone(), "hello again".into())
+        .await
+        .unwrap();
+    let events = w.events_after_finished(&s.id, 1).await;
+    assert!(
+        events.iter().all(|e| e["type"] != "sandbox.restored"),
+        "{events:#?}"
+    );
+    assert_eq!(w.executor.sandbox_of(&s.id).await.as_ref(), Some(&left[0]));
+}

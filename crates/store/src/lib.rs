@@ -345,7 +345,8 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch: the clock of every time the index records.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
