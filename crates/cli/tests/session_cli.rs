@@ -667,6 +667,21 @@ async fn with_a_model_configured_prompts_run_the_agent_in_a_sandbox() {
     );
 }
 
+/// The read with `call_id` (e.g. `p2-t2`) returned the note written in the first prompt.
+fn assert_read_the_note(events: &[Value], call_id: &str) {
+    let read = events
+        .iter()
+        .find(|e| e["type"] == "tool.output" && e["data"]["call_id"] == call_id)
+        .unwrap_or_else(|| panic!("no output of the read {call_id}: {events:#?}"));
+    assert!(
+        read["data"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("kept across sandboxes"),
+        "{read}"
+    );
+}
+
 #[tokio::test]
 async fn a_session_continues_in_its_sandbox_after_a_restart_and_from_its_last_snapshot_when_the_sandbox_died()
  {
@@ -799,17 +814,7 @@ async fn a_session_continues_in_its_sandbox_after_a_restart_and_from_its_last_sn
     assert_eq!(restored["data"]["snapshot"], image.as_str(), "{restored}");
     let reason = restored["data"]["reason"].as_str().unwrap();
     assert!(reason.contains("died"), "{reason}");
-    let read = events
-        .iter()
-        .find(|e| e["type"] == "tool.output" && e["data"]["call_id"] == "p2-t2")
-        .unwrap_or_else(|| panic!("no output of the read: {events:#?}"));
-    assert!(
-        read["data"]["text"]
-            .as_str()
-            .unwrap()
-            .contains("kept across sandboxes"),
-        "{read}"
-    );
+    assert_read_the_note(&events, "p2-t2");
     let (_, view) = api.get(&format!("/api/sandboxes/{sb}")).await;
     assert_ne!(
         view["status"], "running",
@@ -869,17 +874,7 @@ async fn a_session_continues_in_its_sandbox_after_a_restart_and_from_its_last_sn
         .filter(|e| e["type"] == "sandbox.restored")
         .count();
     assert_eq!(restored, 1, "only the first restore: {events:#?}");
-    let read = events
-        .iter()
-        .find(|e| e["type"] == "tool.output" && e["data"]["call_id"] == "p3-t3")
-        .unwrap_or_else(|| panic!("no output of the read: {events:#?}"));
-    assert!(
-        read["data"]["text"]
-            .as_str()
-            .unwrap()
-            .contains("kept across sandboxes"),
-        "{read}"
-    );
+    assert_read_the_note(&events, "p3-t3");
     assert_eq!(
         session_sandbox(api.clone()).await,
         before,
@@ -911,17 +906,7 @@ async fn a_session_continues_in_its_sandbox_after_a_restart_and_from_its_last_sn
     assert_eq!(restored.len(), 2, "{events:#?}");
     assert_eq!(restored[1]["data"]["snapshot"], third.as_str());
     assert_eq!(restored[1]["data"]["reason"], "the server restarted");
-    let read = events
-        .iter()
-        .find(|e| e["type"] == "tool.output" && e["data"]["call_id"] == "p4-t4")
-        .unwrap_or_else(|| panic!("no output of the read: {events:#?}"));
-    assert!(
-        read["data"]["text"]
-            .as_str()
-            .unwrap()
-            .contains("kept across sandboxes"),
-        "{read}"
-    );
+    assert_read_the_note(&events, "p4-t4");
     let (_, view) = api.get(&format!("/api/sandboxes/{before}")).await;
     assert_ne!(view["status"], "running", "{view}");
 }
